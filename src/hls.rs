@@ -1,0 +1,284 @@
+//! HLS playlist rewriting (RFC 8216), pure text in, text out.
+//!
+//! Every URI in a playlist gets the routing token as a `spbhid` query
+//! parameter (the Go proxy's name), so the player's next requests — media
+//! segments of any extension, `EXT-X-MAP`, `EXT-X-KEY`, LL-HLS parts and
+//! preload hints, variant playlists of a master playlist — reach the origin
+//! that wrote the playlist. URIs are found by the playlist's grammar (URI
+//! lines and `URI="…"` attributes), never by searching for `.ts`.
+//!
+//! URIs with a scheme (`http://`, `skd://`, `data:`) are left alone: they do
+//! not come back through the proxy's path space.
+
+/// Query parameter that carries the routing token.
+pub const TOKEN_PARAM: &str = "spbhid";
+
+/// Why a body is not a playlist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaylistError {
+    #[error("playlist is not UTF-8")]
+    NotUtf8,
+    #[error("playlist does not start with #EXTM3U")]
+    NoHeader,
+}
+
+/// Rewrites every URI of `playlist` to carry `token`.
+pub fn rewrite_playlist(playlist: &[u8], token: &str) -> Result<String, PlaylistError> {
+    let text = std::str::from_utf8(playlist).map_err(|_| PlaylistError::NotUtf8)?;
+    let body = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if !body.trim_start().starts_with("#EXTM3U") {
+        return Err(PlaylistError::NoHeader);
+    }
+    let mut out = String::with_capacity(body.len() + 64);
+    for line in body.split_inclusive('\n') {
+        let (content, ending) = split_line_ending(line);
+        let trimmed = content.trim();
+        if trimmed.is_empty() {
+            out.push_str(content);
+        } else if trimmed.starts_with('#') {
+            out.push_str(&rewrite_tag(content, token));
+        } else {
+            out.push_str(&with_token(trimmed, token));
+        }
+        out.push_str(ending);
+    }
+    Ok(out)
+}
+
+fn split_line_ending(line: &str) -> (&str, &str) {
+    if let Some(c) = line.strip_suffix("\r\n") {
+        (c, "\r\n")
+    } else if let Some(c) = line.strip_suffix('\n') {
+        (c, "\n")
+    } else {
+        (line, "")
+    }
+}
+
+/// Rewrites the `URI="…"` attribute of a tag line, wherever it stands in
+/// the attribute list; other tags pass through unchanged.
+fn rewrite_tag(line: &str, token: &str) -> String {
+    let Some(colon) = line.find(':') else {
+        return line.to_string();
+    };
+    let (tag, attrs) = (&line[..colon + 1], &line[colon + 1..]);
+    let mut out = String::with_capacity(line.len() + 32);
+    out.push_str(tag);
+    let mut rest = attrs;
+    // Walk attribute by attribute so a quoted value containing `URI=` or a
+    // comma is never mistaken for an attribute boundary.
+    loop {
+        let name_end = rest.find('=').unwrap_or(rest.len());
+        let name = &rest[..name_end];
+        if name_end == rest.len() || name.contains(',') {
+            // Not an attribute list (e.g. #EXTINF:10.0,title): copy as is.
+            out.push_str(rest);
+            break;
+        }
+        out.push_str(name);
+        out.push('=');
+        let after = &rest[name_end + 1..];
+        let (value, remainder) = if let Some(quoted) = after.strip_prefix('"') {
+            match quoted.find('"') {
+                Some(end) => (&after[..end + 2], &after[end + 2..]),
+                None => (after, ""),
+            }
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        if name.trim() == "URI" && value.len() >= 2 && value.starts_with('"') && value.ends_with('"') {
+            out.push('"');
+            out.push_str(&with_token(&value[1..value.len() - 1], token));
+            out.push('"');
+        } else {
+            out.push_str(value);
+        }
+        match remainder.strip_prefix(',') {
+            Some(next) => {
+                out.push(',');
+                rest = next;
+            }
+            None => {
+                out.push_str(remainder);
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn has_scheme(uri: &str) -> bool {
+    match uri.find(':') {
+        Some(i) => {
+            let scheme = &uri[..i];
+            !scheme.is_empty()
+                && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+                && !uri[..i].contains('/')
+        }
+        None => false,
+    }
+}
+
+/// Adds (or replaces) `spbhid=token` in a relative or absolute-path URI,
+/// keeping its other query parameters and fragment.
+pub fn with_token(uri: &str, token: &str) -> String {
+    if uri.starts_with("//") || has_scheme(uri) {
+        return uri.to_string();
+    }
+    let (before_fragment, fragment) = match uri.find('#') {
+        Some(i) => (&uri[..i], &uri[i..]),
+        None => (uri, ""),
+    };
+    let (path, query) = match before_fragment.find('?') {
+        Some(i) => (&before_fragment[..i], Some(&before_fragment[i + 1..])),
+        None => (before_fragment, None),
+    };
+    let mut params: Vec<&str> = query
+        .map(|q| {
+            q.split('&')
+                .filter(|p| !p.is_empty() && p.split('=').next() != Some(TOKEN_PARAM))
+                .collect()
+        })
+        .unwrap_or_default();
+    let token_param = format!("{TOKEN_PARAM}={token}");
+    params.push(&token_param);
+    format!("{path}?{}{fragment}", params.join("&"))
+}
+
+/// The routing token of a request's query string, if any.
+pub fn token_from_query(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, v)| *k == TOKEN_PARAM && !v.is_empty())
+        .map(|(_, v)| v)
+}
+
+/// A fresh unguessable token: 128 random bits, hex.
+pub fn new_token() -> String {
+    let bits: u128 = rand::random();
+    format!("{bits:032x}")
+}
+
+/// Whether a token has the shape [`new_token`] makes; anything else is not
+/// looked up in the store.
+pub fn is_valid_token(token: &str) -> bool {
+    token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn media_playlist_ts() {
+        let p = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:12\n#EXTINF:9.97, no desc\nlivestream-12.ts\n#EXTINF:10.0,\nlivestream-13.ts?foo=bar\n";
+        let out = rewrite_playlist(p.as_bytes(), T).unwrap();
+        assert!(out.contains(&format!("\nlivestream-12.ts?spbhid={T}\n")), "{out}");
+        assert!(
+            out.contains(&format!("\nlivestream-13.ts?foo=bar&spbhid={T}\n")),
+            "{out}"
+        );
+        assert!(out.contains("#EXTINF:9.97, no desc\n"));
+        assert_eq!(out.lines().count(), p.lines().count());
+    }
+
+    #[test]
+    fn fmp4_map_key_parts_and_hints() {
+        let p = concat!(
+            "#EXTM3U\r\n",
+            "#EXT-X-MAP:URI=\"init.mp4\",BYTERANGE=\"720@0\"\r\n",
+            "#EXT-X-KEY:METHOD=AES-128,URI=\"/keys/k1.key?x=1\",IV=0x1234\r\n",
+            "#EXT-X-KEY:METHOD=SAMPLE-AES,URI=\"skd://key-id\",KEYFORMAT=\"com.apple.streamingkeydelivery\"\r\n",
+            "#EXT-X-PART:DURATION=0.5,URI=\"seg7.part1.m4s\",INDEPENDENT=YES\r\n",
+            "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"seg7.part2.m4s\"\r\n",
+            "#EXTINF:4.0,\r\n",
+            "segment.ts.backup-7.m4s\r\n",
+            "#EXT-X-DATERANGE:ID=\"a\",X-COM-URI=\"URI=x\",START-DATE=\"2020-01-01T00:00:00Z\"\r\n",
+        );
+        let out = rewrite_playlist(p.as_bytes(), T).unwrap();
+        assert!(
+            out.contains(&format!(
+                "#EXT-X-MAP:URI=\"init.mp4?spbhid={T}\",BYTERANGE=\"720@0\"\r\n"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("URI=\"/keys/k1.key?x=1&spbhid={T}\",IV=0x1234")),
+            "{out}"
+        );
+        assert!(out.contains("URI=\"skd://key-id\""), "scheme URIs untouched: {out}");
+        assert!(out.contains(&format!("URI=\"seg7.part1.m4s?spbhid={T}\",INDEPENDENT=YES")));
+        assert!(out.contains(&format!("URI=\"seg7.part2.m4s?spbhid={T}\"")));
+        assert!(out.contains(&format!("\r\nsegment.ts.backup-7.m4s?spbhid={T}\r\n")));
+        assert!(
+            out.contains("X-COM-URI=\"URI=x\""),
+            "quoted values are not attributes: {out}"
+        );
+        assert!(out.ends_with("\r\n"));
+    }
+
+    #[test]
+    fn master_playlist() {
+        let p = "#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aud\",NAME=\"en\",URI=\"audio/en.m3u8\"\n#EXT-X-STREAM-INF:BANDWIDTH=1280000,CODECS=\"avc1.4d401f,mp4a.40.2\",AUDIO=\"aud\"\nlow/index.m3u8\n#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=86000,URI=\"low/iframe.m3u8\"\nhttps://cdn.example.com/high.m3u8\n";
+        let out = rewrite_playlist(p.as_bytes(), T).unwrap();
+        assert!(out.contains(&format!("URI=\"audio/en.m3u8?spbhid={T}\"")));
+        assert!(out.contains(&format!("\nlow/index.m3u8?spbhid={T}\n")));
+        assert!(out.contains(&format!("URI=\"low/iframe.m3u8?spbhid={T}\"")));
+        assert!(out.contains("CODECS=\"avc1.4d401f,mp4a.40.2\""));
+        assert!(out.contains("\nhttps://cdn.example.com/high.m3u8\n"));
+    }
+
+    #[test]
+    fn existing_token_is_replaced_not_duplicated() {
+        assert_eq!(with_token("a.ts?spbhid=old&x=1", T), format!("a.ts?x=1&spbhid={T}"));
+        assert_eq!(with_token("a.ts#frag", T), format!("a.ts?spbhid={T}#frag"));
+        assert_eq!(with_token("/live/a.ts", T), format!("/live/a.ts?spbhid={T}"));
+        assert_eq!(with_token("//cdn/a.ts", T), "//cdn/a.ts");
+        assert_eq!(with_token("data:text/plain,x", T), "data:text/plain,x");
+        assert_eq!(
+            with_token("seg:1.ts", T),
+            "seg:1.ts",
+            "a colon before any slash reads as a scheme"
+        );
+        assert_eq!(with_token("dir/seg:1.ts", T), format!("dir/seg:1.ts?spbhid={T}"));
+    }
+
+    #[test]
+    fn rejects_non_playlists() {
+        assert_eq!(rewrite_playlist(b"<html>", T), Err(PlaylistError::NoHeader));
+        assert_eq!(rewrite_playlist(&[0xff, 0xfe], T), Err(PlaylistError::NotUtf8));
+        assert!(rewrite_playlist("\u{feff}#EXTM3U\n".as_bytes(), T).is_ok());
+    }
+
+    #[test]
+    fn tokens() {
+        let a = new_token();
+        assert!(is_valid_token(&a));
+        assert_ne!(a, new_token());
+        assert!(!is_valid_token("../x"));
+        assert_eq!(token_from_query(Some(&format!("a=1&spbhid={T}"))), Some(T));
+        assert_eq!(token_from_query(Some("spbhid=")), None);
+        assert_eq!(token_from_query(None), None);
+    }
+
+    #[test]
+    fn attribute_walk_survives_garbage() {
+        for line in [
+            "#EXT-X-KEY:URI=\"unterminated",
+            "#EXT-X-KEY:=,=,URI",
+            "#EXTINF:,",
+            "#EXT-X-MAP:URI=",
+            "#:",
+        ] {
+            let p = format!("#EXTM3U\n{line}\n");
+            rewrite_playlist(p.as_bytes(), T).unwrap();
+        }
+    }
+}

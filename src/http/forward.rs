@@ -1,0 +1,240 @@
+//! Forwarding one HTTP request to an origin and relaying the response.
+//!
+//! One upstream connection per request (live streams hold it for their
+//! whole life, so pooling buys nothing). The response body is relayed frame
+//! by frame as hyper reads it: hyper only polls the upstream body when the
+//! client side can take more, so a slow client stalls the origin through
+//! TCP backpressure instead of filling memory.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prometheus::IntCounter;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use super::{Body, BoxError, HttpError};
+use crate::context::{Context, StreamLease};
+use crate::metrics::ConnectionGuard;
+use crate::origin::{Origin, Protocol};
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Aborts the upstream connection task when the relay ends, whichever side
+/// ended it: the client went away (body dropped) or the origin did.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An upstream response and the connection that carries it.
+pub struct Upstream {
+    pub response: Response<Incoming>,
+    conn: AbortOnDrop,
+}
+
+/// Sends `method path_and_query` with the client's headers to `origin`'s
+/// HTTP port. The client's `Host` is kept: SRS reads the vhost from it.
+pub async fn send(
+    ctx: &Context,
+    origin: &Origin,
+    method: &Method,
+    path_and_query: &str,
+    client_headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Upstream, HttpError> {
+    let authority = origin.authority(Protocol::Http).ok_or_else(|| {
+        HttpError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("origin {} has no HTTP port", origin.id),
+        )
+    })?;
+    let timeout = ctx.config.origin_connect_timeout;
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&authority)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            return Err(HttpError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("origin {} at {authority} refused the connection: {e}", origin.id),
+            ))
+        }
+        Err(_) => {
+            return Err(HttpError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("origin {} at {authority} did not accept within {timeout:?}", origin.id),
+            ))
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| HttpError::new(StatusCode::BAD_GATEWAY, format!("origin {}: {e}", origin.id)))?;
+    let conn = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+
+    let uri: Uri = path_and_query
+        .parse()
+        .map_err(|_| HttpError::new(StatusCode::BAD_REQUEST, "request target cannot be forwarded"))?;
+    let mut headers = client_headers.clone();
+    strip_hop_by_hop(&mut headers);
+    if !headers.contains_key(header::HOST) {
+        headers.insert(
+            header::HOST,
+            HeaderValue::from_str(&authority).expect("authority is ascii"),
+        );
+    }
+    let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    let mut req = Request::new(Empty::<Bytes>::new());
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+
+    let response = sender.send_request(req).await.map_err(|e| {
+        HttpError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("origin {} failed before answering: {e}", origin.id),
+        )
+    })?;
+    Ok(Upstream { response, conn })
+}
+
+/// Relays an upstream response to the client: status and headers intact
+/// (minus hop-by-hop), body streamed. The lease, if any, keeps the stream
+/// mapping alive and ends the body when the origin is gone.
+pub fn relay(
+    upstream: Upstream,
+    lease: Option<StreamLease>,
+    bytes_out: IntCounter,
+    guard: Option<ConnectionGuard>,
+) -> Response<Body> {
+    let (mut parts, incoming) = upstream.response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let body = RelayBody {
+        inner: incoming,
+        _conn: upstream.conn,
+        // The future owns the lease, so the mapping is refreshed for as long
+        // as the body is alive.
+        lost: lease.map(|lease| async move { lease.lost().await }.boxed()),
+        bytes_out,
+        _guard: guard,
+    };
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// The relayed body: upstream frames, counted, cut when the origin is gone.
+struct RelayBody {
+    inner: Incoming,
+    _conn: AbortOnDrop,
+    lost: Option<BoxFuture<'static, ()>>,
+    bytes_out: IntCounter,
+    _guard: Option<ConnectionGuard>,
+}
+
+/// Ends a relayed body because the origin went away.
+#[derive(Debug, thiserror::Error)]
+#[error("origin is no longer live; relay ended")]
+pub struct OriginLost;
+
+impl HttpBody for RelayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(lost) = self.lost.as_mut() {
+            if lost.poll_unpin(cx).is_ready() {
+                self.lost = None;
+                return Poll::Ready(Some(Err(Box::new(OriginLost))));
+            }
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes_out.inc_by(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Reads a whole upstream body of at most `limit` bytes (playlists only).
+pub async fn read_bounded(upstream: Upstream, limit: usize) -> Result<(http::response::Parts, Bytes), HttpError> {
+    let (parts, body) = upstream.response.into_parts();
+    let collected = http_body_util::Limited::new(body, limit).collect().await.map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            HttpError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("origin playlist is larger than {limit} bytes"),
+            )
+        } else {
+            HttpError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("origin failed while sending the playlist: {e}"),
+            )
+        }
+    })?;
+    drop(upstream.conn);
+    Ok((parts, collected.to_bytes()))
+}
+
+/// Copies response headers from an upstream response, minus hop-by-hop.
+pub fn response_headers(parts: &http::response::Parts) -> HeaderMap {
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    headers
+}

@@ -1,0 +1,184 @@
+//! The `srs-proxy` binary: parse config, set up logging, run the library.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use srs_proxy::config::{self, LogFormat};
+use srs_proxy::context::Context;
+use srs_proxy::server;
+
+/// Exit code for a configuration error (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "srs-proxy",
+    version,
+    about = "Proxy that turns a pool of SRS origins into one origin cluster"
+)]
+struct Args {
+    /// YAML config file (unknown keys are errors).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as YAML and exit (64 if invalid).
+    #[arg(long)]
+    check_config: bool,
+    /// HTTP streaming listener (PROXY_HTTP_SERVER).
+    #[arg(long)]
+    http_server: Option<String>,
+    /// RTMP listener (PROXY_RTMP_SERVER).
+    #[arg(long)]
+    rtmp_server: Option<String>,
+    /// System API listener (PROXY_SYSTEM_API).
+    #[arg(long)]
+    system_api: Option<String>,
+    /// memory or redis (PROXY_LOAD_BALANCER_TYPE).
+    #[arg(long)]
+    load_balancer_type: Option<String>,
+    /// least-streams, random or consistent-hash (PROXY_BALANCE_POLICY).
+    #[arg(long)]
+    balance_policy: Option<String>,
+    /// text or json (PROXY_LOG_FORMAT).
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Any other setting by its YAML name, e.g. --set redis.prefix=prod:
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl Args {
+    fn overrides(&self) -> Result<Vec<(String, String, String)>, String> {
+        let mut out = Vec::new();
+        let named = [
+            ("--http-server", "http_server", &self.http_server),
+            ("--rtmp-server", "rtmp_server", &self.rtmp_server),
+            ("--system-api", "system_api", &self.system_api),
+            ("--load-balancer-type", "load_balancer_type", &self.load_balancer_type),
+            ("--balance-policy", "balance_policy", &self.balance_policy),
+            ("--log-format", "log_format", &self.log_format),
+        ];
+        for (flag, key, value) in named {
+            if let Some(v) = value {
+                out.push((flag.to_string(), key.to_string(), v.clone()));
+            }
+        }
+        for kv in &self.set {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--set {kv:?}: expected KEY=VALUE"))?;
+            out.push(("--set".to_string(), k.trim().to_string(), v.to_string()));
+        }
+        Ok(out)
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // As the Go proxy does: variables from ./.env, never over the real env.
+    let _ = dotenvy::dotenv();
+    let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("PROXY_")).collect();
+    let overrides = match args.overrides() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("srs-proxy: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let config = match config::load(args.config.as_deref(), &env, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("srs-proxy: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.check_config {
+        match serde_yaml::to_string(&config) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("srs-proxy: cannot print configuration: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    init_tracing(config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("srs-proxy: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async_main(config))
+}
+
+async fn async_main(config: config::Config) -> ExitCode {
+    let store = match server::build_store(&config).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listeners = match server::Listeners::bind(&config).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let force = config.force_quit_timeout;
+    let ctx = Context::new(config, store);
+    let servers = tokio::spawn(server::run(ctx.clone(), listeners));
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            srs_proxy::shutdown::signal().await;
+            tracing::info!("signal received");
+            // The hard limit runs from the signal, whatever the grace does.
+            tokio::spawn(async move {
+                tokio::time::sleep(force).await;
+                tracing::warn!(?force, "force quit timeout reached; exiting");
+                std::process::exit(1);
+            });
+            server::drain(&ctx, async {
+                let _ = done_rx.await;
+            })
+            .await;
+        })
+    };
+    let result = servers.await;
+    let _ = done_tx.send(());
+    let _ = watcher.await;
+    match result {
+        Ok(Ok(())) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "server panicked");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Binds the listeners and runs every server until shutdown.
+//!
+//! This is the library's entry point: `main` parses config and calls
+//! [`Listeners::bind`] then [`run`]; tests bind port 0 and do the same.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::config::{Config, ListenAddr, StoreKind};
+use crate::context::Context;
+use crate::store::{MemoryStore, Store};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        addr: ListenAddr,
+        source: io::Error,
+    },
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// The bound sockets of the servers that exist so far.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub system_api: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        async fn one(key: &'static str, addr: ListenAddr) -> Result<TcpListener, StartError> {
+            TcpListener::bind(addr.0)
+                .await
+                .map_err(|source| StartError::Bind { key, addr, source })
+        }
+        Ok(Self {
+            http: one("http_server", config.http_server).await?,
+            system_api: one("system_api", config.system_api).await?,
+        })
+    }
+}
+
+/// Builds the store the config asks for.
+pub async fn build_store(config: &Config) -> Result<Store, StartError> {
+    match config.load_balancer_type {
+        StoreKind::Memory => Ok(Store::Memory(MemoryStore::new())),
+        StoreKind::Redis => Err(StartError::Store(
+            "load_balancer_type redis is not available in this build".into(),
+        )),
+    }
+}
+
+/// Runs every server until they have all stopped (after a drain).
+pub async fn run(ctx: Context, listeners: Listeners) -> io::Result<()> {
+    for origin in ctx.config.static_origins() {
+        tracing::info!(origin = %origin.id, ip = %origin.ip, ports = ?origin.ports, "static origin");
+        if let Err(e) = ctx.store.upsert_origin(origin, None).await {
+            tracing::error!(error = %e, "cannot register static origin; will retry");
+        }
+    }
+    tracing::info!(
+        http = %listeners.http.local_addr()?,
+        system_api = %listeners.system_api.local_addr()?,
+        store = ctx.store.kind(),
+        "srs-proxy {} serving (RTMP, WebRTC and SRT listeners are not started in this build)",
+        crate::VERSION
+    );
+    let housekeeping = tokio::spawn(housekeeping(ctx.clone()));
+    let mut servers = JoinSet::new();
+    servers.spawn(crate::http::run(listeners.http, ctx.clone()));
+    servers.spawn(crate::api::run(listeners.system_api, ctx.clone()));
+    let mut result = Ok(());
+    while let Some(done) = servers.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(e) => result = Err(io::Error::other(e)),
+        }
+    }
+    housekeeping.abort();
+    result
+}
+
+/// Expires store entries, keeps static origins registered, and updates the
+/// gauges that describe the store.
+async fn housekeeping(ctx: Context) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n += 1;
+        if let Err(e) = ctx.store_op("sweep", ctx.store.sweep()).await {
+            tracing::warn!(error = %e, "store housekeeping failed");
+        }
+        if n % 5 == 1 {
+            refresh_gauges(&ctx).await;
+        }
+    }
+}
+
+async fn refresh_gauges(ctx: &Context) {
+    if let Ok(origins) = ctx.store_op("list_origins", ctx.store.list_origins()).await {
+        for source in ["heartbeat", "static", "kubernetes"] {
+            let n = origins.iter().filter(|o| o.origin.source.as_str() == source).count();
+            ctx.metrics.origins_live.with_label_values(&[source]).set(n as i64);
+        }
+        let streams: u32 = origins.iter().map(|o| o.streams).sum();
+        ctx.metrics.streams_active.set(i64::from(streams));
+    }
+}
+
+/// SIGTERM handling: readiness goes 503 and listeners close at once, open
+/// streams get `grace_quit_timeout`, then they are cut.
+pub async fn drain(ctx: &Context, servers_done: impl std::future::Future<Output = ()>) {
+    tracing::info!(grace = ?ctx.config.grace_quit_timeout, "draining: no new connections");
+    ctx.shutdown.start_drain();
+    tokio::pin!(servers_done);
+    if tokio::time::timeout(ctx.config.grace_quit_timeout, &mut servers_done)
+        .await
+        .is_err()
+    {
+        tracing::info!("grace period over; closing open streams");
+        ctx.shutdown.abort();
+        servers_done.await;
+    }
+}

@@ -1,0 +1,258 @@
+//! Routing state: live origins, stream claims and routing sessions.
+//!
+//! One contract, several implementations ([`memory`] today); every replica of
+//! the proxy that shares a store agrees on which origin holds which stream.
+//! A claim is one atomic operation inside the store, never a read followed
+//! by a write from the proxy. Everything carries a TTL: origins (unless
+//! static), stream mappings and sessions disappear when nobody refreshes
+//! them.
+//!
+//! The store knows nothing of protocols or sockets; callers hand it stream
+//! keys and origins.
+
+pub mod memory;
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::balance::Policy;
+use crate::origin::Origin;
+use crate::stream_key::StreamKey;
+
+pub use memory::MemoryStore;
+
+/// A store failure. Expected outcomes (no origin, unknown session) are
+/// values, not errors.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The backing service did not answer in time or at all.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The backing service answered something this code cannot read.
+    #[error("store returned bad data: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "unavailable",
+            Self::Corrupt(_) => "corrupt",
+        }
+    }
+}
+
+/// How a claim was satisfied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimOutcome {
+    /// The stream was already mapped to a live origin.
+    Hit,
+    /// The stream was new; the policy placed it.
+    New,
+    /// The stream was mapped to an origin that is gone; it was placed anew.
+    Failover,
+}
+
+impl ClaimOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::New => "new",
+            Self::Failover => "failover",
+        }
+    }
+}
+
+/// Result of [`Store::claim`].
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// The stream is served by this origin.
+    Origin(Origin, ClaimOutcome),
+    /// No live origin has room for a new stream.
+    NoOrigin,
+}
+
+/// A live origin as listed by the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct OriginStatus {
+    #[serde(flatten)]
+    pub origin: Origin,
+    /// Streams currently mapped to it.
+    pub streams: u32,
+    /// Seconds until the registration expires; `None` for static origins.
+    pub expires_in_secs: Option<f64>,
+}
+
+/// A stream mapping as listed by the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamStatus {
+    pub key: StreamKey,
+    pub origin_id: String,
+    /// Seconds since the stream was claimed.
+    pub age_secs: f64,
+    /// Seconds until the mapping expires unless refreshed.
+    pub expires_in_secs: f64,
+}
+
+/// What a routing session points at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Session {
+    pub key: StreamKey,
+    pub origin_id: String,
+}
+
+/// Kinds of routing sessions, each its own namespace of ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionKind {
+    /// HLS: the `spbhid` token in playlist and segment URLs.
+    Hls,
+    /// WebRTC: the ICE username fragment.
+    Rtc,
+}
+
+impl SessionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hls => "hls",
+            Self::Rtc => "rtc",
+        }
+    }
+}
+
+/// Sent when an origin stops being live (removed or expired), so relays to
+/// it can end at once instead of at their next refresh.
+#[derive(Debug, Clone)]
+pub struct OriginGone {
+    pub id: String,
+}
+
+/// The store handle: cheap to clone, shared by every task.
+#[derive(Clone)]
+pub enum Store {
+    Memory(MemoryStore),
+}
+
+impl Store {
+    /// Registers or refreshes an origin. `ttl: None` never expires (static).
+    pub async fn upsert_origin(&self, origin: Origin, ttl: Option<Duration>) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(s) => s.upsert_origin(origin, ttl),
+        }
+    }
+
+    /// Removes an origin; streams mapped to it are re-claimed on next use.
+    pub async fn remove_origin(&self, id: &str) -> Result<bool, StoreError> {
+        match self {
+            Self::Memory(s) => s.remove_origin(id),
+        }
+    }
+
+    /// Live origins with their stream counts.
+    pub async fn list_origins(&self) -> Result<Vec<OriginStatus>, StoreError> {
+        match self {
+            Self::Memory(s) => s.list_origins(),
+        }
+    }
+
+    /// The origin with this id if it is live.
+    pub async fn origin(&self, id: &str) -> Result<Option<Origin>, StoreError> {
+        match self {
+            Self::Memory(s) => s.origin(id),
+        }
+    }
+
+    /// Returns the live origin serving `key`, or places the stream with
+    /// `policy` and records the mapping for `ttl` — atomically.
+    pub async fn claim(&self, key: &StreamKey, policy: Policy, ttl: Duration) -> Result<Claim, StoreError> {
+        match self {
+            Self::Memory(s) => s.claim(key, policy, ttl),
+        }
+    }
+
+    /// The live origin serving `key`, without placing it if unmapped.
+    pub async fn lookup(&self, key: &StreamKey) -> Result<Option<Origin>, StoreError> {
+        match self {
+            Self::Memory(s) => s.lookup(key),
+        }
+    }
+
+    /// Extends the mapping of `key` to `origin_id`. `false` when the mapping
+    /// is gone, points elsewhere, or the origin is no longer live.
+    pub async fn refresh_stream(&self, key: &StreamKey, origin_id: &str, ttl: Duration) -> Result<bool, StoreError> {
+        match self {
+            Self::Memory(s) => s.refresh_stream(key, origin_id, ttl),
+        }
+    }
+
+    /// Drops the mapping of `key` if it still points at `origin_id`.
+    pub async fn release_stream(&self, key: &StreamKey, origin_id: &str) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(s) => s.release_stream(key, origin_id),
+        }
+    }
+
+    /// Current stream mappings.
+    pub async fn list_streams(&self) -> Result<Vec<StreamStatus>, StoreError> {
+        match self {
+            Self::Memory(s) => s.list_streams(),
+        }
+    }
+
+    /// Records a routing session for `ttl`.
+    pub async fn put_session(
+        &self,
+        kind: SessionKind,
+        id: &str,
+        session: &Session,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(s) => s.put_session(kind, id, session, ttl),
+        }
+    }
+
+    /// Reads a session and extends it by `ttl` (a session in use stays).
+    pub async fn touch_session(
+        &self,
+        kind: SessionKind,
+        id: &str,
+        ttl: Duration,
+    ) -> Result<Option<Session>, StoreError> {
+        match self {
+            Self::Memory(s) => s.touch_session(kind, id, ttl),
+        }
+    }
+
+    /// Whether the store can serve requests now (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Housekeeping, run about once a second: drops what expired and
+    /// announces origins that went away (see [`Store::subscribe_gone`]).
+    pub async fn sweep(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(s) => s.sweep(),
+        }
+    }
+
+    /// Origin removals and expiries, as they are noticed.
+    pub fn subscribe_gone(&self) -> broadcast::Receiver<OriginGone> {
+        match self {
+            Self::Memory(s) => s.subscribe_gone(),
+        }
+    }
+
+    /// Name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Memory(_) => "memory",
+        }
+    }
+}

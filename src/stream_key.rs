@@ -1,0 +1,291 @@
+//! The one identity of a stream, `vhost/app/stream`, whatever protocol it
+//! arrives on.
+//!
+//! Each protocol has its own parser (HTTP here; RTMP in `rtmp`), and they all
+//! end in [`StreamKey::new`], which is where hostile names are rejected, so a
+//! key that exists is safe to log, to use in a store key and to put in an
+//! upstream request line.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use percent_encoding::percent_decode_str;
+use serde::{Deserialize, Serialize};
+
+/// SRS's name for the vhost of requests that name none.
+pub const DEFAULT_VHOST: &str = "__defaultVhost__";
+
+/// Longest accepted vhost, app or stream name (bytes).
+const MAX_PART: usize = 256;
+
+/// Identity of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StreamKey {
+    pub vhost: String,
+    /// May contain `/` for nested apps (`/a/b/stream.flv` → `a/b`).
+    pub app: String,
+    pub stream: String,
+}
+
+/// Why a stream identity was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamKeyError {
+    #[error("empty {0}")]
+    Empty(&'static str),
+    #[error("{0} is longer than 256 bytes")]
+    TooLong(&'static str),
+    #[error("{0} contains '..'")]
+    DotDot(&'static str),
+    #[error("{0} contains a control character")]
+    Control(&'static str),
+    #[error("{0} contains a character not allowed there")]
+    BadChar(&'static str),
+    #[error("path names no app: expected /app/stream.ext")]
+    NoApp,
+    #[error("{0} is not valid percent-encoded UTF-8")]
+    Encoding(&'static str),
+}
+
+fn check(part: &'static str, value: &str, slash_ok: bool) -> Result<(), StreamKeyError> {
+    if value.is_empty() {
+        return Err(StreamKeyError::Empty(part));
+    }
+    if value.len() > MAX_PART {
+        return Err(StreamKeyError::TooLong(part));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(StreamKeyError::Control(part));
+    }
+    if value.contains("..") || value == "." {
+        return Err(StreamKeyError::DotDot(part));
+    }
+    let bad_slash = if slash_ok {
+        value.split('/').any(|seg| seg.is_empty() || seg == ".")
+    } else {
+        value.contains('/')
+    };
+    if bad_slash || value.contains(['\\', '?', '#', ' ', '"', '<', '>']) {
+        return Err(StreamKeyError::BadChar(part));
+    }
+    Ok(())
+}
+
+impl StreamKey {
+    /// Validates and builds a key. `vhost` is normalised with
+    /// [`vhost_from_host`] rules (lower case, IP/dotless → default).
+    pub fn new(vhost: &str, app: &str, stream: &str) -> Result<Self, StreamKeyError> {
+        let vhost = vhost_from_host(vhost);
+        check("vhost", &vhost, false)?;
+        check("app", app, true)?;
+        check("stream", stream, false)?;
+        Ok(Self {
+            vhost,
+            app: app.to_string(),
+            stream: stream.to_string(),
+        })
+    }
+
+    /// Parses an HTTP request for a stream resource. Returns the key and the
+    /// extension of the last path segment (`flv`, `ts`, `m3u8`, `m4s`, …).
+    ///
+    /// The app and stream come from the path (`/app/stream.ext`, nested
+    /// apps allowed) or from `?app=&stream=`; the vhost from `?vhost=` (or
+    /// SRS's `?domain=`) or the `Host` header.
+    pub fn from_http(path: &str, query: Option<&str>, host: Option<&str>) -> Result<(Self, String), StreamKeyError> {
+        let params = query_pairs(query.unwrap_or(""));
+        let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+
+        let decoded = percent_decode_str(path)
+            .decode_utf8()
+            .map_err(|_| StreamKeyError::Encoding("path"))?;
+        let trimmed = decoded.trim_start_matches('/');
+        let (dir, file) = match trimmed.rsplit_once('/') {
+            Some((dir, file)) => (dir, file),
+            None => ("", trimmed),
+        };
+        let (stem, ext) = match file.rsplit_once('.') {
+            Some((stem, ext)) => (stem, ext.to_ascii_lowercase()),
+            None => (file, String::new()),
+        };
+        let app = param("app").filter(|a| !a.is_empty()).unwrap_or(dir);
+        let (stream, ext) = match param("stream").filter(|s| !s.is_empty()) {
+            // `stream=livestream.flv` in the query names the same stream.
+            Some(s) => match s.rsplit_once('.') {
+                Some((stem, e)) if matches!(e.to_ascii_lowercase().as_str(), "flv" | "ts" | "m3u8") => {
+                    (stem, if ext.is_empty() { e.to_ascii_lowercase() } else { ext })
+                }
+                _ => (s, ext),
+            },
+            None => (stem, ext),
+        };
+        if app.is_empty() {
+            return Err(StreamKeyError::NoApp);
+        }
+        let vhost = param("vhost")
+            .or_else(|| param("domain"))
+            .filter(|v| !v.is_empty())
+            .or(host)
+            .unwrap_or(DEFAULT_VHOST);
+        Ok((Self::new(vhost, app, stream)?, ext))
+    }
+
+    /// The key of the stream an HLS segment belongs to, by SRS's default
+    /// naming `[stream]-[seq].ext`: `livestream-12` → `livestream`.
+    pub fn without_segment_number(&self) -> Option<Self> {
+        let (base, seq) = self.stream.rsplit_once('-')?;
+        if base.is_empty() || seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(Self {
+            vhost: self.vhost.clone(),
+            app: self.app.clone(),
+            stream: base.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for StreamKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.vhost, self.app, self.stream)
+    }
+}
+
+/// The vhost for a `Host` header or tcUrl host: port stripped, lower case;
+/// IP addresses and names without a dot are [`DEFAULT_VHOST`], as in SRS.
+pub fn vhost_from_host(host: &str) -> String {
+    let host = host.trim();
+    if host == DEFAULT_VHOST {
+        return host.to_string();
+    }
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else if host.matches(':').count() > 1 {
+        host // bare IPv6
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    if name.is_empty() || name.parse::<IpAddr>().is_ok() || !name.contains('.') {
+        return DEFAULT_VHOST.to_string();
+    }
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Splits a query string into decoded pairs (`+` is a space, as forms send).
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let dec = |s: &str| {
+                percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(path: &str, query: Option<&str>, host: Option<&str>) -> Result<(StreamKey, String), StreamKeyError> {
+        StreamKey::from_http(path, query, host)
+    }
+
+    #[test]
+    fn plain_paths() {
+        let (k, ext) = http("/live/livestream.flv", None, Some("127.0.0.1:18080")).unwrap();
+        assert_eq!(k.to_string(), "__defaultVhost__/live/livestream");
+        assert_eq!(ext, "flv");
+        let (k, ext) = http("/live/livestream.m3u8", None, Some("Example.COM:8080")).unwrap();
+        assert_eq!(k.vhost, "example.com");
+        assert_eq!(ext, "m3u8");
+        let (k, _) = http("/a/b/stream.ts", None, None).unwrap();
+        assert_eq!((k.app.as_str(), k.stream.as_str()), ("a/b", "stream"));
+    }
+
+    #[test]
+    fn query_overrides() {
+        let (k, _) = http(
+            "/x.flv",
+            Some("app=live&stream=cam1&vhost=video.example.com"),
+            Some("1.2.3.4"),
+        )
+        .unwrap();
+        assert_eq!(k.to_string(), "video.example.com/live/cam1");
+        let (k, _) = http("/live/s.flv", Some("domain=a.b.c"), None).unwrap();
+        assert_eq!(k.vhost, "a.b.c");
+        let (k, _) = http("/live/s.flv", Some("vhost="), Some("x.y")).unwrap();
+        assert_eq!(k.vhost, "x.y", "empty ?vhost= falls back to Host");
+        let (k, _) = http("/api/flv", Some("app=live&stream=s.flv"), None).unwrap();
+        assert_eq!(k.stream, "s");
+    }
+
+    #[test]
+    fn vhosts() {
+        for (host, vhost) in [
+            ("localhost", DEFAULT_VHOST),
+            ("localhost:8080", DEFAULT_VHOST),
+            ("10.0.0.1", DEFAULT_VHOST),
+            ("[::1]:8080", DEFAULT_VHOST),
+            ("::1", DEFAULT_VHOST),
+            ("", DEFAULT_VHOST),
+            ("srs.example.com.", "srs.example.com"),
+            ("SRS.Example.com:1935", "srs.example.com"),
+            ("__defaultVhost__", DEFAULT_VHOST),
+        ] {
+            assert_eq!(vhost_from_host(host), vhost, "{host}");
+        }
+    }
+
+    #[test]
+    fn hostile_names() {
+        for (path, query) in [
+            ("/livestream.flv", None),
+            ("/../etc/passwd.flv", None),
+            ("/live/..flv", None),
+            ("/live/%2e%2e/x.flv", None),
+            ("/live/%2e%2e.flv", None),
+            ("/live/a%00b.flv", None),
+            ("/live/a%0d%0aHost:x.flv", None),
+            ("/live//s.flv", None),
+            ("/live/.flv", None),
+            ("/live/%ff.flv", None),
+            ("/live/s.flv", Some("stream=a/b")),
+            ("/live/s.flv", Some("app=../x")),
+            ("/live/s.flv", Some("vhost=a%0a.b")),
+        ] {
+            assert!(http(path, query, None).is_err(), "{path} {query:?} should be rejected");
+        }
+        let long = format!("/live/{}.flv", "a".repeat(300));
+        assert_eq!(http(&long, None, None).unwrap_err(), StreamKeyError::TooLong("stream"));
+    }
+
+    #[test]
+    fn segment_numbers() {
+        let (k, _) = http("/live/livestream-12.ts", None, None).unwrap();
+        assert_eq!(k.without_segment_number().unwrap().stream, "livestream");
+        let (k, _) = http("/live/live-stream-3.m4s", None, None).unwrap();
+        assert_eq!(k.without_segment_number().unwrap().stream, "live-stream");
+        for s in ["/live/livestream.ts", "/live/a-b.ts", "/live/-1.ts"] {
+            let (k, _) = http(s, None, None).unwrap();
+            assert!(k.without_segment_number().is_none(), "{s}");
+        }
+    }
+
+    #[test]
+    fn query_decoding() {
+        assert_eq!(
+            query_pairs("a=1&b=x%20y&c&d=e+f"),
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "x y".into()),
+                ("c".into(), "".into()),
+                ("d".into(), "e f".into())
+            ]
+        );
+    }
+}
