@@ -158,6 +158,9 @@ where
             .instrument(span),
         );
     }
+    // Close the socket now so new connections are refused at once, not
+    // left in the backlog while open streams finish.
+    drop(listener);
     tracker.close();
     tracker.wait().await;
     Ok(())

@@ -1,0 +1,504 @@
+//! HTTP-FLV, HTTP-TS and HLS through the proxy, against fake SRS origins
+//! registered through the real register API.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use support::client::{self, get, read_n, request};
+use support::eventually;
+use support::origin::{expected_prefix, segment_body, FakeOrigin};
+use support::proxy::{test_config, TestProxy};
+
+async fn proxy_with_origins(names: &[&str]) -> (TestProxy, Vec<FakeOrigin>) {
+    let proxy = TestProxy::start(test_config()).await;
+    let mut origins = Vec::new();
+    for name in names {
+        let o = FakeOrigin::start(name).await;
+        o.register(proxy.api).await;
+        origins.push(o);
+    }
+    (proxy, origins)
+}
+
+#[tokio::test]
+async fn flv_and_ts_bytes_and_headers_arrive_intact() {
+    let (proxy, _origins) = proxy_with_origins(&["origin-a"]).await;
+    for (ext, content_type) in [("flv", "video/x-flv"), ("ts", "video/MP2T")] {
+        let path = format!("/live/cam1.{ext}?token=abc");
+        let resp = client::send(
+            proxy.http,
+            Method::GET,
+            &path,
+            &[("host", "video.example.com")],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let h = resp.headers().clone();
+        assert_eq!(h["content-type"], content_type, "Content-Type reaches the player");
+        assert_eq!(h["cache-control"], "no-store");
+        assert_eq!(h["x-origin"], "origin-a");
+        assert_eq!(h["access-control-allow-origin"], "*");
+        let mut body = resp.into_body();
+        let got = read_n(&mut body, 300_000).await;
+        assert!(
+            got == expected_prefix(ext, "cam1", 300_000),
+            "{ext}: bytes differ from what the origin sent"
+        );
+    }
+    // The request reached the origin unchanged: path, query and Host (SRS
+    // reads the vhost from Host).
+    let reqs = _origins[0].requests();
+    let flv = reqs
+        .iter()
+        .find(|r| r.path_and_query.starts_with("/live/cam1.flv"))
+        .unwrap();
+    assert_eq!(flv.path_and_query, "/live/cam1.flv?token=abc");
+    assert_eq!(flv.host.as_deref(), Some("video.example.com"));
+}
+
+#[tokio::test]
+async fn each_stream_stays_on_the_origin_that_claimed_it() {
+    let (proxy, _origins) = proxy_with_origins(&["origin-a", "origin-b"]).await;
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for round in 0..3 {
+        for i in 0..8 {
+            let stream = format!("s{i}");
+            // Mix protocols: the key is the same whatever the extension.
+            let path = match round {
+                0 => format!("/live/{stream}.flv"),
+                1 => format!("/live/{stream}.m3u8"),
+                _ => format!("/live/{stream}.ts"),
+            };
+            let resp = client::send(proxy.http, Method::GET, &path, &[], Bytes::new()).await;
+            assert_eq!(resp.status(), StatusCode::OK, "{path}");
+            let served_by = resp.headers()["x-origin"].to_str().unwrap().to_string();
+            drop(resp);
+            let first = owner.entry(stream.clone()).or_insert(served_by.clone());
+            assert_eq!(*first, served_by, "{path} moved origins");
+        }
+    }
+    let used: std::collections::HashSet<_> = owner.values().collect();
+    assert_eq!(
+        used.len(),
+        2,
+        "least-streams spreads new streams over both origins: {owner:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_origin_gets_no_new_streams_and_its_streams_move() {
+    let mut config = test_config();
+    config.registration_ttl = Duration::from_millis(800);
+    let proxy = TestProxy::start(config).await;
+    let a = FakeOrigin::start("origin-a").await;
+    let b = FakeOrigin::start("origin-b").await;
+    a.register(proxy.api).await;
+    b.register(proxy.api).await;
+    // Pin a stream to A by placing streams until one lands there.
+    let mut on_a = None;
+    for i in 0..20 {
+        let r = get(proxy.http, &format!("/live/x{i}.m3u8")).await;
+        if r.header("x-origin") == Some("origin-a") {
+            on_a = Some(format!("x{i}"));
+            break;
+        }
+    }
+    let on_a = on_a.expect("some stream lands on origin-a");
+    // B keeps sending heartbeats; A stops.
+    let heartbeat = {
+        let body = b.register_body();
+        let api = proxy.api;
+        tokio::spawn(async move {
+            loop {
+                client::post(api, "/api/v1/srs/register", body.clone()).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let gone = eventually(Duration::from_secs(5), || async {
+        let list = get(proxy.api, "/api/v1/origins").await.json();
+        let ids: Vec<String> = list["origins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_string())
+            .collect();
+        (!ids.contains(&"origin-a".to_string())).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "origin-a expired from the origin list");
+    for i in 0..6 {
+        let r = get(proxy.http, &format!("/live/new{i}.m3u8")).await;
+        assert_eq!(
+            r.header("x-origin"),
+            Some("origin-b"),
+            "new stream went to the expired origin"
+        );
+    }
+    let r = get(proxy.http, &format!("/live/{on_a}.m3u8")).await;
+    assert_eq!(
+        r.header("x-origin"),
+        Some("origin-b"),
+        "stream of the expired origin is re-claimed"
+    );
+    heartbeat.abort();
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_does_not_make_the_proxy_buffer() {
+    let (proxy, origins) = proxy_with_origins(&["origin-a"]).await;
+    let resp = client::send(proxy.http, Method::GET, "/live/slow.flv", &[], Bytes::new()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Read nothing; let the pipe fill up.
+    let mut last = 0;
+    let settled = eventually(Duration::from_secs(10), || {
+        let now = origins[0].produced();
+        let stable = now == last && now > 0;
+        last = now;
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stable.then_some(now)
+        }
+    })
+    .await
+    .expect("the origin stops producing once buffers are full");
+    // Socket buffers on both sides plus the proxy's own buffers; an
+    // unbounded proxy would have pulled hundreds of megabytes by now.
+    assert!(
+        settled < 32 * 1024 * 1024,
+        "origin produced {settled} bytes for a client that read nothing"
+    );
+    // Meanwhile another client is served normally.
+    let other = get(proxy.http, "/live/other.m3u8").await;
+    assert_eq!(other.status, StatusCode::OK);
+    // And the stalled client still gets the right bytes when it reads.
+    let mut body = resp.into_body();
+    let got = read_n(&mut body, 100_000).await;
+    assert!(got == expected_prefix("flv", "slow", 100_000));
+}
+
+#[tokio::test]
+async fn closing_the_client_closes_the_origin_stream_and_origin_death_ends_the_client() {
+    let (proxy, origins) = proxy_with_origins(&["origin-a"]).await;
+    let resp = client::send(proxy.http, Method::GET, "/live/c.flv", &[], Bytes::new()).await;
+    let mut body = resp.into_body();
+    read_n(&mut body, 50_000).await;
+    assert_eq!(origins[0].open_streams(), 1);
+    drop(body);
+    let closed = eventually(Duration::from_secs(5), || async {
+        (origins[0].open_streams() == 0).then_some(())
+    })
+    .await;
+    assert!(closed.is_some(), "upstream stream still open after the client left");
+
+    let resp = client::send(proxy.http, Method::GET, "/live/d.flv", &[], Bytes::new()).await;
+    let mut body = resp.into_body();
+    read_n(&mut body, 50_000).await;
+    origins[0].kill();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match body.frame().await {
+                Some(Ok(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "client response did not end after the origin died");
+}
+
+#[tokio::test]
+async fn removing_an_origin_ends_relays_to_it() {
+    let (proxy, _origins) = proxy_with_origins(&["origin-a"]).await;
+    let resp = client::send(proxy.http, Method::GET, "/live/e.flv", &[], Bytes::new()).await;
+    let mut body = resp.into_body();
+    read_n(&mut body, 20_000).await;
+    proxy.ctx.store.remove_origin("origin-a").await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "relay to a removed origin kept going");
+}
+
+#[tokio::test]
+async fn hls_playlists_are_rewritten_and_segments_follow_the_token() {
+    let (proxy, origins) = proxy_with_origins(&["origin-a", "origin-b"]).await;
+
+    // Plain TS playlist.
+    let r = get(proxy.http, "/live/h1.m3u8").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-type"), Some("application/vnd.apple.mpegurl"));
+    let owner = r.header("x-origin").unwrap().to_string();
+    let text = r.text();
+    let seg_line = text.lines().find(|l| l.starts_with("h1-100.ts")).unwrap().to_string();
+    let token = seg_line.split("spbhid=").nth(1).unwrap().to_string();
+    assert_eq!(token.len(), 32, "token is 128 bits of hex: {seg_line}");
+    assert_eq!(r.header("content-length").unwrap(), text.len().to_string());
+    let seg = get(proxy.http, &format!("/live/{seg_line}")).await;
+    assert_eq!(seg.status, StatusCode::OK);
+    assert_eq!(seg.header("content-type"), Some("video/MP2T"));
+    assert_eq!(seg.header("x-origin"), Some(owner.as_str()));
+    assert_eq!(&seg.body[..], &segment_body("/live/h1-100.ts")[..]);
+    // A reload without the token reuses the same token.
+    let again = get(proxy.http, "/live/h1.m3u8").await.text();
+    assert!(again.contains(&token));
+    // A segment without a token goes to the origin serving its stream.
+    let seg = get(proxy.http, "/live/h1-101.ts").await;
+    assert_eq!(seg.header("x-origin"), Some(owner.as_str()));
+    assert_eq!(seg.header("content-type"), Some("video/MP2T"));
+
+    // fMP4 with EXT-X-MAP: init and .m4s follow the token.
+    let r = get(proxy.http, "/fmp4/h2.m3u8").await;
+    let owner = r.header("x-origin").unwrap().to_string();
+    let text = r.text();
+    let map = text.lines().find(|l| l.starts_with("#EXT-X-MAP")).unwrap();
+    let init_uri = map.split('"').nth(1).unwrap();
+    assert!(init_uri.starts_with("h2/init.mp4?spbhid="), "{map}");
+    let init = get(proxy.http, &format!("/fmp4/{init_uri}")).await;
+    assert_eq!(init.header("content-type"), Some("video/mp4"));
+    assert_eq!(init.header("x-origin"), Some(owner.as_str()));
+    let m4s = text.lines().find(|l| l.starts_with("h2/seg-1.m4s")).unwrap();
+    let seg = get(proxy.http, &format!("/fmp4/{m4s}")).await;
+    assert_eq!(seg.header("content-type"), Some("video/iso.segment"));
+    assert_eq!(seg.header("x-origin"), Some(owner.as_str()));
+
+    // Master playlist: variants carry the token and load from the same origin.
+    let r = get(proxy.http, "/vod/h3.m3u8").await;
+    let owner = r.header("x-origin").unwrap().to_string();
+    let variant = r
+        .text()
+        .lines()
+        .find(|l| l.starts_with("h3/low.m3u8?spbhid="))
+        .unwrap()
+        .to_string();
+    let v = get(proxy.http, &format!("/vod/{variant}")).await;
+    assert_eq!(v.status, StatusCode::OK);
+    assert_eq!(v.header("x-origin"), Some(owner.as_str()));
+    assert!(
+        v.text().contains("low-100.ts?spbhid="),
+        "variant playlist rewritten too"
+    );
+
+    // An unknown token is not trusted: the request is routed by its path.
+    let r = get(proxy.http, "/live/h1.m3u8?spbhid=00000000000000000000000000000000").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(!r.text().contains("spbhid=00000000000000000000000000000000"));
+
+    // HEAD on a playlist: headers with the rewritten length, no body.
+    let h = request(proxy.http, Method::HEAD, "/live/h1.m3u8", &[], Bytes::new()).await;
+    assert_eq!(h.status, StatusCode::OK);
+    assert!(h.body.is_empty());
+    assert!(h.header("content-length").is_some());
+    drop(origins);
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_status_and_a_reason_and_others_keep_working() {
+    let (proxy, origins) = proxy_with_origins(&["origin-a"]).await;
+    let cases: Vec<(Method, &str, StatusCode, &str)> = vec![
+        (Method::GET, "/live/x.exe", StatusCode::NOT_FOUND, "not a stream"),
+        (Method::GET, "/livestream.flv", StatusCode::BAD_REQUEST, "app"),
+        (Method::GET, "/live/%2e%2e.flv", StatusCode::BAD_REQUEST, ".."),
+        (Method::GET, "/live/a%00.flv", StatusCode::BAD_REQUEST, "control"),
+        (Method::POST, "/live/x.flv", StatusCode::METHOD_NOT_ALLOWED, "POST"),
+        (Method::DELETE, "/live/x.flv", StatusCode::METHOD_NOT_ALLOWED, "DELETE"),
+        (
+            Method::GET,
+            "/live/missing.flv",
+            StatusCode::NOT_FOUND,
+            "not found on origin",
+        ),
+        (
+            Method::GET,
+            "/live/nobody-7.m4s",
+            StatusCode::NOT_FOUND,
+            "no origin serves",
+        ),
+    ];
+    for (method, path, status, reason) in cases {
+        let r = request(proxy.http, method.clone(), path, &[], Bytes::new()).await;
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+        assert!(r.text().contains(reason), "{method} {path}: {}", r.text());
+        assert_eq!(r.text().lines().count(), 1, "one-line reason: {:?}", r.text());
+    }
+    // OPTIONS preflight.
+    let r = request(proxy.http, Method::OPTIONS, "/live/x.flv", &[], Bytes::new()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert!(r.header("access-control-allow-methods").unwrap().contains("GET"));
+    // HEAD on a live stream: headers only.
+    let r = request(proxy.http, Method::HEAD, "/live/x.flv", &[], Bytes::new()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-type"), Some("video/x-flv"));
+    assert!(r.body.is_empty());
+    // Garbage on the wire gets a 400 from the HTTP layer and a close.
+    let reply = client::raw(
+        proxy.http,
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n",
+    )
+    .await;
+    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 400"), "{reply}");
+
+    // Origin that refuses connections → 502.
+    let dead = FakeOrigin::start("origin-dead").await;
+    let body = dead.register_body();
+    drop(dead);
+    origins[0].kill();
+    proxy.ctx.store.remove_origin("origin-a").await.unwrap();
+    client::post(proxy.api, "/api/v1/srs/register", body).await;
+    let r = get(proxy.http, "/live/y.flv").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert!(r.text().contains("origin-dead"), "{}", r.text());
+
+    // No live origin at all → 503 at once.
+    proxy.ctx.store.remove_origin("origin-dead").await.unwrap();
+    let started = std::time::Instant::now();
+    let r = get(proxy.http, "/live/z.flv").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.text().contains("no live origin"), "{}", r.text());
+    // Not a timing threshold on the proxy: a generous bound that only
+    // catches a request that waited for some timeout instead of failing.
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // The proxy still serves once an origin is back.
+    let c = FakeOrigin::start("origin-c").await;
+    c.register(proxy.api).await;
+    let r = get(proxy.http, "/live/z.m3u8").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-origin"), Some("origin-c"));
+}
+
+#[tokio::test]
+async fn register_api_answers_once_with_a_reason() {
+    let proxy = TestProxy::start(test_config()).await;
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(70 * 1024));
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("bad json", "{not json".into(), "JSON"),
+        (
+            "missing ip",
+            r#"{"server":"s","service":"v","pid":"1","rtmp":["1935"]}"#.into(),
+            "ip",
+        ),
+        (
+            "missing pid",
+            r#"{"ip":"10.0.0.1","server":"s","service":"v","rtmp":["1935"]}"#.into(),
+            "pid",
+        ),
+        (
+            "no port",
+            r#"{"ip":"10.0.0.1","server":"s","service":"v","pid":"1"}"#.into(),
+            "no usable",
+        ),
+        (
+            "bad port",
+            r#"{"ip":"10.0.0.1","server":"s","service":"v","pid":"1","rtmp":["x"]}"#.into(),
+            "rtmp",
+        ),
+        ("oversized", big, "larger than"),
+    ];
+    for (what, body, needle) in cases {
+        let r = client::post(proxy.api, "/api/v1/srs/register", body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{what}");
+        // Exactly one JSON document in the body.
+        let json = r.json();
+        assert!(json["error"].as_str().unwrap().contains(needle), "{what}: {json}");
+        assert_eq!(json["code"], 400);
+    }
+    let r = request(proxy.api, Method::GET, "/api/v1/srs/register", &[], Bytes::new()).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    let origins = get(proxy.api, "/api/v1/origins").await.json();
+    assert_eq!(
+        origins["origins"].as_array().unwrap().len(),
+        0,
+        "nothing registered by bad bodies"
+    );
+
+    let o = FakeOrigin::start("origin-a").await;
+    let r = client::post(proxy.api, "/api/v1/srs/register", o.register_body()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let json = r.json();
+    assert_eq!(json["code"], 0);
+    assert!(json["pid"].as_str().is_some());
+    let list = get(proxy.api, "/api/v1/origins").await.json();
+    let entry = &list["origins"][0];
+    assert_eq!(entry["id"], "origin-a");
+    assert_eq!(entry["ports"]["http"], o.addr.port());
+    assert_eq!(entry["ports"]["rtc"], 8000);
+    assert!(entry["expires_in_secs"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn versions_is_the_readiness_probe_and_sigterm_drains() {
+    let (mut proxy, _origins) = proxy_with_origins(&["origin-a"]).await;
+    for addr in [proxy.api, proxy.http] {
+        let r = get(addr, "/api/v1/versions").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.json()["data"]["version"], env!("CARGO_PKG_VERSION"));
+    }
+    // An open stream survives the start of the drain…
+    let resp = client::send(proxy.http, Method::GET, "/live/d.flv", &[], Bytes::new()).await;
+    let mut body = resp.into_body();
+    read_n(&mut body, 10_000).await;
+    proxy.ctx.shutdown.start_drain();
+    let ctx = proxy.ctx.clone();
+    let r = srs_proxy::api::versions(&ctx).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "readiness is 503 while draining"
+    );
+    // …listeners stop accepting…
+    let refused = eventually(Duration::from_secs(3), || async {
+        tokio::net::TcpStream::connect(proxy.http).await.is_err().then_some(())
+    })
+    .await;
+    assert!(refused.is_some(), "listener still accepting after drain");
+    read_n(&mut body, 100_000).await;
+    // …and is cut when the grace period (2 s in tests) ends.
+    proxy.drain().await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "stream not closed after the grace period");
+}
+
+#[tokio::test]
+async fn static_files_cannot_escape_their_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("index.html"), "<h1>players</h1>").unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "secret").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret.txt"), root.join("leak.txt")).unwrap();
+    let mut config = test_config();
+    config.static_files = Some(root);
+    let proxy = TestProxy::start(config).await;
+
+    let r = get(proxy.http, "/index.html").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(r.text(), "<h1>players</h1>");
+    assert_eq!(get(proxy.http, "/").await.text(), "<h1>players</h1>");
+    for path in [
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/x/%2E%2E/%2e%2e/secret.txt",
+        "/leak.txt",
+    ] {
+        let reply = client::raw(
+            proxy.http,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(!reply.contains("secret"), "{path} leaked: {reply}");
+        assert!(reply.starts_with("HTTP/1.1 40"), "{path}: {reply}");
+    }
+}

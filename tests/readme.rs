@@ -1,0 +1,41 @@
+//! The README's configuration and metrics tables cover what the code has.
+
+use srs_proxy::config::KEYS;
+use srs_proxy::metrics::Metrics;
+
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
+}
+
+#[test]
+fn every_setting_has_a_row() {
+    let readme = readme();
+    for key in KEYS {
+        let row = format!("| `{}` | `{}` |", key.name, key.env);
+        assert!(readme.contains(&row), "README configuration table lacks {row}");
+    }
+}
+
+#[test]
+fn every_metric_has_a_row() {
+    let readme = readme();
+    let metrics = Metrics::new();
+    // Touch the labelled families so they appear in the exposition.
+    let _conn = metrics.connection("http-flv", "player");
+    metrics.bytes_relayed_total.with_label_values(&["x", "in"]).inc();
+    metrics.http_requests_total.with_label_values(&["x", "200"]).inc();
+    metrics.claims_total.with_label_values(&["new"]).inc();
+    metrics.origins_live.with_label_values(&["static"]).set(1);
+    metrics
+        .store_operation_seconds
+        .with_label_values(&["claim"])
+        .observe(0.1);
+    metrics.discovery_events_total.with_label_values(&["x"]).inc();
+    metrics.registrations_total.with_label_values(&["ok"]).inc();
+    let families = metrics.registry.gather();
+    assert!(families.len() >= 11, "a metric family was not touched above");
+    for family in families {
+        let row = format!("| `{}` |", family.name());
+        assert!(readme.contains(&row), "README metrics table lacks {row}");
+    }
+}

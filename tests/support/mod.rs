@@ -1,0 +1,32 @@
+//! Helpers shared by the integration tests: real sockets on 127.0.0.1:0.
+//!
+//! * [`proxy`] — the proxy in-process with a chosen config and store.
+//! * [`origin`] — a fake SRS HTTP origin (FLV, TS, HLS) that registers itself
+//!   through the real register API.
+//! * [`client`] — a minimal HTTP/1.1 client over hyper.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod origin;
+pub mod proxy;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Polls `check` until it returns `Some`, for at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,83 @@
+//! The proxy, in-process, on 127.0.0.1 port 0.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use srs_proxy::config::{Config, ListenAddr};
+use srs_proxy::context::Context;
+use srs_proxy::server::{self, Listeners};
+use srs_proxy::store::{MemoryStore, Store};
+use tokio::task::JoinHandle;
+
+/// Config for tests: loopback port 0 everywhere, short timeouts.
+pub fn test_config() -> Config {
+    let any = ListenAddr("127.0.0.1:0".parse().unwrap());
+    Config {
+        http_server: any,
+        rtmp_server: any,
+        http_api: any,
+        webrtc_server: any,
+        srt_server: any,
+        system_api: any,
+        grace_quit_timeout: Duration::from_secs(2),
+        force_quit_timeout: Duration::from_secs(4),
+        origin_connect_timeout: Duration::from_secs(2),
+        ..Config::default()
+    }
+}
+
+/// A running proxy. Dropping it aborts everything it runs.
+pub struct TestProxy {
+    pub http: SocketAddr,
+    pub api: SocketAddr,
+    pub ctx: Context,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestProxy {
+    /// A proxy with its own memory store.
+    pub async fn start(config: Config) -> Self {
+        Self::start_with_store(config, Store::Memory(MemoryStore::new())).await
+    }
+
+    /// A proxy on a given store (share one store between proxies to model
+    /// replicas).
+    pub async fn start_with_store(config: Config, store: Store) -> Self {
+        let listeners = Listeners::bind(&config).await.expect("bind");
+        let http = listeners.http.local_addr().unwrap();
+        let api = listeners.system_api.local_addr().unwrap();
+        let ctx = Context::new(config, store);
+        let task = tokio::spawn(server::run(ctx.clone(), listeners));
+        Self {
+            http,
+            api,
+            ctx,
+            task: Some(task),
+        }
+    }
+
+    /// Drains like SIGTERM does and waits for the servers to stop.
+    pub async fn drain(&mut self) {
+        let task = self.task.take().expect("running");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let ctx = self.ctx.clone();
+        let drain = tokio::spawn(async move {
+            server::drain(&ctx, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        let _ = task.await;
+        let _ = tx.send(());
+        let _ = drain.await;
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.ctx.shutdown.abort();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
