@@ -54,7 +54,7 @@ async fn route(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Respo
     let (class, resp) = match (req.method(), path.as_str()) {
         (&Method::GET | &Method::HEAD, "/api/v1/versions") => ("versions", versions(ctx).await),
         (&Method::POST, "/api/v1/srs/register") => ("register", register(ctx, req, peer).await),
-        (&Method::GET, "/metrics") => ("metrics", metrics(ctx)),
+        (&Method::GET, "/metrics") => ("metrics", metrics(ctx).await),
         (&Method::GET, "/api/v1/origins") => ("origins", origins(ctx).await),
         (&Method::GET, "/api/v1/streams") => ("streams", streams(ctx).await),
         (_, "/api/v1/versions" | "/api/v1/srs/register" | "/metrics" | "/api/v1/origins" | "/api/v1/streams") => (
@@ -97,7 +97,8 @@ pub async fn versions(ctx: &Context) -> Response<Body> {
     }
 }
 
-fn metrics(ctx: &Context) -> Response<Body> {
+async fn metrics(ctx: &Context) -> Response<Body> {
+    crate::server::refresh_gauges(ctx).await;
     let mut resp = Response::new(full(ctx.metrics.render()));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

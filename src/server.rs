@@ -87,24 +87,20 @@ pub async fn run(ctx: Context, listeners: Listeners) -> io::Result<()> {
     result
 }
 
-/// Expires store entries, keeps static origins registered, and updates the
-/// gauges that describe the store.
+/// Expires store entries and announces origins that went away.
 async fn housekeeping(ctx: Context) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut n: u64 = 0;
     loop {
         tick.tick().await;
-        n += 1;
         if let Err(e) = ctx.store_op("sweep", ctx.store.sweep()).await {
             tracing::warn!(error = %e, "store housekeeping failed");
-        }
-        if n % 5 == 1 {
-            refresh_gauges(&ctx).await;
         }
     }
 }
 
-async fn refresh_gauges(ctx: &Context) {
+/// Sets the gauges that describe the store (live origins, streams); run at
+/// scrape time so they are exact when read.
+pub async fn refresh_gauges(ctx: &Context) {
     if let Ok(origins) = ctx.store_op("list_origins", ctx.store.list_origins()).await {
         for source in ["heartbeat", "static", "kubernetes"] {
             let n = origins.iter().filter(|o| o.origin.source.as_str() == source).count();
