@@ -11,6 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -151,7 +152,9 @@ def test_env_is_accepted_by_the_proxy_config_loader(rendered: Rendered) -> None:
         assert rendered.get("Service", k8s["service"])
     if values["proxy"]["store"] == "redis":
         if values["redis"]["external"]["url"]:
-            assert effective["redis"]["url"] == values["redis"]["external"]["url"]
+            # Compared without credentials, which the proxy may mask.
+            want, got = urlsplit(values["redis"]["external"]["url"]), urlsplit(effective["redis"]["url"])
+            assert (got.scheme, got.hostname, got.port, got.path) == (want.scheme, want.hostname, want.port, want.path)
         else:
             redis = next(s for s in rendered.of_kind("Service") if s["metadata"]["name"] == effective["redis"]["host"])
             assert effective["redis"]["port"] == redis["spec"]["ports"][0]["port"]
