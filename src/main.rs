@@ -106,7 +106,7 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        match serde_yaml::to_string(&config) {
+        match serde_yaml::to_string(&config::redacted(&config)) {
             Ok(yaml) => {
                 print!("{yaml}");
                 return ExitCode::SUCCESS;
