@@ -19,6 +19,7 @@
 //! * [`api`] — the system API: versions (readiness), register, metrics.
 //! * [`http`] — HTTP-FLV / HTTP-TS / HLS streaming and static files;
 //!   [`hls`] rewrites playlists so segments follow their stream.
+//! * [`rtmp`] — RTMP publish/play: codec, session, origin replay, relay.
 //! * [`metrics`], [`shutdown`] — Prometheus registry and the drain signal.
 //! * [`server`] — binds the listeners and runs every server until shutdown.
 #![forbid(unsafe_code)]
@@ -31,6 +32,7 @@ pub mod hls;
 pub mod http;
 pub mod metrics;
 pub mod origin;
+pub mod rtmp;
 pub mod server;
 pub mod shutdown;
 pub mod store;

@@ -29,6 +29,7 @@ pub enum StartError {
 /// The bound sockets of the servers that exist so far.
 pub struct Listeners {
     pub http: TcpListener,
+    pub rtmp: TcpListener,
     pub system_api: TcpListener,
 }
 
@@ -41,6 +42,7 @@ impl Listeners {
         }
         Ok(Self {
             http: one("http_server", config.http_server).await?,
+            rtmp: one("rtmp_server", config.rtmp_server).await?,
             system_api: one("system_api", config.system_api).await?,
         })
     }
@@ -66,14 +68,16 @@ pub async fn run(ctx: Context, listeners: Listeners) -> io::Result<()> {
     }
     tracing::info!(
         http = %listeners.http.local_addr()?,
+        rtmp = %listeners.rtmp.local_addr()?,
         system_api = %listeners.system_api.local_addr()?,
         store = ctx.store.kind(),
-        "srs-proxy {} serving (RTMP, WebRTC and SRT listeners are not started in this build)",
+        "srs-proxy {} serving (WebRTC and SRT listeners are not started in this build)",
         crate::VERSION
     );
     let housekeeping = tokio::spawn(housekeeping(ctx.clone()));
     let mut servers = JoinSet::new();
     servers.spawn(crate::http::run(listeners.http, ctx.clone()));
+    servers.spawn(crate::rtmp::run(listeners.rtmp, ctx.clone()));
     servers.spawn(crate::api::run(listeners.system_api, ctx.clone()));
     let mut result = Ok(());
     while let Some(done) = servers.join_next().await {

@@ -4,11 +4,14 @@
 //! * [`origin`] — a fake SRS HTTP origin (FLV, TS, HLS) that registers itself
 //!   through the real register API.
 //! * [`client`] — a minimal HTTP/1.1 client over hyper.
+//! * [`rtmp_origin`] — a fake SRS RTMP origin (with HTTP-FLV of what was
+//!   published), built on the proxy's RTMP codec.
 #![allow(dead_code)]
 
 pub mod client;
 pub mod origin;
 pub mod proxy;
+pub mod rtmp_origin;
 
 use std::future::Future;
 use std::time::Duration;

@@ -29,6 +29,7 @@ pub fn test_config() -> Config {
 /// A running proxy. Dropping it aborts everything it runs.
 pub struct TestProxy {
     pub http: SocketAddr,
+    pub rtmp: SocketAddr,
     pub api: SocketAddr,
     pub ctx: Context,
     task: Option<JoinHandle<std::io::Result<()>>>,
@@ -45,11 +46,13 @@ impl TestProxy {
     pub async fn start_with_store(config: Config, store: Store) -> Self {
         let listeners = Listeners::bind(&config).await.expect("bind");
         let http = listeners.http.local_addr().unwrap();
+        let rtmp = listeners.rtmp.local_addr().unwrap();
         let api = listeners.system_api.local_addr().unwrap();
         let ctx = Context::new(config, store);
         let task = tokio::spawn(server::run(ctx.clone(), listeners));
         Self {
             http,
+            rtmp,
             api,
             ctx,
             task: Some(task),

@@ -1,0 +1,16 @@
+# make fuzz — fuzz the RTMP chunk and AMF0 decoders with cargo-fuzz.
+#
+# Not part of `make test`: it needs `cargo install cargo-fuzz` and a nightly
+# toolchain (`rustup toolchain install nightly`), and it runs until
+# FUZZ_SECONDS per target have passed. Crashes land in fuzz/artifacts/.
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := rtmp_chunk rtmp_amf0
+
+.PHONY: fuzz
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz missing — run: cargo install cargo-fuzz"; exit 1; }
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  $(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done

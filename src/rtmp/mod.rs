@@ -1,0 +1,294 @@
+//! RTMP publish and play through the proxy.
+//!
+//! A client connection goes: handshake → `connect` and the preparatory
+//! calls, answered here → publish/play names the stream → claim the origin
+//! → connect to the origin as a client and replay the client's setup →
+//! relay both ways until either side ends.
+//!
+//! # Layout
+//!
+//! The codec is pure and knows nothing of the proxy:
+//!
+//! * [`handshake`] — C0/C1/C2 and S0/S1/S2, simple and digest variants.
+//! * [`chunk`] — chunk stream decoder/encoder producing whole messages.
+//! * [`amf0`] — the value encoding of commands and metadata.
+//! * [`message`] — message types, protocol and user control messages.
+//! * [`command`] — `connect`, `publish`, `_result`, `onStatus`, ….
+//! * [`conn`] — messages over a socket, with acknowledgement bookkeeping.
+//!
+//! The connection pipeline, in request order:
+//!
+//! * [`session`] — the client until it publishes or plays.
+//! * [`key`] — tcUrl and stream name to [`crate::stream_key::StreamKey`].
+//! * [`upstream`] — the origin connection and the replayed setup.
+//! * [`relay`] — both directions until either side ends.
+//!
+//! Failures that the client should hear about become an `_error` or an
+//! `onStatus` error in one place, [`RtmpError::reply`].
+
+pub mod amf0;
+pub mod chunk;
+pub mod command;
+pub mod conn;
+pub mod handshake;
+pub mod key;
+pub mod message;
+pub mod relay;
+pub mod session;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use self::chunk::Message;
+use self::command::{status, Command};
+use self::conn::{ConnError, MessageReader, MessageWriter};
+use self::relay::{Counters, Side, StreamIds};
+use self::session::{Request, Role};
+use crate::context::{ClaimError, Context};
+use crate::stream_key::StreamKeyError;
+
+/// Our outgoing chunk size on both legs, as SRS uses: large enough that a
+/// video frame takes few chunk headers, inside what SRS accepts.
+pub const CHUNK_SIZE: u32 = 60_000;
+/// The acknowledgement window the proxy announces, SRS's value.
+pub const WINDOW_ACK_SIZE: u32 = 2_500_000;
+
+/// The limits a connection runs under, from the config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_message_size: u32,
+    /// Bounds the handshake, each wait for a client command before it
+    /// publishes or plays, and the origin's answers to the replayed setup.
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_context(ctx: &Context) -> Self {
+        Settings {
+            max_message_size: u32::try_from(ctx.config.rtmp_max_message_bytes).unwrap_or(u32::MAX),
+            handshake_timeout: ctx.config.rtmp_handshake_timeout,
+            connect_timeout: ctx.config.origin_connect_timeout,
+        }
+    }
+}
+
+/// Why an RTMP connection ended before or instead of relaying.
+#[derive(Debug, thiserror::Error)]
+pub enum RtmpError {
+    #[error("handshake: {0}")]
+    Handshake(handshake::HandshakeError),
+    #[error("client: {0}")]
+    Client(ConnError),
+    #[error("client sent a bad command: {0}")]
+    ClientCommand(command::CommandError),
+    #[error("client sent `{command}` before connect")]
+    NotConnected { command: String, transaction_id: f64 },
+    #[error("client sent connect twice")]
+    DuplicateConnect,
+    #[error("client asked to {} on stream 0 without createStream", verb(*.0))]
+    NoStream(Role),
+    #[error("client closed the connection before publishing or playing")]
+    ClientLeft,
+    #[error("client sent nothing for {0:?} before publishing or playing")]
+    ClientIdle(Duration),
+    #[error("invalid stream name: {0}")]
+    BadStream(StreamKeyError),
+    #[error("{0}")]
+    Claim(ClaimError),
+    #[error("origin {0} serves no RTMP")]
+    NoRtmpPort(String),
+    #[error("cannot connect to origin {0}: {1}")]
+    OriginConnect(String, String),
+    #[error("origin handshake: {0}")]
+    OriginHandshake(handshake::HandshakeError),
+    #[error("origin: {0}")]
+    Origin(ConnError),
+    #[error("origin closed the connection during setup")]
+    OriginClosed,
+    #[error("origin did not answer within {0:?}")]
+    OriginTimeout(Duration),
+    #[error("origin sent an unusable reply: {0}")]
+    OriginBadReply(&'static str),
+    #[error("origin refused {call}: {code} {description}")]
+    OriginRefused {
+        call: &'static str,
+        code: String,
+        description: String,
+    },
+}
+
+fn verb(role: Role) -> &'static str {
+    match role {
+        Role::Publisher => "publish",
+        Role::Player => "play",
+    }
+}
+
+impl RtmpError {
+    /// What the client is told before the connection closes, if anything.
+    /// Protocol violations get nothing: a peer that cannot frame messages
+    /// cannot read a reply either.
+    pub fn reply(&self, request: Option<&Request>) -> Option<Message> {
+        if let RtmpError::NotConnected { transaction_id, .. } = self {
+            return Some(Command::error(*transaction_id, "NetConnection.Call.Failed", &self.to_string()).to_message(0));
+        }
+        let request = request?;
+        let code = match (self, request.role) {
+            (RtmpError::OriginRefused { code, .. }, _) if !code.is_empty() => code.as_str(),
+            (_, Role::Publisher) => status::PUBLISH_REJECTED,
+            (_, Role::Player) => status::PLAY_FAILED,
+        };
+        Some(Command::on_status(status::LEVEL_ERROR, code, &self.to_string()).to_message(request.client_stream_id))
+    }
+
+    /// Whether the fault lies with the origin (logged louder than clients
+    /// that send garbage).
+    fn origin_side(&self) -> bool {
+        matches!(
+            self,
+            RtmpError::NoRtmpPort(_)
+                | RtmpError::OriginConnect(..)
+                | RtmpError::OriginHandshake(_)
+                | RtmpError::Origin(_)
+                | RtmpError::OriginClosed
+                | RtmpError::OriginTimeout(_)
+                | RtmpError::OriginBadReply(_)
+                | RtmpError::OriginRefused { .. }
+                | RtmpError::Claim(_)
+        )
+    }
+}
+
+/// Accepts RTMP clients until draining starts, then waits for open relays
+/// (which end at the latest when the proxy aborts them).
+pub async fn run(listener: TcpListener, ctx: Context) -> std::io::Result<()> {
+    let settings = Settings::from_context(&ctx);
+    let tracker = TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(server = "rtmp", error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = ctx.shutdown.draining() => break,
+        };
+        let span = tracing::info_span!(
+            "rtmp",
+            %peer,
+            role = tracing::field::Empty,
+            stream = tracing::field::Empty,
+            origin = tracing::field::Empty,
+        );
+        tracker.spawn(serve(tcp, peer, ctx.clone(), settings.clone()).instrument(span));
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// One client connection, start to end.
+async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Context, settings: Settings) {
+    let _ = tcp.set_nodelay(true);
+    let kind = match handshake::accept(&mut tcp, settings.handshake_timeout).await {
+        Ok(kind) => kind,
+        Err(e) => {
+            tracing::info!(error = %e, "closing RTMP connection");
+            return;
+        }
+    };
+    tracing::debug!(?kind, "handshake done");
+    let (r, w) = tcp.into_split();
+    let mut reader = MessageReader::new(r, settings.max_message_size);
+    let mut writer = MessageWriter::new(w);
+
+    let request = match session::accept(&mut reader, &mut writer, &settings).await {
+        Ok(request) => request,
+        Err(e) => return refuse(&mut writer, &mut reader, None, e).await,
+    };
+    let span = tracing::Span::current();
+    span.record("role", request.role.as_str());
+    span.record("stream", request.stream_name.as_str());
+    let _connection = ctx.metrics.connection("rtmp", request.role.as_str());
+
+    let key = match &request.key {
+        Ok(key) => key.clone(),
+        Err(e) => {
+            return refuse(
+                &mut writer,
+                &mut reader,
+                Some(&request),
+                RtmpError::BadStream(e.clone()),
+            )
+            .await
+        }
+    };
+    let mut lease = match ctx.claim(&key).await {
+        Ok(lease) => lease,
+        Err(e) => return refuse(&mut writer, &mut reader, Some(&request), RtmpError::Claim(e)).await,
+    };
+    if request.role == Role::Publisher {
+        // The publisher is the stream: when it leaves, the mapping goes.
+        lease.release_on_drop(&ctx);
+    }
+    span.record("origin", lease.origin().id.as_str());
+    let upstream = match upstream::connect(lease.origin(), &request, &settings).await {
+        Ok(up) => up,
+        Err(e) => return refuse(&mut writer, &mut reader, Some(&request), e).await,
+    };
+    tracing::info!(key = %key, "relaying");
+
+    let counters = Counters {
+        inbound: ctx.metrics.bytes_relayed_total.with_label_values(&["rtmp", "in"]),
+        outbound: ctx.metrics.bytes_relayed_total.with_label_values(&["rtmp", "out"]),
+    };
+    let ids = StreamIds {
+        client: request.client_stream_id,
+        origin: upstream.stream_id,
+    };
+    let end = relay::relay(
+        Side { reader, writer },
+        Side {
+            reader: upstream.reader,
+            writer: upstream.writer,
+        },
+        ids,
+        &upstream.answered,
+        &counters,
+        lease.lost(),
+    )
+    .await;
+    tracing::info!(%peer, reason = %end, "relay ended");
+}
+
+/// Tells the client why (when it can be told), then closes.
+async fn refuse<R, W>(
+    writer: &mut MessageWriter<W>,
+    reader: &mut MessageReader<R>,
+    request: Option<&Request>,
+    error: RtmpError,
+) where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    if error.origin_side() {
+        tracing::warn!(error = %error, "refusing RTMP client");
+    } else {
+        tracing::info!(error = %error, "closing RTMP connection");
+    }
+    if let Some(reply) = error.reply(request) {
+        let _ = writer.send(&reply).await;
+    }
+    let _ = writer.shutdown().await;
+    relay::linger(reader.get_mut()).await;
+}

@@ -1,0 +1,919 @@
+//! RTMP publish and play through the proxy, over real sockets, against the
+//! fake RTMP origin in `support::rtmp_origin` registered through the real
+//! register API. Clients are independent implementations where the point
+//! is interoperability (the `rml_rtmp` crate, the `ffmpeg` binary) and the
+//! proxy's own codec where the point is sending what no sane client sends.
+
+mod support;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType, StreamMetadata,
+};
+use rml_rtmp::time::RtmpTimestamp;
+use srs_proxy::rtmp::amf0::{self, Object, Value};
+use srs_proxy::rtmp::chunk::Message;
+use srs_proxy::rtmp::command::{status, Command};
+use srs_proxy::rtmp::conn::{MessageReader, MessageWriter};
+use srs_proxy::rtmp::handshake;
+use srs_proxy::rtmp::message::{type_id, Control};
+use srs_proxy::store::{MemoryStore, Store};
+use support::client;
+use support::eventually;
+use support::proxy::{test_config, TestProxy};
+use support::rtmp_origin::{parse_flv, RtmpOrigin};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// Upper bound on any single wait, so a broken proxy fails a test instead
+/// of hanging it. Never a performance threshold.
+const BOUND: Duration = Duration::from_secs(15);
+
+async fn proxy_with_origins(n: usize) -> (TestProxy, Vec<RtmpOrigin>) {
+    let proxy = TestProxy::start(test_config()).await;
+    let mut origins = Vec::new();
+    for i in 0..n {
+        let origin = RtmpOrigin::start(&format!("rtmp-origin-{i}")).await;
+        origin.register(proxy.api).await;
+        origins.push(origin);
+    }
+    (proxy, origins)
+}
+
+// ---------------------------------------------------------------------------
+// An independent client: rml_rtmp's session, driven over a TcpStream.
+
+struct RmlClient {
+    tcp: TcpStream,
+    session: ClientSession,
+    events: VecDeque<ClientSessionEvent>,
+}
+
+impl RmlClient {
+    /// TCP, the digest handshake rml_rtmp sends, and `connect`.
+    async fn connect(addr: SocketAddr, app: &str) -> Self {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect to proxy");
+        let mut hs = Handshake::new(PeerType::Client);
+        tcp.write_all(&hs.generate_outbound_p0_and_p1().unwrap()).await.unwrap();
+        let mut buf = vec![0u8; 8192];
+        let leftover = loop {
+            let n = tokio::time::timeout(BOUND, tcp.read(&mut buf))
+                .await
+                .expect("handshake")
+                .unwrap();
+            assert!(n > 0, "proxy closed during handshake");
+            match hs.process_bytes(&buf[..n]).expect("handshake bytes") {
+                HandshakeProcessResult::InProgress { response_bytes } => tcp.write_all(&response_bytes).await.unwrap(),
+                HandshakeProcessResult::Completed {
+                    response_bytes,
+                    remaining_bytes,
+                } => {
+                    tcp.write_all(&response_bytes).await.unwrap();
+                    break remaining_bytes;
+                }
+            }
+        };
+        let config = ClientSessionConfig {
+            tc_url: Some(format!("rtmp://{addr}/{app}")),
+            ..ClientSessionConfig::new()
+        };
+        let (session, initial) = ClientSession::new(config).unwrap();
+        let mut client = RmlClient {
+            tcp,
+            session,
+            events: VecDeque::new(),
+        };
+        client.apply(initial).await;
+        if !leftover.is_empty() {
+            let results = client.session.handle_input(&leftover).unwrap();
+            client.apply(results).await;
+        }
+        let request = client.session.request_connection(app.to_string()).unwrap();
+        client.apply(vec![request]).await;
+        client
+            .wait_for(|e| matches!(e, ClientSessionEvent::ConnectionRequestAccepted))
+            .await
+            .expect("connect accepted");
+        client
+    }
+
+    async fn apply(&mut self, results: Vec<ClientSessionResult>) {
+        for r in results {
+            match r {
+                ClientSessionResult::OutboundResponse(packet) => {
+                    // A write error means the proxy closed; reads report it.
+                    let _ = self.tcp.write_all(&packet.bytes).await;
+                }
+                ClientSessionResult::RaisedEvent(e) => self.events.push_back(e),
+                ClientSessionResult::UnhandleableMessageReceived(_) => {}
+            }
+        }
+    }
+
+    /// The next event, reading from the socket as needed; `None` when the
+    /// connection closed.
+    async fn next_event(&mut self) -> Option<ClientSessionEvent> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Some(e);
+            }
+            let n = match tokio::time::timeout(BOUND, self.tcp.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                Ok(_) => return None,
+                Err(_) => panic!("no event within {BOUND:?}"),
+            };
+            let results = self
+                .session
+                .handle_input(&buf[..n])
+                .expect("rml_rtmp accepts what the proxy sends");
+            self.apply(results).await;
+        }
+    }
+
+    async fn wait_for(&mut self, pred: impl Fn(&ClientSessionEvent) -> bool) -> Option<ClientSessionEvent> {
+        while let Some(e) = self.next_event().await {
+            if pred(&e) {
+                return Some(e);
+            }
+        }
+        None
+    }
+
+    /// Requests publishing; `Ok` on `NetStream.Publish.Start`, otherwise the
+    /// status code received (or "closed").
+    async fn publish(&mut self, name: &str) -> Result<(), String> {
+        let r = self
+            .session
+            .request_publishing(name.to_string(), PublishRequestType::Live)
+            .unwrap();
+        self.apply(vec![r]).await;
+        self.outcome(|e| matches!(e, ClientSessionEvent::PublishRequestAccepted))
+            .await
+    }
+
+    async fn play(&mut self, name: &str) -> Result<(), String> {
+        let r = self.session.request_playback(name.to_string()).unwrap();
+        self.apply(vec![r]).await;
+        self.outcome(|e| matches!(e, ClientSessionEvent::PlaybackRequestAccepted))
+            .await
+    }
+
+    async fn outcome(&mut self, accepted: impl Fn(&ClientSessionEvent) -> bool) -> Result<(), String> {
+        loop {
+            match self.next_event().await {
+                Some(e) if accepted(&e) => return Ok(()),
+                // Informational codes SRS sends around a successful start.
+                Some(ClientSessionEvent::UnhandleableOnStatusCode { code })
+                    if code == status::PLAY_RESET || code == "NetStream.Data.Start" => {}
+                Some(ClientSessionEvent::UnhandleableOnStatusCode { code }) => return Err(code),
+                Some(_) => {}
+                None => return Err("closed".into()),
+            }
+        }
+    }
+
+    async fn video(&mut self, ts: u32, data: Bytes) {
+        let r = self
+            .session
+            .publish_video_data(data, RtmpTimestamp::new(ts), false)
+            .unwrap();
+        self.apply(vec![r]).await;
+    }
+
+    async fn audio(&mut self, ts: u32, data: Bytes) {
+        let r = self
+            .session
+            .publish_audio_data(data, RtmpTimestamp::new(ts), false)
+            .unwrap();
+        self.apply(vec![r]).await;
+    }
+
+    async fn metadata(&mut self) {
+        let mut m = StreamMetadata::new();
+        m.video_width = Some(1280);
+        m.video_height = Some(720);
+        m.encoder = Some("rtmp-test".into());
+        let r = self.session.publish_metadata(&m).unwrap();
+        self.apply(vec![r]).await;
+    }
+
+    /// Whether the proxy closes the connection (reading and discarding
+    /// whatever comes first).
+    async fn closed(mut self) -> bool {
+        let mut buf = vec![0u8; 64 * 1024];
+        tokio::time::timeout(BOUND, async {
+            loop {
+                match self.tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+/// Deterministic test media: `(type, timestamp, payload)`; sizes from a few
+/// bytes to a 200 KB "keyframe", timestamps crossing the 24-bit boundary
+/// where extended timestamps start.
+fn test_media(seed: u8) -> Vec<(u8, u32, Bytes)> {
+    let mut out = Vec::new();
+    let mut ts = 0x00ff_fe00u32;
+    for i in 0..40u32 {
+        let video_len = match i {
+            0 => 40,
+            5 => 200_000,
+            _ => 500 + (i as usize * 97) % 3000,
+        };
+        let video: Vec<u8> = (0..video_len)
+            .map(|j| (j as u32 * 31 + i + u32::from(seed)) as u8)
+            .collect();
+        let mut video = video;
+        video[0] = if i % 10 == 0 { 0x17 } else { 0x27 };
+        out.push((type_id::VIDEO, ts, Bytes::from(video)));
+        let audio: Vec<u8> = (0..(20 + i as usize % 300))
+            .map(|j| (j as u8) ^ seed ^ (i as u8))
+            .collect();
+        out.push((type_id::AUDIO, ts + 3, Bytes::from(audio)));
+        ts += 40;
+    }
+    out
+}
+
+async fn publish_media(client: &mut RmlClient, media: &[(u8, u32, Bytes)]) {
+    for (kind, ts, data) in media {
+        if *kind == type_id::VIDEO {
+            client.video(*ts, data.clone()).await;
+        } else {
+            client.audio(*ts, data.clone()).await;
+        }
+    }
+}
+
+fn av_of(messages: &[Message]) -> Vec<(u8, u32, Bytes)> {
+    messages
+        .iter()
+        .filter(|m| m.type_id == type_id::AUDIO || m.type_id == type_id::VIDEO)
+        .map(|m| (m.type_id, m.timestamp, m.payload.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn publish_through_the_proxy_reaches_the_origin_intact() {
+    let (proxy, origins) = proxy_with_origins(1).await;
+    let origin = &origins[0];
+    let mut publisher = RmlClient::connect(proxy.rtmp, "live").await;
+    publisher
+        .publish("cam1?token=s3cr3t&expire=99")
+        .await
+        .expect("publish accepted");
+    publisher.metadata().await;
+    let media = test_media(1);
+    publish_media(&mut publisher, &media).await;
+
+    let got = eventually(BOUND, || async {
+        let m = origin.media("live/cam1");
+        (av_of(&m).len() >= media.len()).then_some(m)
+    })
+    .await
+    .expect("origin received all the media");
+    // Same messages, same order, same payloads and timestamps.
+    assert_eq!(av_of(&got), media);
+    // The metadata arrived first, as sent.
+    let data = &got[0];
+    assert_eq!(data.type_id, type_id::DATA_AMF0);
+    let values = amf0::decode_all(&data.payload).unwrap();
+    assert_eq!(values[0], Value::from("@setDataFrame"));
+    assert_eq!(values[1], Value::from("onMetaData"));
+    assert_eq!(values[2].as_object().unwrap().get_f64("width"), Some(1280.0));
+
+    // The stream name reached the origin with its parameters, and the
+    // connect carried the client's own tcUrl.
+    assert_eq!(
+        origin.published_names(),
+        vec!["cam1?token=s3cr3t&expire=99".to_string()]
+    );
+    let connect = &origin.connects()[0];
+    assert_eq!(
+        connect.get_str("tcUrl"),
+        Some(format!("rtmp://{}/live", proxy.rtmp).as_str())
+    );
+    assert_eq!(connect.get_str("app"), Some("live"));
+    assert_eq!(connect.get_str("flashVer"), Some("WIN 23,0,0,207"));
+}
+
+#[tokio::test]
+async fn play_through_the_proxy_gets_what_the_origin_sends() {
+    let (proxy, origins) = proxy_with_origins(1).await;
+    let origin = &origins[0];
+    let mut publisher = RmlClient::connect(proxy.rtmp, "live").await;
+    publisher.publish("show").await.expect("publish accepted");
+    publisher.metadata().await;
+    let media = test_media(2);
+    publish_media(&mut publisher, &media[..40]).await;
+    eventually(BOUND, || async {
+        (av_of(&origin.media("live/show")).len() >= 40).then_some(())
+    })
+    .await
+    .expect("first half at the origin");
+
+    let mut player = RmlClient::connect(proxy.rtmp, "live").await;
+    player.play("show").await.expect("play accepted");
+    // The rest is sent live while the player watches.
+    publish_media(&mut publisher, &media[40..]).await;
+
+    let mut got = Vec::new();
+    let mut metadata = false;
+    while got.len() < media.len() {
+        match player.next_event().await.expect("player connection stays open") {
+            ClientSessionEvent::VideoDataReceived { timestamp, data } => {
+                got.push((type_id::VIDEO, timestamp.value, data))
+            }
+            ClientSessionEvent::AudioDataReceived { timestamp, data } => {
+                got.push((type_id::AUDIO, timestamp.value, data))
+            }
+            ClientSessionEvent::StreamMetadataReceived { metadata: m } => {
+                assert_eq!(m.video_width, Some(1280));
+                metadata = true;
+            }
+            _ => {}
+        }
+    }
+    assert!(metadata, "metadata reached the player");
+    assert_eq!(got, media);
+    // More than the origin's 64 KiB window went to the proxy: it must have
+    // acknowledged, or a real SRS would stop sending.
+    assert!(origin.acknowledgements() > 0, "proxy acknowledged the origin's window");
+}
+
+#[tokio::test]
+async fn publisher_and_player_on_two_proxies_sharing_a_store_meet_on_one_origin() {
+    let store = Store::Memory(MemoryStore::new());
+    let a = TestProxy::start_with_store(test_config(), store.clone()).await;
+    let b = TestProxy::start_with_store(test_config(), store).await;
+    let origins = [RtmpOrigin::start("o-a").await, RtmpOrigin::start("o-b").await];
+    for o in &origins {
+        o.register(a.api).await;
+    }
+
+    let mut publisher = RmlClient::connect(a.rtmp, "live").await;
+    publisher.publish("shared").await.expect("publish via proxy a");
+    let media = test_media(3);
+    publish_media(&mut publisher, &media[..10]).await;
+
+    let mut player = RmlClient::connect(b.rtmp, "live").await;
+    player.play("shared").await.expect("play via proxy b finds the stream");
+    let first = player
+        .wait_for(|e| matches!(e, ClientSessionEvent::VideoDataReceived { .. }))
+        .await
+        .expect("video via proxy b");
+    match first {
+        ClientSessionEvent::VideoDataReceived { data, timestamp } => {
+            assert_eq!((timestamp.value, data), (media[0].1, media[0].2.clone()));
+        }
+        _ => unreachable!(),
+    }
+    let publishing: Vec<_> = origins.iter().filter(|o| o.is_publishing("live/shared")).collect();
+    assert_eq!(publishing.len(), 1);
+    let plays = |o: &RtmpOrigin| {
+        o.events()
+            .iter()
+            .filter(|e| matches!(e, support::rtmp_origin::Event::Played { .. }))
+            .count()
+    };
+    assert_eq!(plays(publishing[0]), 1, "the player reached the publishing origin");
+}
+
+#[tokio::test]
+async fn a_published_stream_plays_as_http_flv_and_hls_from_the_same_origin() {
+    let (proxy, origins) = proxy_with_origins(2).await;
+    let mut publisher = RmlClient::connect(proxy.rtmp, "live").await;
+    publisher.publish("tv").await.expect("publish accepted");
+    let media = test_media(4);
+    publish_media(&mut publisher, &media).await;
+    let origin = eventually(BOUND, || async {
+        origins.iter().find(|o| av_of(&o.media("live/tv")).len() == media.len())
+    })
+    .await
+    .expect("one origin has the stream");
+
+    // HTTP-FLV for the same key goes to the origin the RTMP claim chose
+    // (the other origin would answer 404).
+    let resp = client::send(proxy.http, http::Method::GET, "/live/tv.flv", &[], Bytes::new()).await;
+    assert_eq!(resp.status(), http::StatusCode::OK);
+    let expected: usize = 13 + media.iter().map(|(_, _, p)| 15 + p.len()).sum::<usize>();
+    let mut body = resp.into_body();
+    let flv = client::read_n(&mut body, expected).await;
+    let tags: Vec<_> = parse_flv(&flv).into_iter().collect();
+    assert_eq!(tags, av_of(&origin.media("live/tv")));
+    assert_eq!(tags, media);
+
+    let playlist = client::get(proxy.http, "/live/tv.m3u8").await;
+    assert_eq!(playlist.status, http::StatusCode::OK, "{}", playlist.text());
+    assert!(playlist.text().contains("#EXTM3U"));
+}
+
+#[tokio::test]
+async fn srs_status_codes_reach_the_client() {
+    let (proxy, _origins) = proxy_with_origins(1).await;
+    let mut first = RmlClient::connect(proxy.rtmp, "live").await;
+    first.publish("taken").await.expect("first publisher accepted");
+
+    let mut second = RmlClient::connect(proxy.rtmp, "live").await;
+    assert_eq!(second.publish("taken").await, Err(status::PUBLISH_BAD_NAME.to_string()));
+    assert!(second.closed().await, "the refused publisher is closed");
+
+    let mut player = RmlClient::connect(proxy.rtmp, "live").await;
+    assert_eq!(
+        player.play("nobody-publishes-this").await,
+        Err(status::PLAY_STREAM_NOT_FOUND.to_string())
+    );
+    assert!(player.closed().await, "the refused player is closed");
+
+    // The first publisher is unaffected.
+    first.video(0, Bytes::from_static(b"\x17still here")).await;
+}
+
+#[tokio::test]
+async fn closing_either_side_closes_the_other() {
+    let (proxy, origins) = proxy_with_origins(1).await;
+    let origin = &origins[0];
+
+    // Publisher leaves → the origin connection closes and it unpublishes.
+    let mut publisher = RmlClient::connect(proxy.rtmp, "live").await;
+    publisher.publish("leaving").await.expect("publish accepted");
+    assert!(origin.is_publishing("live/leaving"));
+    drop(publisher);
+    eventually(BOUND, || async {
+        (!origin.is_publishing("live/leaving") && origin.open_connections() == 0).then_some(())
+    })
+    .await
+    .expect("origin saw the publisher leave");
+
+    // Player leaves → its origin connection closes.
+    let mut publisher = RmlClient::connect(proxy.rtmp, "live").await;
+    publisher.publish("watched").await.expect("publish accepted");
+    let mut player = RmlClient::connect(proxy.rtmp, "live").await;
+    player.play("watched").await.expect("play accepted");
+    assert_eq!(origin.open_connections(), 2);
+    drop(player);
+    eventually(BOUND, || async { (origin.open_connections() == 1).then_some(()) })
+        .await
+        .expect("origin saw the player leave");
+    assert!(origin.is_publishing("live/watched"), "the publisher is unaffected");
+
+    // Origin dies → the client is closed, not left hanging.
+    origin.kill();
+    assert!(publisher.closed().await, "publisher closed after the origin died");
+}
+
+#[tokio::test]
+async fn ffmpeg_publishes_and_plays_through_the_proxy() {
+    assert!(
+        std::process::Command::new("ffmpeg")
+            .arg("-version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok(),
+        "this test needs the ffmpeg binary (apt-get install ffmpeg)"
+    );
+    let (proxy, origins) = proxy_with_origins(1).await;
+    let origin = &origins[0];
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("sent.flv");
+    let played = dir.path().join("played.flv");
+
+    // One encode, written both to the proxy and to a local file by the tee
+    // muxer: the file is what ffmpeg sent.
+    let url = format!("rtmp://{}/live/ff?token=abc", proxy.rtmp);
+    let publisher = tokio::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=160x120:rate=25:duration=4"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=4"])
+        .args([
+            "-map",
+            "0:v",
+            "-map",
+            "1:a",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+        ])
+        .args(["-c:a", "aac", "-b:a", "64k", "-f", "tee"])
+        .arg(format!("[f=flv]{url}|[f=flv]{}", local.display()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ffmpeg publisher");
+
+    eventually(BOUND, || async {
+        (av_of(&origin.media("live/ff")).len() > 10).then_some(())
+    })
+    .await
+    .expect("ffmpeg's stream reached the origin");
+    // A player (ffmpeg checks the digest handshake when it plays).
+    let player = tokio::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin"])
+        .arg("-i")
+        .arg(format!("rtmp://{}/live/ff", proxy.rtmp))
+        .args(["-t", "1", "-c", "copy", "-f", "flv", "-y"])
+        .arg(&played)
+        .stderr(Stdio::piped())
+        .output();
+    let player = tokio::time::timeout(BOUND, player)
+        .await
+        .expect("player finished")
+        .unwrap();
+    assert!(
+        player.status.success(),
+        "ffmpeg player: {}",
+        String::from_utf8_lossy(&player.stderr)
+    );
+
+    let publisher = tokio::time::timeout(BOUND, publisher.wait_with_output())
+        .await
+        .expect("publisher finished")
+        .unwrap();
+    assert!(
+        publisher.status.success(),
+        "ffmpeg publisher: {}",
+        String::from_utf8_lossy(&publisher.stderr)
+    );
+
+    assert_eq!(origin.published_names(), vec!["ff?token=abc".to_string()]);
+    let sent: Vec<_> = parse_flv(&std::fs::read(&local).unwrap())
+        .into_iter()
+        .filter(|(t, _, _)| *t == type_id::AUDIO || *t == type_id::VIDEO)
+        .collect();
+    let received = eventually(BOUND, || async {
+        let got = av_of(&origin.media("live/ff"));
+        (got.len() >= sent.len()).then_some(got)
+    })
+    .await
+    .expect("all of ffmpeg's audio and video at the origin");
+    assert!(sent.len() > 100, "ffmpeg sent a few seconds of media");
+    assert_eq!(received, sent, "the origin got exactly what ffmpeg sent, in order");
+    let media = origin.media("live/ff");
+    assert!(
+        media.iter().any(|m| m.type_id == type_id::DATA_AMF0),
+        "ffmpeg's metadata reached the origin"
+    );
+
+    let played = parse_flv(&std::fs::read(&played).unwrap());
+    assert!(played.iter().any(|(t, _, _)| *t == type_id::VIDEO), "player got video");
+    assert!(played.iter().any(|(t, _, _)| *t == type_id::AUDIO), "player got audio");
+}
+
+// ---------------------------------------------------------------------------
+// A client built on the proxy's own codec, for what real clients never send.
+
+struct RawClient {
+    reader: MessageReader<OwnedReadHalf>,
+    writer: MessageWriter<OwnedWriteHalf>,
+}
+
+impl RawClient {
+    async fn connect(addr: SocketAddr) -> Self {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect to proxy");
+        handshake::connect(&mut tcp, BOUND).await.expect("handshake with proxy");
+        let (r, w) = tcp.into_split();
+        RawClient {
+            reader: MessageReader::new(r, 16 << 20),
+            writer: MessageWriter::new(w),
+        }
+    }
+
+    async fn send(&mut self, m: &Message) {
+        let _ = self.writer.send(m).await;
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.writer.get_mut().write_all(bytes).await;
+    }
+
+    /// `connect` with this tcUrl, waiting for the `_result`.
+    async fn rtmp_connect(&mut self, tc_url: &str, app: &str) {
+        let properties = Object::new()
+            .with("app", app)
+            .with("tcUrl", tc_url)
+            .with("objectEncoding", 0.0);
+        let connect = Command::Connect(srs_proxy::rtmp::command::Connect {
+            transaction_id: 1.0,
+            properties,
+            args: vec![],
+        });
+        self.send(&connect.to_message(0)).await;
+        match self.next_command().await {
+            Some(Command::Result { transaction_id, .. }) => assert_eq!(transaction_id, 1.0),
+            other => panic!("connect answered with {other:?}"),
+        }
+    }
+
+    /// createStream, returning the stream id the proxy gave.
+    async fn create_stream(&mut self) -> u32 {
+        self.send(&Command::CreateStream { transaction_id: 2.0 }.to_message(0))
+            .await;
+        loop {
+            match self.next_command().await {
+                Some(Command::Result { transaction_id, values }) if transaction_id == 2.0 => {
+                    return values[1].as_f64().unwrap() as u32
+                }
+                Some(_) => {}
+                None => panic!("closed before createStream result"),
+            }
+        }
+    }
+
+    async fn next_command(&mut self) -> Option<Command> {
+        loop {
+            let m = tokio::time::timeout(BOUND, self.reader.read())
+                .await
+                .expect("reply within bound");
+            match m {
+                Ok(Some(m)) if m.type_id == type_id::COMMAND_AMF0 => {
+                    let c = Command::from_message(&m).unwrap();
+                    if c.name() != "onBWDone" {
+                        return Some(c);
+                    }
+                }
+                Ok(Some(_)) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// Whether the proxy closes the connection.
+    async fn closed(mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        let io = self.reader.get_mut();
+        tokio::time::timeout(BOUND, async {
+            loop {
+                match io.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+/// Opens a TCP connection, sends `bytes`, and reports whether the proxy
+/// closes it (without ever sending RTMP back).
+async fn raw_bytes_are_refused(addr: SocketAddr, bytes: &[u8]) -> bool {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let _ = tcp.write_all(bytes).await;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(BOUND, async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn raw_message(type_id: u8, stream_id: u32, payload: Vec<u8>) -> Message {
+    Message {
+        csid: 3,
+        timestamp: 0,
+        type_id,
+        stream_id,
+        payload: payload.into(),
+    }
+}
+
+fn command_bytes(values: &[Value]) -> Vec<u8> {
+    amf0::encode_all(values).to_vec()
+}
+
+#[tokio::test]
+async fn bad_input_closes_only_its_own_connection() {
+    let (proxy, origins) = proxy_with_origins(1).await;
+    let origin = &origins[0];
+    let addr = proxy.rtmp;
+
+    // A healthy relay runs throughout.
+    let mut publisher = RmlClient::connect(addr, "live").await;
+    publisher.publish("steady").await.expect("publish accepted");
+
+    // Not RTMP at all, or the wrong version byte.
+    let mut c0c1 = vec![3u8];
+    c0c1.resize(1537, 0);
+    for (what, bytes) in [
+        (
+            "http request",
+            b"GET /live/steady.flv HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        (
+            "tls client hello",
+            vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03],
+        ),
+        ("zeros", vec![0u8; 1537]),
+        ("version 6 (rtmpe)", [&[6u8][..], &c0c1[1..]].concat()),
+        ("version 4", [&[4u8][..], &c0c1[1..]].concat()),
+    ] {
+        assert!(raw_bytes_are_refused(addr, &bytes).await, "{what} was not closed");
+    }
+    // Truncated handshake: C0 and part of C1, then the client half-closes.
+    {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(&c0c1[..700]).await.unwrap();
+        tcp.shutdown().await.unwrap();
+        let mut buf = Vec::new();
+        let done = tokio::time::timeout(BOUND, tcp.read_to_end(&mut buf)).await;
+        assert!(done.is_ok(), "truncated handshake was not closed");
+    }
+
+    // Framing the proxy must refuse after a valid handshake.
+    let mut extended_chunk_size = vec![0x02, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0];
+    extended_chunk_size.extend_from_slice(&0x8000_0000u32.to_be_bytes());
+    let mut zero_chunk_size = vec![0x02, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0];
+    zero_chunk_size.extend_from_slice(&0u32.to_be_bytes());
+    let framing: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "message of 16 MiB - 1",
+            vec![0x03, 0, 0, 0, 0xff, 0xff, 0xff, 20, 0, 0, 0, 0],
+        ),
+        ("chunk stream with no prior header", vec![0x43, 0, 0, 0, 0, 0, 5, 20]),
+        ("chunk size 0", zero_chunk_size),
+        ("chunk size with the top bit set", extended_chunk_size),
+    ];
+    for (what, bytes) in framing {
+        let mut c = RawClient::connect(addr).await;
+        c.send_raw(&bytes).await;
+        assert!(c.closed().await, "{what}: connection not closed");
+    }
+
+    // AMF0 the proxy must refuse inside a connect.
+    let mut deep = command_bytes(&["connect".into(), 1.0.into()]);
+    for _ in 0..100 {
+        deep.extend_from_slice(&[0x03, 0, 1, b'k']);
+    }
+    let mut truncated = command_bytes(&["connect".into(), 1.0.into()]);
+    truncated.extend_from_slice(&[0x03, 0, 3, b'a', b'p', b'p', 0x02, 0x00, 0x40, b'l', b'i']);
+    let mut unknown_marker = command_bytes(&["connect".into(), 1.0.into()]);
+    unknown_marker.push(0x0d);
+    for (what, payload) in [
+        ("too-deep nesting", deep),
+        ("truncated string", truncated),
+        ("unknown marker", unknown_marker),
+    ] {
+        let mut c = RawClient::connect(addr).await;
+        c.send(&raw_message(type_id::COMMAND_AMF0, 0, payload)).await;
+        assert!(c.closed().await, "{what}: connection not closed");
+    }
+
+    // Publish or play before connect: an `_error`, then close.
+    for name in ["publish", "play"] {
+        let mut c = RawClient::connect(addr).await;
+        let payload = command_bytes(&[name.into(), 3.0.into(), Value::Null, "steady".into()]);
+        c.send(&raw_message(type_id::COMMAND_AMF0, 1, payload)).await;
+        match c.next_command().await {
+            Some(Command::Error { transaction_id, .. }) => assert_eq!(transaction_id, 3.0),
+            other => panic!("{name} before connect answered with {other:?}"),
+        }
+        assert!(c.closed().await, "{name} before connect: not closed");
+    }
+
+    // Names that make no valid stream key: an error status, then close.
+    for (tc_url, app, stream) in [
+        ("rtmp://h.example.com/live", "live", ""),
+        ("rtmp://h.example.com/live", "live", "../../etc/passwd"),
+        ("rtmp://h.example.com/../admin", "../admin", "s"),
+        ("rtmp://h.example.com/live", "live", "a\u{1}b"),
+        ("rtmp://h.example.com/li\nve", "li\nve", "s"),
+    ] {
+        for publish in [true, false] {
+            let mut c = RawClient::connect(addr).await;
+            c.rtmp_connect(tc_url, app).await;
+            let id = c.create_stream().await;
+            let name = if publish { "publish" } else { "play" };
+            let payload = command_bytes(&[name.into(), 4.0.into(), Value::Null, stream.into()]);
+            c.send(&raw_message(type_id::COMMAND_AMF0, id, payload)).await;
+            let reply = c.next_command().await;
+            let expected = if publish {
+                status::PUBLISH_REJECTED
+            } else {
+                status::PLAY_FAILED
+            };
+            match &reply {
+                Some(s @ Command::OnStatus { .. }) => assert_eq!(s.status_code(), Some(expected), "{stream:?}"),
+                other => panic!("{name} {tc_url} {stream:?} answered with {other:?}"),
+            }
+            assert!(c.closed().await, "{name} {stream:?}: not closed");
+        }
+    }
+
+    // Through all of that, the healthy relay kept working, and new clients
+    // are still served.
+    publisher.video(100, Bytes::from_static(b"\x17after the storm")).await;
+    eventually(BOUND, || async {
+        origin
+            .media("live/steady")
+            .iter()
+            .any(|m| &m.payload[..] == b"\x17after the storm")
+            .then_some(())
+    })
+    .await
+    .expect("the healthy publisher still reaches the origin");
+    let mut player = RmlClient::connect(addr, "live").await;
+    player.play("steady").await.expect("a new client is served");
+    assert!(origin.open_connections() >= 2);
+}
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
+    let config = srs_proxy::config::Config {
+        rtmp_handshake_timeout: Duration::from_millis(300),
+        ..test_config()
+    };
+    let proxy = TestProxy::start(config).await;
+    // Silent from the start.
+    let tcp = TcpStream::connect(proxy.rtmp).await.unwrap();
+    let mut buf = Vec::new();
+    let (mut r, _w) = tcp.into_split();
+    assert!(
+        tokio::time::timeout(BOUND, r.read_to_end(&mut buf)).await.is_ok(),
+        "silent client was not dropped"
+    );
+    assert!(buf.is_empty());
+    // Silent after the handshake, before connect.
+    let c = RawClient::connect(proxy.rtmp).await;
+    assert!(c.closed().await, "client idle after the handshake was not dropped");
+}
+
+#[tokio::test]
+async fn without_a_usable_origin_clients_are_told_and_closed() {
+    let proxy = TestProxy::start(test_config()).await;
+    let mut publisher = RmlClient::connect(proxy.rtmp, "live").await;
+    assert_eq!(publisher.publish("s").await, Err(status::PUBLISH_REJECTED.to_string()));
+    assert!(publisher.closed().await);
+    let mut player = RmlClient::connect(proxy.rtmp, "live").await;
+    assert_eq!(player.play("s").await, Err(status::PLAY_FAILED.to_string()));
+    assert!(player.closed().await);
+
+    // An origin that serves HTTP but no RTMP cannot take an RTMP stream.
+    let origin = RtmpOrigin::start("http-only").await;
+    let mut body: serde_json::Value = serde_json::from_str(&origin.register_body()).unwrap();
+    body.as_object_mut().unwrap().remove("rtmp");
+    let reply = client::post(proxy.api, "/api/v1/srs/register", body.to_string()).await;
+    assert_eq!(reply.status, http::StatusCode::OK, "{}", reply.text());
+    let mut publisher = RmlClient::connect(proxy.rtmp, "live").await;
+    assert_eq!(publisher.publish("s2").await, Err(status::PUBLISH_REJECTED.to_string()));
+    assert!(publisher.closed().await);
+    assert_eq!(origin.open_connections(), 0);
+}
+
+#[tokio::test]
+async fn a_client_with_its_own_chunk_size_and_extended_timestamps_publishes_intact() {
+    // Chunk size 1: every payload byte in its own chunk, each continuation
+    // repeating the extended timestamp.
+    let (proxy, origins) = proxy_with_origins(1).await;
+    let mut c = RawClient::connect(proxy.rtmp).await;
+    c.send(&Control::SetChunkSize(1).to_message()).await;
+    c.rtmp_connect(&format!("rtmp://{}/live", proxy.rtmp), "live").await;
+    let id = c.create_stream().await;
+    let publish = command_bytes(&["publish".into(), 3.0.into(), Value::Null, "tiny".into(), "live".into()]);
+    c.send(&raw_message(type_id::COMMAND_AMF0, id, publish)).await;
+    loop {
+        match c.next_command().await {
+            Some(s @ Command::OnStatus { .. }) => {
+                assert_eq!(s.status_code(), Some(status::PUBLISH_START));
+                break;
+            }
+            Some(_) => {}
+            None => panic!("closed before publish status"),
+        }
+    }
+    let mut payload = BytesMut::new();
+    payload.put_u8(0x17);
+    payload.put_slice(&[9u8; 300]);
+    let frame = Message {
+        csid: 6,
+        timestamp: 0x0123_4567,
+        type_id: type_id::VIDEO,
+        stream_id: id,
+        payload: payload.freeze(),
+    };
+    c.send(&frame).await;
+    let got = eventually(BOUND, || async { origins[0].media("live/tiny").first().cloned() })
+        .await
+        .expect("frame at the origin");
+    assert_eq!((got.timestamp, got.payload), (frame.timestamp, frame.payload));
+}
