@@ -27,7 +27,7 @@ use srs_proxy::store::{MemoryStore, Store};
 use support::client;
 use support::eventually;
 use support::proxy::{test_config, TestProxy};
-use support::rtmp_origin::{parse_flv, RtmpOrigin};
+use support::rtmp_origin::{parse_flv, RtmpOrigin, FORBIDDEN_APP};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -424,7 +424,7 @@ async fn a_published_stream_plays_as_http_flv_and_hls_from_the_same_origin() {
 
 #[tokio::test]
 async fn srs_status_codes_reach_the_client() {
-    let (proxy, _origins) = proxy_with_origins(1).await;
+    let (proxy, origins) = proxy_with_origins(1).await;
     let mut first = RmlClient::connect(proxy.rtmp, "live").await;
     first.publish("taken").await.expect("first publisher accepted");
 
@@ -439,8 +439,57 @@ async fn srs_status_codes_reach_the_client() {
     );
     assert!(player.closed().await, "the refused player is closed");
 
+    // An origin refusing the replayed connect (an on_connect hook saying
+    // no): its code and reason reach the client.
+    let mut refused = RmlClient::connect(proxy.rtmp, FORBIDDEN_APP).await;
+    assert_eq!(
+        refused.publish("s").await,
+        Err("NetConnection.Connect.Rejected".to_string())
+    );
+    assert!(refused.closed().await, "the refused client is closed");
+
     // The first publisher is unaffected.
     first.video(0, Bytes::from_static(b"\x17still here")).await;
+    eventually(BOUND, || async {
+        origins[0]
+            .media("live/taken")
+            .iter()
+            .any(|m| &m.payload[..] == b"\x17still here")
+            .then_some(())
+    })
+    .await
+    .expect("the first publisher still reaches the origin");
+}
+
+#[tokio::test]
+async fn draining_stops_new_clients_and_force_quit_cuts_open_relays() {
+    let (proxy, origins) = proxy_with_origins(1).await;
+    let mut publisher = RmlClient::connect(proxy.rtmp, "live").await;
+    publisher.publish("draining").await.expect("publish accepted");
+
+    proxy.ctx.shutdown.start_drain();
+    eventually(BOUND, || async {
+        TcpStream::connect(proxy.rtmp).await.is_err().then_some(())
+    })
+    .await
+    .expect("the RTMP listener closed when draining started");
+    // The open relay goes on through the grace period.
+    publisher.video(0, Bytes::from_static(b"\x17during grace")).await;
+    eventually(BOUND, || async {
+        origins[0]
+            .media("live/draining")
+            .iter()
+            .any(|m| &m.payload[..] == b"\x17during grace")
+            .then_some(())
+    })
+    .await
+    .expect("the open relay still works while draining");
+
+    proxy.ctx.shutdown.abort();
+    assert!(publisher.closed().await, "force-quit closed the relay");
+    eventually(BOUND, || async { (origins[0].open_connections() == 0).then_some(()) })
+        .await
+        .expect("and its origin connection");
 }
 
 #[tokio::test]

@@ -190,8 +190,23 @@ pub async fn run(listener: TcpListener, ctx: Context) -> std::io::Result<()> {
             stream = tracing::field::Empty,
             origin = tracing::field::Empty,
         );
-        tracker.spawn(serve(tcp, peer, ctx.clone(), settings.clone()).instrument(span));
+        let (ctx, settings) = (ctx.clone(), settings.clone());
+        tracker.spawn(
+            async move {
+                // Force-quit cuts every connection, including those still in
+                // the handshake or setup, which no stream lease watches yet.
+                tokio::select! {
+                    _ = serve(tcp, peer, ctx.clone(), settings) => {}
+                    _ = ctx.shutdown.aborted() => tracing::info!("proxy shutting down; connection cut"),
+                }
+            }
+            .instrument(span),
+        );
     }
+    // Closing the socket now makes new clients fail fast (connection
+    // refused) instead of waiting in the backlog of a listener nobody
+    // accepts from while open relays finish.
+    drop(listener);
     tracker.close();
     tracker.wait().await;
     Ok(())
@@ -291,4 +306,87 @@ async fn refuse<R, W>(
     }
     let _ = writer.shutdown().await;
     relay::linger(reader.get_mut()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rtmp::amf0::Value;
+    use bytes::Bytes;
+
+    fn request(role: Role) -> Request {
+        let message = Message {
+            csid: 3,
+            timestamp: 0,
+            type_id: message::type_id::COMMAND_AMF0,
+            stream_id: 1,
+            payload: Bytes::new(),
+        };
+        Request {
+            role,
+            key: key::stream_key(Some("rtmp://h/live"), None, "s"),
+            stream_name: "s".into(),
+            client_stream_id: 1,
+            connect: message.clone(),
+            connect_transaction: 1.0,
+            prelude: vec![],
+            create_stream: None,
+            start: message,
+            buffer_millis: None,
+        }
+    }
+
+    fn status_of(reply: Option<Message>) -> (u32, Option<String>, String) {
+        let reply = reply.expect("a reply");
+        let command = Command::from_message(&reply).unwrap();
+        let description = match &command {
+            Command::OnStatus { info, .. } => info.get_str("description").unwrap_or("").to_string(),
+            _ => String::new(),
+        };
+        (reply.stream_id, command.status_code().map(str::to_string), description)
+    }
+
+    #[test]
+    fn refusals_after_publish_or_play_are_error_statuses_on_the_clients_stream() {
+        let e = RtmpError::Claim(ClaimError::NoOrigin);
+        let (stream, code, description) = status_of(e.reply(Some(&request(Role::Publisher))));
+        assert_eq!((stream, code.as_deref()), (1, Some(status::PUBLISH_REJECTED)));
+        assert_eq!(description, "no live origin can take the stream");
+        let (_, code, _) = status_of(e.reply(Some(&request(Role::Player))));
+        assert_eq!(code.as_deref(), Some(status::PLAY_FAILED));
+    }
+
+    #[test]
+    fn an_origin_refusal_passes_its_own_code_on() {
+        let e = RtmpError::OriginRefused {
+            call: "connect",
+            code: "NetConnection.Connect.Rejected".into(),
+            description: "auth failed".into(),
+        };
+        let (_, code, description) = status_of(e.reply(Some(&request(Role::Publisher))));
+        assert_eq!(code.as_deref(), Some("NetConnection.Connect.Rejected"));
+        assert!(description.contains("auth failed"), "{description}");
+    }
+
+    #[test]
+    fn calls_before_connect_get_an_error_result() {
+        let e = RtmpError::NotConnected {
+            command: "publish".into(),
+            transaction_id: 5.0,
+        };
+        let reply = e.reply(None).unwrap();
+        match Command::from_message(&reply).unwrap() {
+            Command::Error { transaction_id, values } => {
+                assert_eq!(transaction_id, 5.0);
+                assert!(matches!(&values[1], Value::Object(o) if o.get_str("level") == Some("error")));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn protocol_violations_get_no_reply() {
+        let e = RtmpError::Client(ConnError::Chunk(chunk::ChunkError::InvalidChunkSize(0)));
+        assert!(e.reply(None).is_none());
+    }
 }

@@ -6,8 +6,9 @@
 //!   proxy has to translate all three), records every message it receives,
 //!   serves a published stream to players (history, then live), and answers
 //!   `NetStream.Publish.BadName` for a second publisher and
-//!   `NetStream.Play.StreamNotFound` for a stream nobody publishes — each
-//!   followed by closing the connection, as SRS does.
+//!   `NetStream.Play.StreamNotFound` for a stream nobody publishes, and an
+//!   `_error` to `connect` for the app [`FORBIDDEN_APP`] — each followed by
+//!   closing the connection, as SRS does.
 //! * HTTP: `/{app}/{stream}.flv` is the published stream as FLV (history,
 //!   then live); `/{app}/{stream}.m3u8` is a one-segment playlist for a
 //!   published stream. Anything else is 404.
@@ -41,6 +42,10 @@ pub const ORIGIN_CHUNK_SIZE: u32 = 4096;
 /// The acknowledgement window the origin announces: small, so relays of a
 /// few hundred kilobytes must acknowledge.
 pub const ORIGIN_WINDOW: u32 = 64 * 1024;
+
+/// Connecting to this app is refused with `_error`, as an SRS `on_connect`
+/// hook that says no.
+pub const FORBIDDEN_APP: &str = "forbidden";
 
 /// Something that happened on one RTMP connection of the origin.
 #[derive(Debug, Clone)]
@@ -318,6 +323,21 @@ async fn serve_rtmp(mut tcp: TcpStream, conn: usize, state: &State) {
                 let mut replies: Vec<Message> = Vec::new();
                 let mut close = false;
                 match command {
+                    Command::Connect(c) if c.app() == Some(FORBIDDEN_APP) => {
+                        state.record(Event::Connected {
+                            conn,
+                            properties: c.properties.clone(),
+                        });
+                        replies.push(
+                            Command::error(
+                                c.transaction_id,
+                                status::CONNECT_REJECTED,
+                                "app forbidden by on_connect",
+                            )
+                            .to_message(0),
+                        );
+                        close = true;
+                    }
                     Command::Connect(c) => {
                         app = c.app().unwrap_or("").to_string();
                         state.record(Event::Connected {
