@@ -856,6 +856,34 @@ pub fn load(
     Ok(config)
 }
 
+/// The config with secrets masked, for printing (`--check-config`, logs):
+/// the Redis password and the password in a Redis URL become `***`.
+pub fn redacted(config: &Config) -> Config {
+    let mut shown = config.clone();
+    if !shown.redis.password.is_empty() {
+        shown.redis.password = "***".into();
+    }
+    shown.redis.url = redact_url(&shown.redis.url);
+    shown
+}
+
+/// `scheme://user:secret@host/…` → `scheme://user:***@host/…`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_string();
+    };
+    let user = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_string(),
+    };
+    format!("{scheme}://{user}@{host}{tail}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -989,6 +1017,19 @@ mod tests {
         assert!(err.to_string().contains("force_quit_timeout"));
         let err = load(None, &env(&[("PROXY_K8S_DISCOVERY", "service")]), &[]).unwrap_err();
         assert!(err.to_string().contains("PROXY_K8S_SERVICE"));
+    }
+
+    #[test]
+    fn secrets_are_masked_for_printing() {
+        assert_eq!(redact_url("redis://:s3cret@redis:6379/0"), "redis://:***@redis:6379/0");
+        assert_eq!(redact_url("rediss://app:pw@h:1?x=@"), "rediss://app:***@h:1?x=@");
+        assert_eq!(redact_url("redis://token@h"), "redis://***@h");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        let mut c = Config::default();
+        c.redis.password = "pw".into();
+        c.redis.url = "redis://u:pw@h".into();
+        let yaml = serde_yaml::to_string(&redacted(&c)).unwrap();
+        assert!(!yaml.contains("pw"), "{yaml}");
     }
 
     #[test]
