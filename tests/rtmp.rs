@@ -309,6 +309,19 @@ async fn publish_through_the_proxy_reaches_the_origin_intact() {
     );
     assert_eq!(connect.get_str("app"), Some("live"));
     assert_eq!(connect.get_str("flashVer"), Some("WIN 23,0,0,207"));
+
+    // Counted at the edge: one publisher open, its media bytes in.
+    let m = &proxy.ctx.metrics;
+    assert_eq!(m.connections_total.with_label_values(&["rtmp", "publisher"]).get(), 1);
+    assert_eq!(m.connections_active.with_label_values(&["rtmp", "publisher"]).get(), 1);
+    let media_bytes: usize = media.iter().map(|(_, _, p)| p.len()).sum();
+    assert!(m.bytes_relayed_total.with_label_values(&["rtmp", "in"]).get() >= media_bytes as u64);
+    drop(publisher);
+    eventually(BOUND, || async {
+        (m.connections_active.with_label_values(&["rtmp", "publisher"]).get() == 0).then_some(())
+    })
+    .await
+    .expect("the publisher no longer counts as open");
 }
 
 #[tokio::test]
@@ -353,6 +366,14 @@ async fn play_through_the_proxy_gets_what_the_origin_sends() {
     // More than the origin's 64 KiB window went to the proxy: it must have
     // acknowledged, or a real SRS would stop sending.
     assert!(origin.acknowledgements() > 0, "proxy acknowledged the origin's window");
+    let media_bytes: usize = media.iter().map(|(_, _, p)| p.len()).sum();
+    let out = proxy
+        .ctx
+        .metrics
+        .bytes_relayed_total
+        .with_label_values(&["rtmp", "out"])
+        .get();
+    assert!(out >= media_bytes as u64, "{out} bytes counted towards the player");
 }
 
 #[tokio::test]

@@ -254,3 +254,168 @@ async fn read<R: AsyncRead + Unpin>(reader: &mut MessageReader<R>, idle: Duratio
 fn internal(e: super::chunk::ChunkError) -> RtmpError {
     RtmpError::Client(ConnError::Chunk(e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rtmp::amf0::Object;
+    use crate::rtmp::conn::MessageReader;
+    use bytes::Bytes;
+
+    fn settings() -> Settings {
+        Settings {
+            max_message_size: 1 << 20,
+            handshake_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn call(name: &str, transaction_id: f64, args: &[Value], stream_id: u32) -> Message {
+        Command::Other {
+            name: name.into(),
+            transaction_id,
+            values: [&[Value::Null][..], args].concat(),
+        }
+        .to_message(stream_id)
+    }
+
+    fn connect_message() -> Message {
+        Command::Connect(Connect {
+            transaction_id: 1.0,
+            properties: Object::new()
+                .with("app", "live")
+                .with("tcUrl", "rtmp://media.example.com/live")
+                .with("objectEncoding", 3.0),
+            args: vec![],
+        })
+        .to_message(0)
+    }
+
+    /// Runs `accept` against `sent`, returning its result and every command
+    /// the client was sent back.
+    async fn run(sent: Vec<Message>) -> (Result<Request, RtmpError>, Vec<Command>) {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (server_r, server_w) = tokio::io::split(server);
+        let (client_r, client_w) = tokio::io::split(client);
+        let mut reader = MessageReader::new(server_r, 1 << 20);
+        let mut writer = MessageWriter::new(server_w);
+        let mut client_writer = MessageWriter::new(client_w);
+        for m in &sent {
+            client_writer.send(m).await.unwrap();
+        }
+        // The client sends nothing more; EOF after its last message.
+        client_writer.shutdown().await.unwrap();
+        let result = accept(&mut reader, &mut writer, &settings()).await;
+        writer.shutdown().await.unwrap();
+        let mut client_reader = MessageReader::new(client_r, 1 << 20);
+        let mut replies = Vec::new();
+        while let Ok(Some(m)) = client_reader.read().await {
+            if let Ok(c) = Command::from_message(&m) {
+                replies.push(c);
+            }
+        }
+        (result, replies)
+    }
+
+    #[tokio::test]
+    async fn answers_the_preparatory_calls_and_keeps_the_messages_to_replay() {
+        let publish = call("publish", 8.0, &["cam?token=t".into(), "live".into()], 1);
+        let sent = vec![
+            connect_message(),
+            call("releaseStream", 2.0, &["cam?token=t".into()], 0),
+            call("FCPublish", 3.0, &["cam?token=t".into()], 0),
+            Command::CreateStream { transaction_id: 4.0 }.to_message(0),
+            call("_checkbw", 5.0, &[], 0),
+            call("getStreamLength", 6.0, &["cam".into()], 1),
+            call("FCSubscribe", 7.0, &["cam".into()], 0),
+            publish.clone(),
+        ];
+        let (request, replies) = run(sent.clone()).await;
+        let request = request.unwrap();
+        assert_eq!(request.role, Role::Publisher);
+        assert_eq!(request.key.unwrap().to_string(), "media.example.com/live/cam");
+        assert_eq!(request.stream_name, "cam?token=t");
+        assert_eq!(request.client_stream_id, 1);
+        assert_eq!(request.connect, sent[0]);
+        assert_eq!(request.prelude, vec![(2.0, sent[1].clone()), (3.0, sent[2].clone())]);
+        assert_eq!(request.create_stream, Some((4.0, sent[3].clone())));
+        assert_eq!(request.start, publish);
+
+        let results: Vec<(f64, Vec<Value>)> = replies
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Result { transaction_id, values } => Some((transaction_id, values)),
+                _ => None,
+            })
+            .collect();
+        let ids: Vec<f64> = results.iter().map(|(t, _)| *t).collect();
+        assert_eq!(ids, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+        // connect echoes the client's object encoding; createStream gives 1.
+        let info = results[0].1[1].as_object().unwrap();
+        assert_eq!(info.get_str("code"), Some("NetConnection.Connect.Success"));
+        assert_eq!(info.get_f64("objectEncoding"), Some(3.0));
+        assert_eq!(results[3].1[1], Value::Number(1.0));
+        assert_eq!(results[5].1[1], Value::Number(0.0));
+    }
+
+    #[tokio::test]
+    async fn play_with_a_buffer_length_is_a_player_request() {
+        let sent = vec![
+            connect_message(),
+            Command::CreateStream { transaction_id: 2.0 }.to_message(0),
+            Control::User(UserControl::SetBufferLength {
+                stream_id: 1,
+                millis: 3000,
+            })
+            .to_message(),
+            call("play", 3.0, &["cam?vhost=other.example.com".into()], 1),
+        ];
+        let request = run(sent).await.0.unwrap();
+        assert_eq!(request.role, Role::Player);
+        assert_eq!(request.buffer_millis, Some(3000));
+        assert_eq!(request.key.unwrap().to_string(), "other.example.com/live/cam");
+    }
+
+    #[tokio::test]
+    async fn out_of_order_or_malformed_setups_are_refused() {
+        let (r, _) = run(vec![call("publish", 3.0, &["s".into()], 1)]).await;
+        assert!(matches!(r, Err(RtmpError::NotConnected { transaction_id, .. }) if transaction_id == 3.0));
+
+        let (r, _) = run(vec![connect_message(), connect_message()]).await;
+        assert!(matches!(r, Err(RtmpError::DuplicateConnect)));
+
+        let (r, _) = run(vec![connect_message(), call("publish", 3.0, &["s".into()], 0)]).await;
+        assert!(matches!(r, Err(RtmpError::NoStream(Role::Publisher))));
+
+        let (r, _) = run(vec![connect_message(), call("play", 3.0, &[Value::Null], 1)]).await;
+        assert!(matches!(r, Err(RtmpError::ClientCommand(_))));
+
+        let garbage = Message {
+            payload: Bytes::from_static(&[0x02, 0x00, 0x09, b'c']),
+            ..connect_message()
+        };
+        let (r, _) = run(vec![garbage]).await;
+        assert!(matches!(r, Err(RtmpError::ClientCommand(_))));
+
+        let (r, _) = run(vec![connect_message()]).await;
+        assert!(matches!(r, Err(RtmpError::ClientLeft)));
+    }
+
+    #[tokio::test]
+    async fn media_before_publish_is_dropped_not_fatal() {
+        let video = Message {
+            csid: 6,
+            timestamp: 0,
+            type_id: type_id::VIDEO,
+            stream_id: 1,
+            payload: Bytes::from_static(b"\x17early"),
+        };
+        let sent = vec![
+            connect_message(),
+            video,
+            Command::CreateStream { transaction_id: 2.0 }.to_message(0),
+            call("publish", 3.0, &["s".into()], 1),
+        ];
+        assert_eq!(run(sent).await.0.unwrap().role, Role::Publisher);
+    }
+}
