@@ -779,6 +779,17 @@ impl Config {
                 });
             }
         }
+        // The RTMP length field is 24 bits; below a few KiB not even a
+        // connect command with its properties fits.
+        if !(4096..=0x00ff_ffff).contains(&self.rtmp_max_message_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "rtmp_max_message_bytes",
+                reason: format!(
+                    "{} is outside 4096..=16777215 (RTMP lengths are 24 bits)",
+                    self.rtmp_max_message_bytes
+                ),
+            });
+        }
         if self.force_quit_timeout < self.grace_quit_timeout {
             return Err(ConfigError::Invalid {
                 key: "force_quit_timeout",
@@ -966,6 +977,16 @@ mod tests {
             msg.contains("redis.port") && msg.contains("PROXY_REDIS_PORT") && msg.contains("sixty"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn rtmp_message_limit_must_fit_the_protocol() {
+        for bad in ["0", "100", "16777216"] {
+            let err = load(None, &env(&[("PROXY_RTMP_MAX_MESSAGE_BYTES", bad)]), &[]).unwrap_err();
+            assert!(err.to_string().contains("rtmp_max_message_bytes"), "{bad}: {err}");
+        }
+        let c = load(None, &env(&[("PROXY_RTMP_MAX_MESSAGE_BYTES", "16777215")]), &[]).unwrap();
+        assert_eq!(c.rtmp_max_message_bytes, 16_777_215);
     }
 
     #[test]
