@@ -696,9 +696,10 @@ impl RawClient {
             .await;
         loop {
             match self.next_command().await {
-                Some(Command::Result { transaction_id, values }) if transaction_id == 2.0 => {
-                    return values[1].as_f64().unwrap() as u32
-                }
+                Some(Command::Result {
+                    transaction_id: 2.0,
+                    values,
+                }) => return values[1].as_f64().unwrap() as u32,
                 Some(_) => {}
                 None => panic!("closed before createStream result"),
             }
@@ -746,16 +747,12 @@ async fn raw_bytes_are_refused(addr: SocketAddr, bytes: &[u8]) -> bool {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let _ = tcp.write_all(bytes).await;
     let mut buf = [0u8; 4096];
-    tokio::time::timeout(BOUND, async {
-        loop {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => return true,
-                Ok(_) => return false,
-            }
-        }
-    })
-    .await
-    .unwrap_or(false)
+    // The proxy never answers non-RTMP with RTMP: the first read is the
+    // close (EOF, or a reset when it hung up with input unread).
+    match tokio::time::timeout(BOUND, tcp.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) | Err(_) => false,
+    }
 }
 
 fn raw_message(type_id: u8, stream_id: u32, payload: Vec<u8>) -> Message {

@@ -593,7 +593,7 @@ mod tests {
     fn chunk_stream_id_forms() {
         for csid in [2, 63, 64, 319, 320, 65_599] {
             let m = msg(csid, 1, 9, 1, b"x");
-            let bytes = encode_all(&mut ChunkEncoder::new(), &[m.clone()]);
+            let bytes = encode_all(&mut ChunkEncoder::new(), std::slice::from_ref(&m));
             let header = match csid {
                 2..=63 => 1,
                 64..=319 => 2,
@@ -619,7 +619,7 @@ mod tests {
     fn extended_timestamp_is_repeated_on_continuation_chunks() {
         let payload = vec![7u8; 300];
         let m = msg(6, 0x0100_0000, 9, 1, &payload);
-        let bytes = encode_all(&mut ChunkEncoder::new(), &[m.clone()]);
+        let bytes = encode_all(&mut ChunkEncoder::new(), std::slice::from_ref(&m));
         // 1 + 11 + 4 header, then 128 bytes, then (1 + 4) + 128, then (1 + 4) + 44.
         assert_eq!(bytes.len(), 16 + 128 + 5 + 128 + 5 + 44);
         assert_eq!(&bytes[144..149], &[0xc6, 0x01, 0x00, 0x00, 0x00]);
@@ -650,7 +650,7 @@ mod tests {
     fn type3_starting_a_message_reads_its_extended_timestamp() {
         let mut encoder = ChunkEncoder::new();
         let first = msg(6, 0x0100_0000, 9, 1, b"a");
-        let mut bytes = encode_all(&mut encoder, &[first.clone()]);
+        let mut bytes = encode_all(&mut encoder, std::slice::from_ref(&first));
         bytes.put_u8(0xc6);
         bytes.put_u32(0x0100_0000);
         bytes.put_u8(b'b');
@@ -799,7 +799,7 @@ mod tests {
         let mut bytes = vec![0x04, 0, 0, 0, 0, 1, 0, 9, 1, 0, 0, 0];
         bytes.extend_from_slice(&[0; 128]);
         let abort = msg(2, 0, type_id::ABORT, 0, &4u32.to_be_bytes());
-        bytes.extend_from_slice(&encode_all(&mut ChunkEncoder::new(), &[abort.clone()]));
+        bytes.extend_from_slice(&encode_all(&mut ChunkEncoder::new(), std::slice::from_ref(&abort)));
         // csid 4 may now start afresh with a type-1 header.
         bytes.extend_from_slice(&[0x44, 0, 0, 1, 0, 0, 1, 8, 0xaa]);
         let got = decode_all(&mut ChunkDecoder::new(LIMIT), &bytes).unwrap();
@@ -926,12 +926,7 @@ mod tests {
             let mut buf = BytesMut::new();
             for chunk in chunks {
                 buf.extend_from_slice(&chunk);
-                loop {
-                    match decoder.decode(&mut buf) {
-                        Ok(Some(_)) => continue,
-                        Ok(None) | Err(_) => break,
-                    }
-                }
+                while let Ok(Some(_)) = decoder.decode(&mut buf) {}
             }
         }
     }
