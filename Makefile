@@ -52,3 +52,11 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 -include mk/*.mk
+
+# The OriginPool CRD, generated from src/crd.rs into crds/ and the chart's
+# copy (`make manifests` then refreshes deploy/).
+.PHONY: crds
+crds:
+	$(CARGO) run --quiet --bin crdgen > crds/originpools.srsproxy.io.yaml.tmp
+	mv crds/originpools.srsproxy.io.yaml.tmp crds/originpools.srsproxy.io.yaml
+	cp crds/originpools.srsproxy.io.yaml charts/srs-proxy/crds/originpools.srsproxy.io.yaml

@@ -16,6 +16,7 @@
 //! * [`balance`] — pure policies that pick an origin for a new stream.
 //! * [`context`] — the cloneable handle every task gets: config, store,
 //!   metrics, shutdown; `claim` turns a stream key into a [`context::StreamLease`].
+//! * [`crd`] — the `OriginPool` custom resource (the CRD is generated from it).
 //! * [`api`] — the system API: versions (readiness), register, metrics.
 //! * [`http`] — HTTP-FLV / HTTP-TS / HLS streaming and static files;
 //!   [`hls`] rewrites playlists so segments follow their stream.
@@ -28,6 +29,7 @@ pub mod api;
 pub mod balance;
 pub mod config;
 pub mod context;
+pub mod crd;
 pub mod hls;
 pub mod http;
 pub mod metrics;
