@@ -1,13 +1,15 @@
 //! Balancing policies: which live origin gets a new stream.
 //!
 //! Pure functions over a list of candidates (origin + its active stream
-//! count); no I/O, no clock. The stores call [`pick`] and write the result
-//! atomically; the policy never sees a stream that is already mapped.
+//! count); no I/O, no clock, randomness only from a salt the caller passes.
+//! The memory store calls [`pick`] and writes the result atomically; the
+//! Redis store's script (`store/redis.lua`) implements the same functions on
+//! the server, and `tests/redis_policy.rs` holds both to the same cases. The
+//! policy never sees a stream that is already mapped.
 
 use std::fmt;
 use std::str::FromStr;
 
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::origin::Origin;
@@ -69,41 +71,34 @@ impl Candidate<'_> {
 }
 
 /// Picks the origin for a new stream, or `None` when no candidate has room.
-pub fn pick<'a, R: Rng + ?Sized>(
-    policy: Policy,
-    key: &StreamKey,
-    candidates: &[Candidate<'a>],
-    rng: &mut R,
-) -> Option<&'a Origin> {
+///
+/// `salt` is the policy's only randomness (`random`, and ties under
+/// `least-streams`): the same salt and candidates give the same origin,
+/// whatever their order. The Redis store's script makes the same choice from
+/// the same inputs; `tests/redis_policy.rs` holds both to the same cases.
+pub fn pick<'a>(policy: Policy, key: &StreamKey, candidates: &[Candidate<'a>], salt: u64) -> Option<&'a Origin> {
     let eligible: Vec<&Candidate<'a>> = candidates.iter().filter(|c| c.has_room()).collect();
     if eligible.is_empty() {
         return None;
     }
     let chosen = match policy {
-        Policy::Random => weighted_random(&eligible, rng),
-        Policy::LeastStreams => least_streams(&eligible, rng),
-        Policy::ConsistentHash => rendezvous(key, &eligible),
+        Policy::Random => race(&salt_text(salt), &eligible, true),
+        Policy::LeastStreams => least_streams(&eligible, salt),
+        Policy::ConsistentHash => race(&key.to_string(), &eligible, true),
     };
     Some(chosen.origin)
+}
+
+/// The text a salt is hashed as (also what the Redis store sends its script).
+pub fn salt_text(salt: u64) -> String {
+    format!("{salt:016x}")
 }
 
 fn weight(c: &Candidate<'_>) -> u64 {
     u64::from(c.origin.weight.max(1))
 }
 
-fn weighted_random<'a, 'b, R: Rng + ?Sized>(eligible: &[&'b Candidate<'a>], rng: &mut R) -> &'b Candidate<'a> {
-    let total: u64 = eligible.iter().map(|c| weight(c)).sum();
-    let mut point = rng.random_range(0..total);
-    for c in eligible {
-        if point < weight(c) {
-            return c;
-        }
-        point -= weight(c);
-    }
-    eligible[eligible.len() - 1]
-}
-
-fn least_streams<'a, 'b, R: Rng + ?Sized>(eligible: &[&'b Candidate<'a>], rng: &mut R) -> &'b Candidate<'a> {
+fn least_streams<'a, 'b>(eligible: &[&'b Candidate<'a>], salt: u64) -> &'b Candidate<'a> {
     // Compare streams/weight without floats: a.streams * b.weight vs b.streams * a.weight.
     let load_cmp = |a: &Candidate<'_>, b: &Candidate<'_>| {
         (u64::from(a.streams) * weight(b)).cmp(&(u64::from(b.streams) * weight(a)))
@@ -112,20 +107,19 @@ fn least_streams<'a, 'b, R: Rng + ?Sized>(eligible: &[&'b Candidate<'a>], rng: &
         .iter()
         .min_by(|a, b| load_cmp(a, b))
         .expect("eligible is not empty");
-    let ties: Vec<&&Candidate<'a>> = eligible.iter().filter(|c| load_cmp(c, best).is_eq()).collect();
-    ties[rng.random_range(0..ties.len())]
+    let ties: Vec<&'b Candidate<'a>> = eligible.iter().copied().filter(|c| load_cmp(c, best).is_eq()).collect();
+    race(&salt_text(salt), &ties, false)
 }
 
-/// Weighted rendezvous hashing: score = -weight / ln(u), u the origin's
-/// hash of the key mapped into (0, 1). Adding an origin moves only the
-/// streams it wins; removing one moves only the streams it had.
-fn rendezvous<'a, 'b>(key: &StreamKey, eligible: &[&'b Candidate<'a>]) -> &'b Candidate<'a> {
-    let key_text = key.to_string();
+/// Weighted rendezvous: each candidate draws u in (0, 1) from `text` and
+/// its id; the highest -weight / ln(u) wins. With the stream key as `text`
+/// this is consistent hashing (adding an origin moves only the streams it
+/// wins, removing one only the streams it had); with a random salt it is a
+/// weighted random choice (P = weight / total weight).
+fn race<'a, 'b>(text: &str, eligible: &[&'b Candidate<'a>], weighted: bool) -> &'b Candidate<'a> {
     let score = |c: &Candidate<'_>| {
-        let h = stable_hash(key_text.as_bytes(), c.origin.id.as_bytes());
-        // 53 high bits → (0, 1), never 0 or 1.
-        let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        -(weight(c) as f64) / u.ln()
+        let w = if weighted { weight(c) as f64 } else { 1.0 };
+        -w / draw(text, &c.origin.id).ln()
     };
     eligible
         .iter()
@@ -137,19 +131,14 @@ fn rendezvous<'a, 'b>(key: &StreamKey, eligible: &[&'b Candidate<'a>]) -> &'b Ca
         .expect("eligible is not empty")
 }
 
-/// FNV-1a over both inputs with a separator, then a 64-bit finaliser, so
-/// the result is the same on every build and every replica.
-pub fn stable_hash(a: &[u8], b: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in a.iter().chain(&[0xff]).chain(b) {
-        h ^= u64::from(*byte);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
+/// The draw of origin `id` for `text`: the first 52 bits of
+/// SHA-1(`text` \n `id`) mapped into (0, 1), never 0 or 1. SHA-1 because a
+/// Redis script has it built in (`redis.sha1hex`) and computes exactly the
+/// same number; the result is the same on every build and every replica.
+pub fn draw(text: &str, id: &str) -> f64 {
+    let hex = fred::util::sha1_hash(&format!("{text}\n{id}"));
+    let bits = u64::from_str_radix(&hex[..13], 16).expect("sha1 is hex");
+    (bits as f64 + 0.5) / (1u64 << 52) as f64
 }
 
 #[cfg(test)]
@@ -157,7 +146,7 @@ mod tests {
     use super::*;
     use crate::origin::{OriginSource, Ports};
     use rand::rngs::StdRng;
-    use rand::SeedableRng;
+    use rand::{Rng, SeedableRng};
 
     fn origin(id: &str, weight: u32, max_streams: u32) -> Origin {
         Origin {
@@ -189,7 +178,7 @@ mod tests {
                 .zip(counts)
                 .map(|(origin, streams)| Candidate { origin, streams })
                 .collect();
-            let chosen = pick(Policy::LeastStreams, &key(i), &c, &mut rng).unwrap();
+            let chosen = pick(Policy::LeastStreams, &key(i), &c, rng.random()).unwrap();
             counts[origins.iter().position(|o| o.id == chosen.id).unwrap()] += 1;
         }
         // Placing one at a time by load/weight keeps b at 3x a (±1).
@@ -216,7 +205,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(7);
         let mut seen = std::collections::HashSet::new();
         for i in 0..100 {
-            let o = pick(Policy::LeastStreams, &key(i), &c, &mut rng).unwrap();
+            let o = pick(Policy::LeastStreams, &key(i), &c, rng.random()).unwrap();
             assert_ne!(o.id, "a");
             seen.insert(o.id.clone());
         }
@@ -239,15 +228,15 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         for policy in [Policy::LeastStreams, Policy::Random, Policy::ConsistentHash] {
             for i in 0..50 {
-                assert_eq!(pick(policy, &key(i), &c, &mut rng).unwrap().id, "b", "{policy}");
+                assert_eq!(pick(policy, &key(i), &c, rng.random()).unwrap().id, "b", "{policy}");
             }
         }
         let full = [Candidate {
             origin: &origins[0],
             streams: 2,
         }];
-        assert!(pick(Policy::LeastStreams, &key(0), &full, &mut rng).is_none());
-        assert!(pick(Policy::Random, &key(0), &[], &mut rng).is_none());
+        assert!(pick(Policy::LeastStreams, &key(0), &full, rng.random()).is_none());
+        assert!(pick(Policy::Random, &key(0), &[], rng.random()).is_none());
     }
 
     #[test]
@@ -256,7 +245,7 @@ mod tests {
         let c: Vec<Candidate> = origins.iter().map(|origin| Candidate { origin, streams: 0 }).collect();
         let mut rng = StdRng::seed_from_u64(11);
         let b = (0..5000)
-            .filter(|i| pick(Policy::Random, &key(*i), &c, &mut rng).unwrap().id == "b")
+            .filter(|i| pick(Policy::Random, &key(*i), &c, rng.random()).unwrap().id == "b")
             .count();
         assert!((3700..4300).contains(&b), "b got {b} of 5000, expected ~4000");
     }
@@ -268,7 +257,7 @@ mod tests {
         let place = |origins: &[Origin], rng: &mut StdRng| -> Vec<String> {
             let c: Vec<Candidate> = origins.iter().map(|origin| Candidate { origin, streams: 0 }).collect();
             (0..1000)
-                .map(|i| pick(Policy::ConsistentHash, &key(i), &c, rng).unwrap().id.clone())
+                .map(|i| pick(Policy::ConsistentHash, &key(i), &c, rng.random()).unwrap().id.clone())
                 .collect()
         };
         let before = place(&origins, &mut rng);
@@ -286,6 +275,43 @@ mod tests {
         // Same input, same answer: order of candidates does not matter.
         origins.reverse();
         assert_eq!(place(&origins, &mut rng), after);
+    }
+
+    #[test]
+    fn the_salt_decides_not_the_order_of_candidates() {
+        let origins: Vec<Origin> = (0..4).map(|i| origin(&format!("o{i}"), i + 1, 0)).collect();
+        let forward: Vec<Candidate> = origins.iter().map(|origin| Candidate { origin, streams: 1 }).collect();
+        let mut backward = forward.clone();
+        backward.reverse();
+        let mut rng = StdRng::seed_from_u64(5);
+        for policy in [Policy::LeastStreams, Policy::Random, Policy::ConsistentHash] {
+            for i in 0..200 {
+                let salt = rng.random();
+                assert_eq!(
+                    pick(policy, &key(i), &forward, salt).unwrap().id,
+                    pick(policy, &key(i), &backward, salt).unwrap().id,
+                    "{policy}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn consistent_hash_follows_weights() {
+        let origins = [origin("a", 1, 0), origin("b", 3, 0)];
+        let c: Vec<Candidate> = origins.iter().map(|origin| Candidate { origin, streams: 0 }).collect();
+        let b = (0..4000)
+            .filter(|i| pick(Policy::ConsistentHash, &key(*i), &c, 0).unwrap().id == "b")
+            .count();
+        assert!((2850..3150).contains(&b), "b got {b} of 4000, expected ~3000");
+    }
+
+    #[test]
+    fn draws_are_in_the_open_unit_interval_and_stable() {
+        let u = draw("__defaultVhost__/live/livestream", "origin-a");
+        assert!(u > 0.0 && u < 1.0);
+        assert_eq!(u, draw("__defaultVhost__/live/livestream", "origin-a"));
+        assert_ne!(u, draw("__defaultVhost__/live/livestream", "origin-b"));
     }
 
     #[test]

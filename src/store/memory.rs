@@ -153,7 +153,7 @@ impl MemoryStore {
                 streams: counts.get(origin.id.as_str()).copied().unwrap_or(0),
             })
             .collect();
-        let Some(chosen) = pick(policy, key, &candidates, &mut rand::rng()).cloned() else {
+        let Some(chosen) = pick(policy, key, &candidates, rand::random()).cloned() else {
             return Ok(Claim::NoOrigin);
         };
         inner.streams.insert(
