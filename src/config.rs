@@ -814,6 +814,13 @@ impl Config {
                 });
             }
         }
+        if !self.redis.url.is_empty() {
+            // The reason never repeats the URL: it may hold a password.
+            crate::store::redis::fred_config(&self.redis).map_err(|reason| ConfigError::Invalid {
+                key: "redis.url",
+                reason: format!("not a Redis URL fred can use: {reason}"),
+            })?;
+        }
         if self.kubernetes.discovery == DiscoveryMode::Service && self.kubernetes.service.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "kubernetes.service",
@@ -1038,6 +1045,21 @@ mod tests {
         assert!(err.to_string().contains("force_quit_timeout"));
         let err = load(None, &env(&[("PROXY_K8S_DISCOVERY", "service")]), &[]).unwrap_err();
         assert!(err.to_string().contains("PROXY_K8S_SERVICE"));
+    }
+
+    #[test]
+    fn redis_url_forms() {
+        for good in [
+            "redis://:secret@10.0.0.9:6380/2",
+            "rediss://redis.example.com:6380",
+            "redis-sentinel://10.0.0.1:26379/0?sentinelServiceName=mymaster&node=10.0.0.2:26379",
+            "redis-cluster://10.0.0.1:7000?node=10.0.0.2:7000",
+        ] {
+            load(None, &env(&[("PROXY_REDIS_URL", good)]), &[]).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let err = load(None, &env(&[("PROXY_REDIS_URL", "http://:hunter2@x")]), &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("redis.url") && !msg.contains("hunter2"), "{msg}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, ListenAddr, StoreKind};
 use crate::context::Context;
-use crate::store::{MemoryStore, Store};
+use crate::store::{MemoryStore, RedisStore, Store};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,9 +52,10 @@ impl Listeners {
 pub async fn build_store(config: &Config) -> Result<Store, StartError> {
     match config.load_balancer_type {
         StoreKind::Memory => Ok(Store::Memory(MemoryStore::new())),
-        StoreKind::Redis => Err(StartError::Store(
-            "load_balancer_type redis is not available in this build".into(),
-        )),
+        StoreKind::Redis => RedisStore::connect(&config.redis)
+            .await
+            .map(Store::Redis)
+            .map_err(|e| StartError::Store(format!("redis: {e}"))),
     }
 }
 
@@ -91,13 +92,22 @@ pub async fn run(ctx: Context, listeners: Listeners) -> io::Result<()> {
     result
 }
 
-/// Expires store entries and announces origins that went away.
+/// Expires store entries, announces origins that went away, and keeps the
+/// static origins registered (a Redis that restarted empty, or a first
+/// registration that failed, gets them back within a second).
 async fn housekeeping(ctx: Context) {
+    let static_origins = ctx.config.static_origins();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         if let Err(e) = ctx.store_op("sweep", ctx.store.sweep()).await {
             tracing::warn!(error = %e, "store housekeeping failed");
+            continue;
+        }
+        for origin in &static_origins {
+            let _ = ctx
+                .store_op("upsert_origin", ctx.store.upsert_origin(origin.clone(), None))
+                .await;
         }
     }
 }

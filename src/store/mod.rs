@@ -1,7 +1,9 @@
 //! Routing state: live origins, stream claims and routing sessions.
 //!
-//! One contract, several implementations ([`memory`] today); every replica of
-//! the proxy that shares a store agrees on which origin holds which stream.
+//! One contract, two implementations that pass one conformance suite
+//! (`tests/store_conformance.rs`): [`memory`] for a single proxy and
+//! [`redis`] shared by every replica, which then all agree on which origin
+//! holds which stream.
 //! A claim is one atomic operation inside the store, never a read followed
 //! by a write from the proxy. Everything carries a TTL: origins (unless
 //! static), stream mappings and sessions disappear when nobody refreshes
@@ -11,10 +13,11 @@
 //! keys and origins.
 
 pub mod memory;
+pub mod redis;
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::balance::Policy;
@@ -22,6 +25,7 @@ use crate::origin::Origin;
 use crate::stream_key::StreamKey;
 
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 /// A store failure. Expected outcomes (no origin, unknown session) are
 /// values, not errors.
@@ -99,7 +103,7 @@ pub struct StreamStatus {
 }
 
 /// What a routing session points at.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     pub key: StreamKey,
     pub origin_id: String,
@@ -134,6 +138,7 @@ pub struct OriginGone {
 #[derive(Clone)]
 pub enum Store {
     Memory(MemoryStore),
+    Redis(RedisStore),
 }
 
 impl Store {
@@ -141,6 +146,7 @@ impl Store {
     pub async fn upsert_origin(&self, origin: Origin, ttl: Option<Duration>) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => s.upsert_origin(origin, ttl),
+            Self::Redis(s) => s.upsert_origin(origin, ttl).await,
         }
     }
 
@@ -148,6 +154,7 @@ impl Store {
     pub async fn remove_origin(&self, id: &str) -> Result<bool, StoreError> {
         match self {
             Self::Memory(s) => s.remove_origin(id),
+            Self::Redis(s) => s.remove_origin(id).await,
         }
     }
 
@@ -155,6 +162,7 @@ impl Store {
     pub async fn list_origins(&self) -> Result<Vec<OriginStatus>, StoreError> {
         match self {
             Self::Memory(s) => s.list_origins(),
+            Self::Redis(s) => s.list_origins().await,
         }
     }
 
@@ -162,6 +170,7 @@ impl Store {
     pub async fn origin(&self, id: &str) -> Result<Option<Origin>, StoreError> {
         match self {
             Self::Memory(s) => s.origin(id),
+            Self::Redis(s) => s.origin(id).await,
         }
     }
 
@@ -170,6 +179,7 @@ impl Store {
     pub async fn claim(&self, key: &StreamKey, policy: Policy, ttl: Duration) -> Result<Claim, StoreError> {
         match self {
             Self::Memory(s) => s.claim(key, policy, ttl),
+            Self::Redis(s) => s.claim(key, policy, ttl).await,
         }
     }
 
@@ -177,14 +187,18 @@ impl Store {
     pub async fn lookup(&self, key: &StreamKey) -> Result<Option<Origin>, StoreError> {
         match self {
             Self::Memory(s) => s.lookup(key),
+            Self::Redis(s) => s.lookup(key).await,
         }
     }
 
-    /// Extends the mapping of `key` to `origin_id`. `false` when the mapping
-    /// is gone, points elsewhere, or the origin is no longer live.
+    /// Extends the mapping of `key` to `origin_id` (re-creating it if it
+    /// expired and nobody took the stream). `false` when the mapping points
+    /// elsewhere or the origin was removed or expired: the relay must end.
+    /// An origin a Redis that lost its data has not heard of is not gone.
     pub async fn refresh_stream(&self, key: &StreamKey, origin_id: &str, ttl: Duration) -> Result<bool, StoreError> {
         match self {
             Self::Memory(s) => s.refresh_stream(key, origin_id, ttl),
+            Self::Redis(s) => s.refresh_stream(key, origin_id, ttl).await,
         }
     }
 
@@ -192,6 +206,7 @@ impl Store {
     pub async fn release_stream(&self, key: &StreamKey, origin_id: &str) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => s.release_stream(key, origin_id),
+            Self::Redis(s) => s.release_stream(key, origin_id).await,
         }
     }
 
@@ -199,6 +214,7 @@ impl Store {
     pub async fn list_streams(&self) -> Result<Vec<StreamStatus>, StoreError> {
         match self {
             Self::Memory(s) => s.list_streams(),
+            Self::Redis(s) => s.list_streams().await,
         }
     }
 
@@ -212,6 +228,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => s.put_session(kind, id, session, ttl),
+            Self::Redis(s) => s.put_session(kind, id, session, ttl).await,
         }
     }
 
@@ -224,6 +241,7 @@ impl Store {
     ) -> Result<Option<Session>, StoreError> {
         match self {
             Self::Memory(s) => s.touch_session(kind, id, ttl),
+            Self::Redis(s) => s.touch_session(kind, id, ttl).await,
         }
     }
 
@@ -231,6 +249,7 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Self::Memory(_) => Ok(()),
+            Self::Redis(s) => s.ping().await,
         }
     }
 
@@ -239,6 +258,7 @@ impl Store {
     pub async fn sweep(&self) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => s.sweep(),
+            Self::Redis(s) => s.sweep().await,
         }
     }
 
@@ -246,6 +266,7 @@ impl Store {
     pub fn subscribe_gone(&self) -> broadcast::Receiver<OriginGone> {
         match self {
             Self::Memory(s) => s.subscribe_gone(),
+            Self::Redis(s) => s.subscribe_gone(),
         }
     }
 
@@ -253,6 +274,7 @@ impl Store {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Memory(_) => "memory",
+            Self::Redis(_) => "redis",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! * [`origin`] — a fake SRS HTTP origin (FLV, TS, HLS) that registers itself
 //!   through the real register API.
 //! * [`client`] — a minimal HTTP/1.1 client over hyper.
+//! * [`redis`] — a real redis-server on a free port.
 //! * [`rtmp_origin`] — a fake SRS RTMP origin (with HTTP-FLV of what was
 //!   published), built on the proxy's RTMP codec.
 #![allow(dead_code)]
@@ -11,6 +12,7 @@
 pub mod client;
 pub mod origin;
 pub mod proxy;
+pub mod redis;
 pub mod rtmp_origin;
 
 use std::future::Future;

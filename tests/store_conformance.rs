@@ -1,0 +1,536 @@
+//! The store contract, one suite for every implementation: each test
+//! function below runs against the memory store (with tokio's clock paused,
+//! so TTLs pass at once) and against the Redis store on a real redis-server
+//! this binary starts (with real, short TTLs).
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use srs_proxy::balance::{pick, Candidate, Policy};
+use srs_proxy::origin::{Origin, OriginSource, Ports};
+use srs_proxy::store::{Claim, ClaimOutcome, MemoryStore, OriginGone, RedisStore, Session, SessionKind, Store};
+use srs_proxy::stream_key::StreamKey;
+use support::redis::RedisServer;
+use tokio::sync::broadcast;
+
+/// Short enough to wait out, long enough that no step of a test outlives it.
+const TTL: Duration = Duration::from_secs(1);
+/// A little more than [`TTL`].
+const PAST_TTL: Duration = Duration::from_millis(1300);
+/// Longer than any test runs.
+const LONG: Duration = Duration::from_secs(60);
+
+/// The store under test and how to look beneath it.
+struct Subject {
+    store: Store,
+    /// The Redis server and this test's key namespace.
+    redis: Option<(&'static RedisServer, String)>,
+}
+
+impl Subject {
+    fn memory() -> Self {
+        Self {
+            store: Store::Memory(MemoryStore::new()),
+            redis: None,
+        }
+    }
+
+    async fn redis(test: &str) -> Self {
+        let server = RedisServer::shared();
+        let store = RedisStore::connect(&server.config(&format!("conformance:{test}:")))
+            .await
+            .unwrap();
+        Self {
+            redis: Some((server, store.namespace().to_string())),
+            store: Store::Redis(store),
+        }
+    }
+
+    /// Another client of the same state: a second proxy replica.
+    async fn replica(&self) -> Store {
+        match (&self.store, &self.redis) {
+            (Store::Redis(_), Some((server, ns))) => {
+                let prefix = ns.strip_suffix("{routing}:").unwrap();
+                Store::Redis(RedisStore::connect(&server.config(prefix)).await.unwrap())
+            }
+            (store, _) => store.clone(),
+        }
+    }
+
+    /// Entries that describe streams or sessions, expired or not: what
+    /// would grow if something were never dropped.
+    async fn stream_state(&self) -> usize {
+        match (&self.store, &self.redis) {
+            (Store::Memory(m), _) => m.entry_count() - self.store.list_origins().await.unwrap().len(),
+            (_, Some((server, ns))) => {
+                let origin_keys = [
+                    format!("{ns}origins"),
+                    format!("{ns}registrations"),
+                    format!("{ns}gone"),
+                ];
+                let keys = server.keys(&format!("{ns}*"));
+                keys.iter().filter(|k| !origin_keys.contains(k)).count()
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+fn origin(id: &str) -> Origin {
+    Origin {
+        id: id.into(),
+        ip: "10.0.0.1".into(),
+        ports: Ports {
+            rtmp: Some(1935),
+            http: Some(8080),
+            ..Ports::default()
+        },
+        source: OriginSource::Heartbeat,
+        weight: 1,
+        max_streams: 0,
+        pool: None,
+    }
+}
+
+fn weighted(id: &str, weight: u32, max_streams: u32) -> Origin {
+    Origin {
+        weight,
+        max_streams,
+        ..origin(id)
+    }
+}
+
+fn key(stream: &str) -> StreamKey {
+    StreamKey::new("__defaultVhost__", "live", stream).unwrap()
+}
+
+async fn claim(store: &Store, stream: &str, policy: Policy) -> (String, ClaimOutcome) {
+    match store.claim(&key(stream), policy, LONG).await.unwrap() {
+        Claim::Origin(o, outcome) => (o.id, outcome),
+        Claim::NoOrigin => panic!("no origin for {stream}"),
+    }
+}
+
+async fn live_ids(store: &Store) -> Vec<String> {
+    store
+        .list_origins()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.origin.id)
+        .collect()
+}
+
+async fn counts(store: &Store) -> BTreeMap<String, u32> {
+    store
+        .list_origins()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.origin.id, o.streams))
+        .collect()
+}
+
+/// The next announcement of a gone origin, waiting at most a few seconds.
+async fn next_gone(rx: &mut broadcast::Receiver<OriginGone>) -> String {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("an origin-gone announcement")
+        .unwrap()
+        .id
+}
+
+async fn origins_are_upserted_listed_and_removed(s: Subject) {
+    let store = &s.store;
+    store.upsert_origin(origin("a"), Some(LONG)).await.unwrap();
+    store.upsert_origin(origin("b"), None).await.unwrap();
+    let list = store.list_origins().await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].origin, origin("a"));
+    assert_eq!(list[0].streams, 0);
+    let expires = list[0].expires_in_secs.expect("a has a TTL");
+    assert!(expires > 0.0 && expires <= LONG.as_secs_f64(), "{expires}");
+    assert_eq!(list[1].expires_in_secs, None, "static origins never expire");
+
+    // A new registration under the same id replaces the old one.
+    let mut moved = origin("a");
+    moved.ports.http = Some(8081);
+    store.upsert_origin(moved.clone(), Some(LONG)).await.unwrap();
+    assert_eq!(store.origin("a").await.unwrap(), Some(moved));
+
+    assert!(store.remove_origin("a").await.unwrap());
+    assert!(!store.remove_origin("a").await.unwrap(), "already gone");
+    assert_eq!(store.origin("a").await.unwrap(), None);
+    assert_eq!(live_ids(store).await, ["b"]);
+}
+
+async fn expired_origins_are_never_returned(s: Subject) {
+    let store = &s.store;
+    store.upsert_origin(origin("short"), Some(TTL)).await.unwrap();
+    store.upsert_origin(origin("static"), None).await.unwrap();
+    assert_eq!(live_ids(store).await, ["short", "static"]);
+    tokio::time::sleep(PAST_TTL).await;
+    // Before any sweep: gone from every read.
+    assert_eq!(live_ids(store).await, ["static"]);
+    assert_eq!(store.origin("short").await.unwrap(), None);
+    for i in 0..10 {
+        let (id, _) = claim(store, &format!("s{i}"), Policy::Random).await;
+        assert_eq!(id, "static");
+    }
+    // A heartbeat brings it back.
+    store.upsert_origin(origin("short"), Some(LONG)).await.unwrap();
+    assert_eq!(live_ids(store).await, ["short", "static"]);
+}
+
+async fn a_claim_sticks_and_is_refreshed(s: Subject) {
+    let store = &s.store;
+    store.upsert_origin(origin("a"), None).await.unwrap();
+    store.upsert_origin(origin("b"), None).await.unwrap();
+    let k = key("cam");
+    let Claim::Origin(first, ClaimOutcome::New) = store.claim(&k, Policy::Random, TTL).await.unwrap() else {
+        panic!("a new stream is placed")
+    };
+    for _ in 0..5 {
+        // A hit refreshes the mapping's TTL.
+        let Claim::Origin(again, ClaimOutcome::Hit) = store.claim(&k, Policy::Random, LONG).await.unwrap() else {
+            panic!("a mapped stream is a hit")
+        };
+        assert_eq!(again, first);
+    }
+    assert_eq!(store.lookup(&k).await.unwrap(), Some(first.clone()));
+    let streams = store.list_streams().await.unwrap();
+    assert_eq!(streams.len(), 1);
+    assert_eq!(streams[0].key, k);
+    assert_eq!(streams[0].origin_id, first.id);
+    assert!(streams[0].age_secs >= 0.0);
+    assert!(
+        streams[0].expires_in_secs > TTL.as_secs_f64(),
+        "the hit extended the TTL: {}",
+        streams[0].expires_in_secs
+    );
+    tokio::time::sleep(PAST_TTL).await;
+    assert_eq!(store.lookup(&k).await.unwrap(), Some(first));
+}
+
+async fn an_unrefreshed_mapping_expires(s: Subject) {
+    let store = &s.store;
+    store.upsert_origin(origin("a"), None).await.unwrap();
+    let k = key("cam");
+    store.claim(&k, Policy::LeastStreams, TTL).await.unwrap();
+    assert!(store.lookup(&k).await.unwrap().is_some());
+    tokio::time::sleep(PAST_TTL).await;
+    assert_eq!(store.lookup(&k).await.unwrap(), None);
+    assert!(store.list_streams().await.unwrap().is_empty());
+    assert_eq!(counts(store).await["a"], 0);
+    let (_, outcome) = claim(store, "cam", Policy::LeastStreams).await;
+    assert_eq!(outcome, ClaimOutcome::New, "an expired mapping is no failover");
+}
+
+async fn no_origin_and_full_origins_give_no_origin(s: Subject) {
+    let store = &s.store;
+    for policy in [Policy::LeastStreams, Policy::Random, Policy::ConsistentHash] {
+        assert!(matches!(
+            store.claim(&key("x"), policy, LONG).await.unwrap(),
+            Claim::NoOrigin
+        ));
+    }
+    store.upsert_origin(weighted("small", 1, 2), None).await.unwrap();
+    claim(store, "one", Policy::LeastStreams).await;
+    claim(store, "two", Policy::ConsistentHash).await;
+    for policy in [Policy::LeastStreams, Policy::Random, Policy::ConsistentHash] {
+        assert!(
+            matches!(store.claim(&key("three"), policy, LONG).await.unwrap(), Claim::NoOrigin),
+            "{policy}: an origin at max_streams takes no new stream"
+        );
+    }
+    // Its streams still find it.
+    assert_eq!(claim(store, "one", Policy::Random).await.1, ClaimOutcome::Hit);
+    store.release_stream(&key("one"), "small").await.unwrap();
+    assert_eq!(claim(store, "three", Policy::Random).await.0, "small");
+}
+
+async fn least_streams_follows_load_and_weight(s: Subject) {
+    let store = &s.store;
+    store.upsert_origin(weighted("a", 1, 0), None).await.unwrap();
+    store.upsert_origin(weighted("b", 2, 0), None).await.unwrap();
+    for i in 0..30 {
+        claim(store, &format!("s{i}"), Policy::LeastStreams).await;
+    }
+    // One at a time by streams/weight: exactly 1:2.
+    assert_eq!(
+        counts(store).await,
+        BTreeMap::from([("a".into(), 10), ("b".into(), 20)])
+    );
+    store.upsert_origin(weighted("c", 1, 0), None).await.unwrap();
+    for i in 30..40 {
+        assert_eq!(claim(store, &format!("s{i}"), Policy::LeastStreams).await.0, "c");
+    }
+}
+
+async fn consistent_hash_is_rendezvous_of_the_stream_key(s: Subject) {
+    let store = &s.store;
+    let origins: Vec<Origin> = [("a", 1), ("b", 2), ("c", 1)]
+        .iter()
+        .map(|(id, w)| weighted(id, *w, 0))
+        .collect();
+    for o in &origins {
+        store.upsert_origin(o.clone(), None).await.unwrap();
+    }
+    let candidates: Vec<Candidate> = origins.iter().map(|origin| Candidate { origin, streams: 0 }).collect();
+    let mut used = HashSet::new();
+    for i in 0..30 {
+        let stream = format!("s{i}");
+        let expected = pick(Policy::ConsistentHash, &key(&stream), &candidates, 0).unwrap();
+        let (got, _) = claim(store, &stream, Policy::ConsistentHash).await;
+        assert_eq!(got, expected.id, "{stream}");
+        used.insert(got);
+    }
+    assert_eq!(used.len(), 3);
+}
+
+async fn random_uses_every_origin(s: Subject) {
+    let store = &s.store;
+    store.upsert_origin(origin("a"), None).await.unwrap();
+    store.upsert_origin(origin("b"), None).await.unwrap();
+    let mut used = HashSet::new();
+    for i in 0..40 {
+        used.insert(claim(store, &format!("s{i}"), Policy::Random).await.0);
+    }
+    assert_eq!(used.len(), 2);
+}
+
+async fn streams_of_a_removed_or_expired_origin_fail_over(s: Subject) {
+    let store = &s.store;
+    store.upsert_origin(origin("doomed"), Some(TTL)).await.unwrap();
+    assert_eq!(
+        claim(store, "one", Policy::LeastStreams).await,
+        ("doomed".into(), ClaimOutcome::New)
+    );
+    store.upsert_origin(origin("a"), None).await.unwrap();
+    tokio::time::sleep(PAST_TTL).await;
+    // Expired: its mapping is not served, not refreshed, and re-claimed.
+    assert_eq!(store.lookup(&key("one")).await.unwrap(), None);
+    assert!(!store.refresh_stream(&key("one"), "doomed", LONG).await.unwrap());
+    assert_eq!(
+        claim(store, "one", Policy::LeastStreams).await,
+        ("a".into(), ClaimOutcome::Failover)
+    );
+    assert_eq!(
+        claim(store, "one", Policy::LeastStreams).await,
+        ("a".into(), ClaimOutcome::Hit)
+    );
+
+    // Removed: the same.
+    store.upsert_origin(origin("b"), None).await.unwrap();
+    store.remove_origin("a").await.unwrap();
+    assert_eq!(
+        claim(store, "one", Policy::LeastStreams).await,
+        ("b".into(), ClaimOutcome::Failover)
+    );
+    assert_eq!(counts(store).await, BTreeMap::from([("b".into(), 1)]));
+}
+
+async fn refresh_and_release(s: Subject) {
+    let store = &s.store;
+    store.upsert_origin(origin("a"), None).await.unwrap();
+    store.upsert_origin(origin("b"), None).await.unwrap();
+    let k = key("cam");
+    let (owner, _) = claim(store, "cam", Policy::Random).await;
+    let other = if owner == "a" { "b" } else { "a" };
+    store.claim(&k, Policy::Random, TTL).await.unwrap();
+    assert!(store.refresh_stream(&k, &owner, LONG).await.unwrap());
+    assert!(
+        !store.refresh_stream(&k, other, LONG).await.unwrap(),
+        "mapped elsewhere"
+    );
+    tokio::time::sleep(PAST_TTL).await;
+    assert_eq!(
+        store.lookup(&k).await.unwrap().map(|o| o.id),
+        Some(owner.clone()),
+        "refresh extended it"
+    );
+
+    store.release_stream(&k, other).await.unwrap();
+    assert!(
+        store.lookup(&k).await.unwrap().is_some(),
+        "release by a non-owner is ignored"
+    );
+    store.release_stream(&k, &owner).await.unwrap();
+    assert_eq!(store.lookup(&k).await.unwrap(), None);
+    assert_eq!(counts(store).await.values().sum::<u32>(), 0);
+    // A relay still running takes its stream back on its next refresh.
+    assert!(store.refresh_stream(&k, &owner, LONG).await.unwrap());
+    assert_eq!(store.lookup(&k).await.unwrap().map(|o| o.id), Some(owner.clone()));
+    assert_eq!(counts(store).await[&owner], 1);
+}
+
+async fn stream_counts_follow_claims_releases_and_expiry(s: Subject) {
+    let store = &s.store;
+    store.upsert_origin(origin("a"), None).await.unwrap();
+    for i in 0..3 {
+        store
+            .claim(&key(&format!("s{i}")), Policy::LeastStreams, TTL)
+            .await
+            .unwrap();
+    }
+    assert_eq!(counts(store).await["a"], 3);
+    store.release_stream(&key("s0"), "a").await.unwrap();
+    assert_eq!(counts(store).await["a"], 2);
+    store.refresh_stream(&key("s1"), "a", LONG).await.unwrap();
+    tokio::time::sleep(PAST_TTL).await;
+    assert_eq!(counts(store).await["a"], 1, "s2 expired, s1 was refreshed");
+}
+
+async fn sessions_live_while_used(s: Subject) {
+    let store = &s.store;
+    let session = Session {
+        key: key("cam"),
+        origin_id: "a".into(),
+    };
+    store.put_session(SessionKind::Hls, "t1", &session, TTL).await.unwrap();
+    store.put_session(SessionKind::Hls, "t2", &session, TTL).await.unwrap();
+    assert_eq!(
+        store.touch_session(SessionKind::Rtc, "t1", TTL).await.unwrap(),
+        None,
+        "kinds are apart"
+    );
+    assert_eq!(
+        store.touch_session(SessionKind::Hls, "t1", LONG).await.unwrap(),
+        Some(session.clone())
+    );
+    tokio::time::sleep(PAST_TTL).await;
+    assert_eq!(
+        store.touch_session(SessionKind::Hls, "t1", LONG).await.unwrap(),
+        Some(session),
+        "touched, so extended"
+    );
+    assert_eq!(store.touch_session(SessionKind::Hls, "t2", LONG).await.unwrap(), None);
+    assert_eq!(
+        store.touch_session(SessionKind::Hls, "never", LONG).await.unwrap(),
+        None
+    );
+}
+
+async fn an_idle_store_forgets_every_stream_and_session(s: Subject) {
+    let store = &s.store;
+    store.upsert_origin(origin("a"), None).await.unwrap();
+    store.upsert_origin(origin("b"), Some(LONG)).await.unwrap();
+    for i in 0..10 {
+        let k = key(&format!("s{i}"));
+        store.claim(&k, Policy::LeastStreams, TTL).await.unwrap();
+        store.refresh_stream(&k, "a", TTL).await.unwrap();
+        let session = Session {
+            key: k,
+            origin_id: "a".into(),
+        };
+        store
+            .put_session(SessionKind::Hls, &format!("h{i}"), &session, TTL)
+            .await
+            .unwrap();
+        store
+            .put_session(SessionKind::Rtc, &format!("r{i}"), &session, TTL)
+            .await
+            .unwrap();
+    }
+    store.release_stream(&key("s0"), "a").await.unwrap();
+    store.release_stream(&key("s1"), "b").await.unwrap();
+    assert!(s.stream_state().await >= 10);
+    tokio::time::sleep(PAST_TTL).await;
+    store.sweep().await.unwrap();
+    assert!(store.list_streams().await.unwrap().is_empty());
+    assert_eq!(counts(store).await, BTreeMap::from([("a".into(), 0), ("b".into(), 0)]));
+    assert_eq!(s.stream_state().await, 0, "nothing of streams or sessions is left");
+}
+
+async fn every_replica_agrees_on_a_contended_claim(s: Subject) {
+    for id in ["a", "b", "c"] {
+        s.store.upsert_origin(origin(id), None).await.unwrap();
+    }
+    let replicas = [s.store.clone(), s.replica().await];
+    for round in 0..5 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..40 {
+            let store = replicas[i % 2].clone();
+            tasks.spawn(async move { claim(&store, &format!("hot{round}"), Policy::Random).await });
+        }
+        let mut owners = HashSet::new();
+        let mut new = 0;
+        while let Some(r) = tasks.join_next().await {
+            let (id, outcome) = r.unwrap();
+            owners.insert(id);
+            new += usize::from(outcome == ClaimOutcome::New);
+        }
+        assert_eq!(owners.len(), 1, "round {round}: one stream, one origin");
+        assert_eq!(new, 1, "round {round}: exactly one claim placed it");
+    }
+    assert_eq!(s.store.list_streams().await.unwrap().len(), 5);
+    assert_eq!(counts(&s.store).await.values().sum::<u32>(), 5);
+}
+
+async fn every_replica_hears_of_a_gone_origin(s: Subject) {
+    let replica = s.replica().await;
+    let mut here = s.store.subscribe_gone();
+    let mut there = replica.subscribe_gone();
+    s.store.upsert_origin(origin("removed"), None).await.unwrap();
+    s.store.upsert_origin(origin("expires"), Some(TTL)).await.unwrap();
+    assert!(replica.remove_origin("removed").await.unwrap());
+    assert_eq!(next_gone(&mut here).await, "removed");
+    assert_eq!(next_gone(&mut there).await, "removed");
+    tokio::time::sleep(PAST_TTL).await;
+    s.store.sweep().await.unwrap();
+    assert_eq!(next_gone(&mut there).await, "expires");
+    assert_eq!(next_gone(&mut here).await, "expires");
+    // Announced once: another sweep has nothing to say.
+    replica.sweep().await.unwrap();
+    s.store.sweep().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for rx in [&mut here, &mut there] {
+        let extra = rx.try_recv();
+        assert!(
+            matches!(extra, Err(broadcast::error::TryRecvError::Empty)),
+            "announced twice: {extra:?}"
+        );
+    }
+}
+
+/// Runs each test function against both stores.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $name() {
+                    super::$name(super::Subject::memory()).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Subject::redis(stringify!($name)).await).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    origins_are_upserted_listed_and_removed,
+    expired_origins_are_never_returned,
+    a_claim_sticks_and_is_refreshed,
+    an_unrefreshed_mapping_expires,
+    no_origin_and_full_origins_give_no_origin,
+    least_streams_follows_load_and_weight,
+    consistent_hash_is_rendezvous_of_the_stream_key,
+    random_uses_every_origin,
+    streams_of_a_removed_or_expired_origin_fail_over,
+    refresh_and_release,
+    stream_counts_follow_claims_releases_and_expiry,
+    sessions_live_while_used,
+    an_idle_store_forgets_every_stream_and_session,
+    every_replica_agrees_on_a_contended_claim,
+    every_replica_hears_of_a_gone_origin,
+);
