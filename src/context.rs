@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::balance::Policy;
 use crate::config::Config;
+use crate::discovery::DiscoveryState;
 use crate::metrics::Metrics;
 use crate::origin::Origin;
 use crate::shutdown::Shutdown;
@@ -36,6 +38,8 @@ pub struct Context {
     pub store: Store,
     pub metrics: Metrics,
     pub shutdown: Shutdown,
+    /// Kubernetes discovery's health (readiness) and pool-level policy.
+    pub discovery: DiscoveryState,
 }
 
 impl Context {
@@ -45,6 +49,7 @@ impl Context {
             store,
             metrics: Metrics::new(),
             shutdown: Shutdown::new(),
+            discovery: DiscoveryState::default(),
         }
     }
 
@@ -77,7 +82,7 @@ impl Context {
     pub async fn claim_origin(&self, key: &StreamKey) -> Result<(Origin, ClaimOutcome), ClaimError> {
         let ttl = self.config.stream_ttl;
         let result = self
-            .store_op("claim", self.store.claim(key, self.config.balance_policy, ttl))
+            .store_op("claim", self.store.claim(key, self.balance_policy(), ttl))
             .await;
         let label = match &result {
             Ok(Claim::Origin(_, outcome)) => outcome.as_str(),
@@ -101,10 +106,20 @@ impl Context {
         Ok(StreamLease::start(self.clone(), key.clone(), origin, outcome))
     }
 
-    /// Ready to serve: not draining and the store answers.
+    /// The policy that places new streams: the OriginPools' when they set
+    /// one, else `balance_policy`.
+    pub fn balance_policy(&self) -> Policy {
+        self.discovery.policy().unwrap_or(self.config.balance_policy)
+    }
+
+    /// Ready to serve: not draining, configured discovery is working and
+    /// the store answers.
     pub async fn ready(&self) -> Result<(), String> {
         if self.shutdown.is_draining() {
             return Err("draining".into());
+        }
+        if let Some(reason) = self.discovery.unready_reason() {
+            return Err(reason);
         }
         self.store_op("ping", self.store.ping())
             .await

@@ -16,7 +16,8 @@
 //! * [`balance`] — pure policies that pick an origin for a new stream.
 //! * [`context`] — the cloneable handle every task gets: config, store,
 //!   metrics, shutdown; `claim` turns a stream key into a [`context::StreamLease`].
-//! * [`crd`] — the `OriginPool` custom resource (the CRD is generated from it).
+//! * [`crd`] — the `OriginPool` custom resource; [`discovery`] watches it
+//!   and the EndpointSlices it names and registers ready pods as origins.
 //! * [`api`] — the system API: versions (readiness), register, metrics.
 //! * [`http`] — HTTP-FLV / HTTP-TS / HLS streaming and static files;
 //!   [`hls`] rewrites playlists so segments follow their stream.
@@ -30,6 +31,7 @@ pub mod balance;
 pub mod config;
 pub mod context;
 pub mod crd;
+pub mod discovery;
 pub mod hls;
 pub mod http;
 pub mod metrics;

@@ -5,7 +5,7 @@
 //! bytes read), never per byte.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the proxy exports. Names are documented in the README.
@@ -34,6 +34,9 @@ pub struct Metrics {
     pub discovery_events_total: IntCounterVec,
     /// Register API calls by result.
     pub registrations_total: IntCounterVec,
+    /// Kubernetes discovery: EndpointSlice watch event received → store
+    /// updated, for events that changed origins.
+    pub discovery_propagation_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -123,6 +126,17 @@ impl Metrics {
                 IntCounterVec::new(
                     opts("registrations_total", "Register API calls by result."),
                     &["result"],
+                )
+                .unwrap(),
+            ),
+            discovery_propagation_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "srs_proxy_discovery_propagation_seconds",
+                        "EndpointSlice change seen by the watch until the store reflects it.",
+                    )
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
                 )
                 .unwrap(),
             ),
