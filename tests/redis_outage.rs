@@ -181,3 +181,33 @@ async fn a_redis_outage_fails_new_claims_fast_and_heals_by_itself() {
     running.read(200_000).await;
     heartbeat.abort();
 }
+
+#[tokio::test]
+async fn the_proxy_starts_without_redis_and_is_ready_once_redis_answers() {
+    let redis = RedisServer::start();
+    redis.stop();
+    let mut config = test_config();
+    config.load_balancer_type = StoreKind::Redis;
+    config.redis = redis.config("late:");
+    // PROXY_LOAD_BALANCER_TYPE=redis picks the Redis store, and a missing
+    // Redis does not stop the proxy from starting.
+    let store = srs_proxy::server::build_store(&config).await.unwrap();
+    assert_eq!(store.kind(), "redis");
+    let proxy = TestProxy::start_with_store(config, store).await;
+    let versions = get(proxy.api, "/api/v1/versions").await;
+    assert_eq!(versions.status, StatusCode::SERVICE_UNAVAILABLE, "{}", versions.text());
+    assert_eq!(
+        get(proxy.http, "/live/early.flv").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    redis.restart();
+    let ready = eventually(Duration::from_secs(10), || async {
+        (get(proxy.api, "/api/v1/versions").await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "never became ready after Redis appeared");
+    let origin = FakeOrigin::start("origin-late").await;
+    origin.register(proxy.api).await;
+    let resp = client::send(proxy.http, Method::GET, "/live/late.flv", &[], Bytes::new()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
