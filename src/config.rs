@@ -374,6 +374,9 @@ pub struct KubernetesConfig {
     pub namespace: String,
     /// The origin Service for `discovery: service`.
     pub service: String,
+    /// Kubeconfig file to reach the cluster with. Empty: `$KUBECONFIG`,
+    /// `~/.kube/config`, then the pod's service account.
+    pub kubeconfig: String,
 }
 
 impl Default for KubernetesConfig {
@@ -382,6 +385,7 @@ impl Default for KubernetesConfig {
             discovery: DiscoveryMode::Off,
             namespace: String::new(),
             service: String::new(),
+            kubeconfig: String::new(),
         }
     }
 }
@@ -638,6 +642,11 @@ pub const KEYS: &[Key] = &[
         name: "kubernetes.service",
         env: "PROXY_K8S_SERVICE",
         set: |c, v| Ok(c.kubernetes.service = v.trim().to_string()),
+    },
+    Key {
+        name: "kubernetes.kubeconfig",
+        env: "PROXY_K8S_KUBECONFIG",
+        set: |c, v| Ok(c.kubernetes.kubeconfig = v.trim().to_string()),
     },
     Key {
         name: "grace_quit_timeout",

@@ -76,6 +76,7 @@ pub async fn run(ctx: Context, listeners: Listeners) -> io::Result<()> {
         crate::VERSION
     );
     let housekeeping = tokio::spawn(housekeeping(ctx.clone()));
+    let discovery = crate::discovery::spawn(&ctx);
     let mut servers = JoinSet::new();
     servers.spawn(crate::http::run(listeners.http, ctx.clone()));
     servers.spawn(crate::rtmp::run(listeners.rtmp, ctx.clone()));
@@ -89,6 +90,9 @@ pub async fn run(ctx: Context, listeners: Listeners) -> io::Result<()> {
         }
     }
     housekeeping.abort();
+    if let Some(discovery) = discovery {
+        discovery.abort();
+    }
     result
 }
 

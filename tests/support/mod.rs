@@ -7,9 +7,11 @@
 //! * [`redis`] — a real redis-server on a free port.
 //! * [`rtmp_origin`] — a fake SRS RTMP origin (with HTTP-FLV of what was
 //!   published), built on the proxy's RTMP codec.
+//! * [`kube`] — a fake Kubernetes API server (list/watch, status, leases).
 #![allow(dead_code)]
 
 pub mod client;
+pub mod kube;
 pub mod origin;
 pub mod proxy;
 pub mod redis;
