@@ -24,7 +24,8 @@ pub struct Metrics {
     pub http_requests_total: IntCounterVec,
     /// Claim results: hit, new, failover, no_origin, error.
     pub claims_total: IntCounterVec,
-    /// Live origins by source (kubernetes, heartbeat, static).
+    /// Live origins by OriginPool (empty outside Kubernetes) and source
+    /// (kubernetes, heartbeat, static).
     pub origins_live: IntGaugeVec,
     /// Streams mapped to an origin in the store.
     pub streams_active: IntGauge,
@@ -101,7 +102,7 @@ impl Metrics {
             ),
             origins_live: reg(
                 &registry,
-                IntGaugeVec::new(opts("origins_live", "Live origins by discovery source."), &["source"]).unwrap(),
+                IntGaugeVec::new(opts("origins_live", "Live origins by pool and discovery source."), &["pool", "source"]).unwrap(),
             ),
             streams_active: reg(
                 &registry,

@@ -120,9 +120,17 @@ async fn housekeeping(ctx: Context) {
 /// scrape time so they are exact when read.
 pub async fn refresh_gauges(ctx: &Context) {
     if let Ok(origins) = ctx.store_op("list_origins", ctx.store.list_origins()).await {
-        for source in ["heartbeat", "static", "kubernetes"] {
-            let n = origins.iter().filter(|o| o.origin.source.as_str() == source).count();
-            ctx.metrics.origins_live.with_label_values(&[source]).set(n as i64);
+        let mut counts: std::collections::BTreeMap<(String, &'static str), i64> = Default::default();
+        for o in &origins {
+            *counts
+                .entry((o.origin.pool.clone().unwrap_or_default(), o.origin.source.as_str()))
+                .or_default() += 1;
+        }
+        // Series of pools that no longer have origins drop to zero instead
+        // of keeping their last value.
+        ctx.metrics.origins_live.reset();
+        for ((pool, source), n) in counts {
+            ctx.metrics.origins_live.with_label_values(&[pool.as_str(), source]).set(n);
         }
         let streams: u32 = origins.iter().map(|o| o.streams).sum();
         ctx.metrics.streams_active.set(i64::from(streams));

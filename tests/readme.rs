@@ -25,7 +25,7 @@ fn every_metric_has_a_row() {
     metrics.bytes_relayed_total.with_label_values(&["x", "in"]).inc();
     metrics.http_requests_total.with_label_values(&["x", "200"]).inc();
     metrics.claims_total.with_label_values(&["new"]).inc();
-    metrics.origins_live.with_label_values(&["static"]).set(1);
+    metrics.origins_live.with_label_values(&["", "static"]).set(1);
     metrics
         .store_operation_seconds
         .with_label_values(&["claim"])
