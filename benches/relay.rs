@@ -52,20 +52,31 @@ async fn main() {
         proxied.push(BYTES as f64 / read_stream(proxy.http, &path).await.as_secs_f64() / 1e6);
     }
     let (d, p) = (median(direct), median(proxied));
-    println!("http-flv relay: direct {d:.0} MB/s, through proxy {p:.0} MB/s, ratio {:.2}", p / d);
+    println!(
+        "http-flv relay: direct {d:.0} MB/s, through proxy {p:.0} MB/s, ratio {:.2}",
+        p / d
+    );
 
     let store = Store::Memory(MemoryStore::new());
     let body = FakeOrigin::start("claims").await.register_body();
     let origin = srs_proxy::api::parse_register(body.as_bytes()).unwrap();
     store.upsert_origin(origin, None).await.unwrap();
-    let keys: Vec<StreamKey> = (0..1000).map(|i| StreamKey::new("v.example.com", "live", &format!("s{i}")).unwrap()).collect();
+    let keys: Vec<StreamKey> = (0..1000)
+        .map(|i| StreamKey::new("v.example.com", "live", &format!("s{i}")).unwrap())
+        .collect();
     for k in &keys {
-        store.claim(k, Policy::LeastStreams, Duration::from_secs(60)).await.unwrap();
+        store
+            .claim(k, Policy::LeastStreams, Duration::from_secs(60))
+            .await
+            .unwrap();
     }
     let n = 200_000;
     let start = Instant::now();
     for i in 0..n {
-        let _ = store.claim(&keys[i % keys.len()], Policy::LeastStreams, Duration::from_secs(60)).await.unwrap();
+        let _ = store
+            .claim(&keys[i % keys.len()], Policy::LeastStreams, Duration::from_secs(60))
+            .await
+            .unwrap();
     }
     let claim = start.elapsed().as_secs_f64() / n as f64;
     let map: std::collections::HashMap<StreamKey, String> = keys.iter().map(|k| (k.clone(), "x".to_string())).collect();

@@ -130,10 +130,34 @@ pub async fn refresh_gauges(ctx: &Context) {
         // of keeping their last value.
         ctx.metrics.origins_live.reset();
         for ((pool, source), n) in counts {
-            ctx.metrics.origins_live.with_label_values(&[pool.as_str(), source]).set(n);
+            ctx.metrics
+                .origins_live
+                .with_label_values(&[pool.as_str(), source])
+                .set(n);
         }
         let streams: u32 = origins.iter().map(|o| o.streams).sum();
         ctx.metrics.streams_active.set(i64::from(streams));
+    }
+}
+
+/// The next connection on `listener`, or `None` once draining starts.
+/// Accept errors (EMFILE and friends) back off instead of spinning.
+pub async fn accept(
+    listener: &TcpListener,
+    ctx: &Context,
+    server: &'static str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => return Some(pair),
+                Err(e) => {
+                    tracing::warn!(server, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = ctx.shutdown.draining() => return None,
+        }
     }
 }
 

@@ -24,7 +24,12 @@ fn check_line(line: &str) -> Result<(), String> {
         if !matches!(kind, "HELP" | "TYPE") || !valid_name(name) {
             return Err(format!("bad comment line: {line}"));
         }
-        if kind == "TYPE" && !matches!(parts.next(), Some("counter" | "gauge" | "histogram" | "summary" | "untyped")) {
+        if kind == "TYPE"
+            && !matches!(
+                parts.next(),
+                Some("counter" | "gauge" | "histogram" | "summary" | "untyped")
+            )
+        {
             return Err(format!("bad TYPE: {line}"));
         }
         return Ok(());
@@ -34,7 +39,10 @@ fn check_line(line: &str) -> Result<(), String> {
         return Err(format!("bad value: {line}"));
     }
     let (name, labels) = match series.split_once('{') {
-        Some((n, l)) => (n, Some(l.strip_suffix('}').ok_or_else(|| format!("unclosed labels: {line}"))?)),
+        Some((n, l)) => (
+            n,
+            Some(l.strip_suffix('}').ok_or_else(|| format!("unclosed labels: {line}"))?),
+        ),
         None => (series, None),
     };
     if !valid_name(name) {
@@ -67,7 +75,9 @@ fn samples(text: &str) -> HashMap<String, f64> {
             let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             labels.sort();
             let value = match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
                 _ => 0.0,
             };
             (format!("{}{{{}}}", s.metric, labels.join(",")), value)
@@ -94,7 +104,10 @@ async fn counters_move_with_traffic_and_the_exposition_is_valid() {
 
     let reply = get(proxy.api, "/metrics").await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert!(reply.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(reply
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     let text = reply.text();
     for line in text.lines() {
         check_line(line).unwrap();
@@ -113,7 +126,10 @@ async fn counters_move_with_traffic_and_the_exposition_is_valid() {
     assert_eq!(at("srs_proxy_http_requests_total{route=static,status=404}"), 1.0);
     assert_eq!(at("srs_proxy_origins_live{pool=,source=heartbeat}"), 1.0);
     assert_eq!(at("srs_proxy_streams_active{}"), 1.0, "m.flv and m.m3u8 are one stream");
-    assert!(text.contains("srs_proxy_store_operation_seconds_count{op=\"claim\"} 2"), "{text}");
+    assert!(
+        text.contains("srs_proxy_store_operation_seconds_count{op=\"claim\"} 2"),
+        "{text}"
+    );
 
     drop(body);
     let closed = support::eventually(std::time::Duration::from_secs(5), || async {
@@ -126,7 +142,14 @@ async fn counters_move_with_traffic_and_the_exposition_is_valid() {
 
 #[test]
 fn the_line_checker_rejects_garbage() {
-    for bad in ["metric", "1metric 1", "m{a=\"b\" 1", "m{a-b=\"c\"} 1", "# TYPE m wat", "m x"] {
+    for bad in [
+        "metric",
+        "1metric 1",
+        "m{a=\"b\" 1",
+        "m{a-b=\"c\"} 1",
+        "# TYPE m wat",
+        "m x",
+    ] {
         assert!(check_line(bad).is_err(), "{bad}");
     }
     assert!(check_line("m{a=\"b\",c=\"d\"} 1.5").is_ok());

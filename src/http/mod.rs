@@ -113,19 +113,7 @@ where
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let tracker = TaskTracker::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(server = name, error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = ctx.shutdown.draining() => break,
-        };
+    while let Some((tcp, peer)) = crate::server::accept(&listener, &ctx, name).await {
         let _ = tcp.set_nodelay(true);
         let handle = handle.clone();
         let ctx = ctx.clone();

@@ -170,19 +170,7 @@ impl RtmpError {
 pub async fn run(listener: TcpListener, ctx: Context) -> std::io::Result<()> {
     let settings = Settings::from_context(&ctx);
     let tracker = TaskTracker::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(server = "rtmp", error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = ctx.shutdown.draining() => break,
-        };
+    while let Some((tcp, peer)) = crate::server::accept(&listener, &ctx, "rtmp").await {
         let span = tracing::info_span!(
             "rtmp",
             %peer,
