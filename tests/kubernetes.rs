@@ -463,6 +463,64 @@ async fn one_refresh(proxy: &TestProxy) {
 }
 
 #[tokio::test]
+async fn two_replicas_register_alike_and_one_writes_status() {
+    let kube = FakeKube::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.kubernetes = KubernetesConfig {
+        discovery: DiscoveryMode::Originpool,
+        namespace: NS.into(),
+        service: String::new(),
+        kubeconfig: kube.kubeconfig(dir.path()).display().to_string(),
+    };
+    // Separate stores: the replicas count different streams, the case in
+    // which two status writers would overwrite each other forever.
+    let a = TestProxy::start(config.clone()).await;
+    let b = TestProxy::start(config).await;
+    let (origins, port) = pods(2).await;
+    kube.apply(service_slice("srs-a", port, &[ready(&origins[0]), ready(&origins[1])]));
+    kube.apply(origin_pool(
+        NS,
+        POOL,
+        json!({"service": SERVICE, "registrationTtlSeconds": 3}),
+    ));
+    wait_origins(&a, &["srs-0", "srs-1"]).await;
+    wait_origins(&b, &["srs-0", "srs-1"]).await;
+
+    kube.apply(service_slice(
+        "srs-a",
+        port,
+        &[ready(&origins[0]), not_ready(&origins[1])],
+    ));
+    wait_origins(&a, &["srs-0"]).await;
+    wait_origins(&b, &["srs-0"]).await;
+    pool_status(&kube, |s| s["readyOrigins"] == 1).await;
+
+    // a holds one stream, b two; the status shows the writer's count.
+    let mut open = vec![play(&a, "a1").await.1, play(&b, "b1").await.1, play(&b, "b2").await.1];
+    for _ in 0..2 {
+        one_refresh(&a).await;
+        one_refresh(&b).await;
+    }
+    let shown = kube.get("OriginPool", NS, POOL).unwrap()["status"]["streams"].clone();
+    // The other replica's count changes (to 3); the status must not follow.
+    let (other, more): (&TestProxy, &[&str]) = match shown.as_i64() {
+        Some(1) => (&b, &["b3"]),
+        Some(2) => (&a, &["a2", "a3"]),
+        _ => panic!("status streams {shown}"),
+    };
+    for stream in more {
+        open.push(play(other, stream).await.1);
+    }
+    for _ in 0..2 {
+        one_refresh(&a).await;
+        one_refresh(&b).await;
+    }
+    let now = &kube.get("OriginPool", NS, POOL).unwrap()["status"]["streams"];
+    assert_eq!(*now, shown, "only the Lease holder writes status");
+}
+
+#[tokio::test]
 async fn pool_policy_is_applied_and_disagreement_is_reported() {
     let c = cluster(DiscoveryMode::Originpool).await;
     c.kube.apply(origin_pool(
