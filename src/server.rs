@@ -103,7 +103,10 @@ async fn housekeeping(ctx: Context) {
     let static_origins = ctx.config.static_origins();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = ctx.shutdown.aborted() => return,
+        }
         if let Err(e) = ctx.store_op("sweep", ctx.store.sweep()).await {
             tracing::warn!(error = %e, "store housekeeping failed");
             continue;
