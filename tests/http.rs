@@ -215,11 +215,37 @@ async fn closing_the_client_closes_the_origin_stream_and_origin_death_ends_the_c
 
 #[tokio::test]
 async fn removing_an_origin_ends_relays_to_it() {
-    let (proxy, _origins) = proxy_with_origins(&["origin-a"]).await;
+    let (proxy, origins) = proxy_with_origins(&["origin-a"]).await;
     let resp = client::send(proxy.http, Method::GET, "/live/e.flv", &[], Bytes::new()).await;
     let mut body = resp.into_body();
     read_n(&mut body, 20_000).await;
+    // A second player that reads nothing: its origin connection must close
+    // too, although hyper never polls its body.
+    let stalled = client::send(proxy.http, Method::GET, "/live/e2.flv", &[], Bytes::new()).await;
+    assert_eq!(origins[0].open_streams(), 2);
+    // Wait until the pipes are full and nothing polls the bodies any more.
+    let mut last = 0;
+    let full = eventually(Duration::from_secs(10), || {
+        let now = origins[0].produced();
+        let stable = now == last;
+        last = now;
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stable.then_some(())
+        }
+    })
+    .await;
+    assert!(full.is_some(), "origin kept producing for stalled clients");
     proxy.ctx.store.remove_origin("origin-a").await.unwrap();
+    let closed = eventually(Duration::from_secs(5), || async {
+        (origins[0].open_streams() == 0).then_some(())
+    })
+    .await;
+    assert!(
+        closed.is_some(),
+        "origin streams still open after the origin was removed"
+    );
+    drop(stalled);
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(Ok(_)) = body.frame().await {}
     })

@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::{Body, BoxError, HttpError};
 use crate::context::{Context, StreamLease};
@@ -153,12 +154,29 @@ pub fn relay(
 ) -> Response<Body> {
     let (mut parts, incoming) = upstream.response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    let (lost, watcher) = match lease {
+        Some(lease) => {
+            let cut = CancellationToken::new();
+            let signal = cut.clone();
+            let conn = upstream.conn.0.abort_handle();
+            let watcher = AbortOnDrop(tokio::spawn(async move {
+                // Owning the lease keeps the stream mapping refreshed for as
+                // long as the body is alive.
+                lease.lost().await;
+                signal.cancel();
+                // Close the origin connection now, even when the client is
+                // stalled and hyper is not polling the body.
+                conn.abort();
+            }));
+            (Some(cut.cancelled_owned().boxed()), Some(watcher))
+        }
+        None => (None, None),
+    };
     let body = RelayBody {
         inner: incoming,
         _conn: upstream.conn,
-        // The future owns the lease, so the mapping is refreshed for as long
-        // as the body is alive.
-        lost: lease.map(|lease| async move { lease.lost().await }.boxed()),
+        _watcher: watcher,
+        lost,
         bytes_out,
         _guard: guard,
     };
@@ -169,6 +187,8 @@ pub fn relay(
 struct RelayBody {
     inner: Incoming,
     _conn: AbortOnDrop,
+    /// Watches the lease; ends the relay when the origin is gone.
+    _watcher: Option<AbortOnDrop>,
     lost: Option<BoxFuture<'static, ()>>,
     bytes_out: IntCounter,
     _guard: Option<ConnectionGuard>,
