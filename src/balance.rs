@@ -257,7 +257,12 @@ mod tests {
         let place = |origins: &[Origin], rng: &mut StdRng| -> Vec<String> {
             let c: Vec<Candidate> = origins.iter().map(|origin| Candidate { origin, streams: 0 }).collect();
             (0..1000)
-                .map(|i| pick(Policy::ConsistentHash, &key(i), &c, rng.random()).unwrap().id.clone())
+                .map(|i| {
+                    pick(Policy::ConsistentHash, &key(i), &c, rng.random())
+                        .unwrap()
+                        .id
+                        .clone()
+                })
                 .collect()
         };
         let before = place(&origins, &mut rng);

@@ -102,7 +102,11 @@ impl Metrics {
             ),
             origins_live: reg(
                 &registry,
-                IntGaugeVec::new(opts("origins_live", "Live origins by pool and discovery source."), &["pool", "source"]).unwrap(),
+                IntGaugeVec::new(
+                    opts("origins_live", "Live origins by pool and discovery source."),
+                    &["pool", "source"],
+                )
+                .unwrap(),
             ),
             streams_active: reg(
                 &registry,
@@ -137,7 +141,9 @@ impl Metrics {
                         "srs_proxy_discovery_propagation_seconds",
                         "EndpointSlice change seen by the watch until the store reflects it.",
                     )
-                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    ]),
                 )
                 .unwrap(),
             ),

@@ -88,7 +88,9 @@ pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Reply
     request(addr, Method::POST, path, &[("content-type", "application/json")], body).await
 }
 
-/// Reads exactly `n` body bytes from a streaming response.
+/// Reads at least `n` body bytes from a streaming response and returns the
+/// first `n`; the rest of the last frame is dropped, so successive calls do
+/// not see a contiguous stream.
 pub async fn read_n(body: &mut Incoming, n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
