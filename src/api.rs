@@ -252,6 +252,18 @@ async fn register_inner(ctx: &Context, req: Request<Incoming>, peer: SocketAddr)
         .store_op("origin", ctx.store.origin(&origin.id))
         .await
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    // A heartbeat may refresh its own registration, never take over an
+    // origin that config or Kubernetes discovery owns.
+    if let Some(owner) = known.as_ref().filter(|k| k.source != OriginSource::Heartbeat) {
+        return Err((
+            StatusCode::CONFLICT,
+            format!(
+                "origin id {:?} is registered by {} discovery; heartbeat refused",
+                owner.id,
+                owner.source.as_str()
+            ),
+        ));
+    }
     let changed = known.as_ref() != Some(&origin);
     ctx.store_op(
         "upsert_origin",

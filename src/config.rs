@@ -434,6 +434,9 @@ pub struct Config {
     /// Bound on connecting to an origin.
     #[serde(with = "duration_serde")]
     pub origin_connect_timeout: Duration,
+    /// Bound on an origin's response headers (and a whole playlist).
+    #[serde(with = "duration_serde")]
+    pub origin_response_timeout: Duration,
     /// Bytes buffered per relayed connection (each direction).
     pub relay_buffer_bytes: usize,
     /// Largest RTMP message accepted from either side.
@@ -468,6 +471,7 @@ impl Default for Config {
             hls_session_ttl: Duration::from_secs(120),
             max_playlist_bytes: 1024 * 1024,
             origin_connect_timeout: Duration::from_secs(3),
+            origin_response_timeout: Duration::from_secs(10),
             relay_buffer_bytes: 64 * 1024,
             rtmp_max_message_bytes: 8 * 1024 * 1024,
             rtmp_handshake_timeout: Duration::from_secs(10),
@@ -686,6 +690,11 @@ pub const KEYS: &[Key] = &[
         set: |c, v| Ok(c.origin_connect_timeout = parse_duration(v)?),
     },
     Key {
+        name: "origin_response_timeout",
+        env: "PROXY_ORIGIN_RESPONSE_TIMEOUT",
+        set: |c, v| Ok(c.origin_response_timeout = parse_duration(v)?),
+    },
+    Key {
         name: "relay_buffer_bytes",
         env: "PROXY_RELAY_BUFFER_BYTES",
         set: |c, v| Ok(c.relay_buffer_bytes = size(v)?),
@@ -779,6 +788,7 @@ impl Config {
             ("stream_ttl", self.stream_ttl),
             ("hls_session_ttl", self.hls_session_ttl),
             ("origin_connect_timeout", self.origin_connect_timeout),
+            ("origin_response_timeout", self.origin_response_timeout),
             ("redis.timeout", self.redis.timeout),
             ("rtmp_handshake_timeout", self.rtmp_handshake_timeout),
         ];

@@ -13,6 +13,11 @@ use crate::config::{Config, ListenAddr, StoreKind};
 use crate::context::Context;
 use crate::store::{MemoryStore, RedisStore, Store};
 
+/// Static origins are registered with this TTL and refreshed every second,
+/// so in a shared store an origin taken out of every replica's config
+/// expires instead of staying live forever.
+pub const STATIC_ORIGIN_TTL: Duration = Duration::from_secs(10);
+
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -63,7 +68,7 @@ pub async fn build_store(config: &Config) -> Result<Store, StartError> {
 pub async fn run(ctx: Context, listeners: Listeners) -> io::Result<()> {
     for origin in ctx.config.static_origins() {
         tracing::info!(origin = %origin.id, ip = %origin.ip, ports = ?origin.ports, "static origin");
-        if let Err(e) = ctx.store.upsert_origin(origin, None).await {
+        if let Err(e) = ctx.store.upsert_origin(origin, Some(STATIC_ORIGIN_TTL)).await {
             tracing::error!(error = %e, "cannot register static origin; will retry");
         }
     }
@@ -113,7 +118,10 @@ async fn housekeeping(ctx: Context) {
         }
         for origin in &static_origins {
             let _ = ctx
-                .store_op("upsert_origin", ctx.store.upsert_origin(origin.clone(), None))
+                .store_op(
+                    "upsert_origin",
+                    ctx.store.upsert_origin(origin.clone(), Some(STATIC_ORIGIN_TTL)),
+                )
                 .await;
         }
     }

@@ -403,7 +403,11 @@ async fn bad_requests_get_a_status_and_a_reason_and_others_keep_working() {
 
 #[tokio::test]
 async fn register_api_answers_once_with_a_reason() {
-    let proxy = TestProxy::start(test_config()).await;
+    let mut config = test_config();
+    // A static origin whose port nothing listens on: it only owns its id.
+    config.default_backend.enabled = true;
+    config.default_backend.http = Some(1);
+    let proxy = TestProxy::start(config).await;
     let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(70 * 1024));
     let cases: Vec<(&str, String, &str)> = vec![
         ("bad json", "{not json".into(), "JSON"),
@@ -442,9 +446,15 @@ async fn register_api_answers_once_with_a_reason() {
     let origins = get(proxy.api, "/api/v1/origins").await.json();
     assert_eq!(
         origins["origins"].as_array().unwrap().len(),
-        0,
-        "nothing registered by bad bodies"
+        1,
+        "nothing but the static origin: bad bodies register nothing"
     );
+
+    // A heartbeat cannot take over an origin that config registered.
+    let hijack = r#"{"ip":"10.9.9.9","server":"default-backend","service":"v","pid":"1","rtmp":["1935"]}"#;
+    let r = client::post(proxy.api, "/api/v1/srs/register", hijack).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("static"));
 
     let o = FakeOrigin::start("origin-a").await;
     let r = client::post(proxy.api, "/api/v1/srs/register", o.register_body()).await;
@@ -453,7 +463,10 @@ async fn register_api_answers_once_with_a_reason() {
     assert_eq!(json["code"], 0);
     assert!(json["pid"].as_str().is_some());
     let list = get(proxy.api, "/api/v1/origins").await.json();
-    let entry = &list["origins"][0];
+    let all = list["origins"].as_array().unwrap();
+    let entry = all.iter().find(|o| o["id"] == "origin-a").unwrap();
+    let backend = all.iter().find(|o| o["id"] == "default-backend").unwrap();
+    assert_eq!(backend["ip"], "127.0.0.1", "the refused heartbeat changed nothing");
     assert_eq!(entry["id"], "origin-a");
     assert_eq!(entry["ports"]["http"], o.addr.port());
     assert_eq!(entry["ports"]["rtc"], 8000);
@@ -527,4 +540,69 @@ async fn static_files_cannot_escape_their_directory() {
         assert!(!reply.contains("secret"), "{path} leaked: {reply}");
         assert!(reply.starts_with("HTTP/1.1 40"), "{path}: {reply}");
     }
+}
+
+#[tokio::test]
+async fn the_origin_is_asked_for_what_the_key_names() {
+    let (proxy, origins) = proxy_with_origins(&["origin-a"]).await;
+    // The query names the stream: the origin gets that stream's path.
+    let r = get(proxy.http, "/live/livestream.m3u8?stream=other").await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Dot segments in the path never reach the origin.
+    let reply = client::raw(
+        proxy.http,
+        b"GET /../../etc/x.m3u8?app=live&stream=a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let paths: Vec<String> = origins[0].requests().into_iter().map(|r| r.path_and_query).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "/live/other.m3u8?stream=other".to_string(),
+            "/live/a.m3u8?app=live&stream=a".to_string()
+        ]
+    );
+    // A name the origin does not have leaves no claim behind.
+    let r = get(proxy.http, "/live/missing1.flv").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = get(proxy.http, "/live/missing2.m3u8").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let streams = get(proxy.api, "/api/v1/streams").await.json();
+    let names: Vec<&str> = streams["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["key"]["stream"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["a", "other"], "claims for missing streams were released");
+}
+
+#[tokio::test]
+async fn an_origin_that_never_answers_gets_a_504_not_a_hang() {
+    let mut config = test_config();
+    config.origin_response_timeout = Duration::from_millis(300);
+    let proxy = TestProxy::start(config).await;
+    // Accepts connections and never writes a byte.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let body = format!(r#"{{"ip":"127.0.0.1","server":"silent","service":"v","pid":"1","http":["{port}"]}}"#);
+    assert_eq!(
+        client::post(proxy.api, "/api/v1/srs/register", body).await.status,
+        StatusCode::OK
+    );
+    for path in ["/live/s.flv", "/live/s.m3u8"] {
+        let r = tokio::time::timeout(Duration::from_secs(10), get(proxy.http, path))
+            .await
+            .expect("request hung");
+        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{path}: {}", r.text());
+        assert!(r.text().contains("silent"), "{}", r.text());
+    }
+    held.abort();
 }

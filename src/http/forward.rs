@@ -116,6 +116,10 @@ pub async fn send(
         .map_err(|_| HttpError::new(StatusCode::BAD_REQUEST, "request target cannot be forwarded"))?;
     let mut headers = client_headers.clone();
     strip_hop_by_hop(&mut headers);
+    // The forwarded request never has a body.
+    for name in [header::CONTENT_LENGTH, header::EXPECT, header::CONTENT_TYPE] {
+        headers.remove(name);
+    }
     if !headers.contains_key(header::HOST) {
         headers.insert(
             header::HOST,
@@ -134,12 +138,22 @@ pub async fn send(
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
 
-    let response = sender.send_request(req).await.map_err(|e| {
-        HttpError::new(
-            StatusCode::BAD_GATEWAY,
-            format!("origin {} failed before answering: {e}", origin.id),
-        )
-    })?;
+    let wait = ctx.config.origin_response_timeout;
+    let response = match tokio::time::timeout(wait, sender.send_request(req)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => {
+            return Err(HttpError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("origin {} failed before answering: {e}", origin.id),
+            ))
+        }
+        Err(_) => {
+            return Err(HttpError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("origin {} sent no response headers within {wait:?}", origin.id),
+            ))
+        }
+    };
     Ok(Upstream { response, conn })
 }
 
@@ -233,9 +247,20 @@ impl HttpBody for RelayBody {
 }
 
 /// Reads a whole upstream body of at most `limit` bytes (playlists only).
-pub async fn read_bounded(upstream: Upstream, limit: usize) -> Result<(http::response::Parts, Bytes), HttpError> {
+pub async fn read_bounded(
+    upstream: Upstream,
+    limit: usize,
+    wait: std::time::Duration,
+) -> Result<(http::response::Parts, Bytes), HttpError> {
     let (parts, body) = upstream.response.into_parts();
-    let collected = http_body_util::Limited::new(body, limit).collect().await.map_err(|e| {
+    let collect = http_body_util::Limited::new(body, limit).collect();
+    let collected = tokio::time::timeout(wait, collect).await.map_err(|_| {
+        HttpError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("origin did not finish sending the playlist within {wait:?}"),
+        )
+    })?;
+    let collected = collected.map_err(|e| {
         if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
             HttpError::new(
                 StatusCode::BAD_GATEWAY,

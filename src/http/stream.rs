@@ -23,7 +23,7 @@ use super::{full, Body, HttpError};
 use crate::context::Context;
 use crate::hls;
 use crate::origin::Origin;
-use crate::store::{Session, SessionKind};
+use crate::store::{ClaimOutcome, Session, SessionKind};
 use crate::stream_key::StreamKey;
 
 /// What a request path asks for, by its extension.
@@ -71,6 +71,8 @@ pub struct HttpState {
     /// reloads a playlist without its token does not mint a new session
     /// every few seconds. Entries older than the session TTL are dropped.
     tokens: Mutex<HashMap<(StreamKey, String), (String, Instant)>>,
+    /// Token count at which the map is next pruned.
+    prune_at: std::sync::atomic::AtomicUsize,
 }
 
 impl HttpState {
@@ -78,6 +80,7 @@ impl HttpState {
         Self {
             ctx,
             tokens: Mutex::default(),
+            prune_at: std::sync::atomic::AtomicUsize::new(1024),
         }
     }
 
@@ -85,8 +88,12 @@ impl HttpState {
         let now = Instant::now();
         let ttl = self.ctx.config.hls_session_ttl;
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        if tokens.len() > 1024 {
+        // Prune when the map has doubled since the last prune, so a large
+        // deployment does not scan every token on every playlist request.
+        if tokens.len() >= self.prune_at.load(std::sync::atomic::Ordering::Relaxed) {
             tokens.retain(|_, (_, at)| now.duration_since(*at) < ttl);
+            self.prune_at
+                .store((tokens.len() * 2).max(1024), std::sync::atomic::Ordering::Relaxed);
         }
         let entry = tokens
             .entry((key.clone(), origin_id.to_string()))
@@ -112,18 +119,25 @@ pub async fn handle(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_string);
-    let (key, _) = StreamKey::from_http(req.uri().path(), req.uri().query(), host.as_deref())
+    let (key, ext) = StreamKey::from_http(req.uri().path(), req.uri().query(), host.as_deref())
         .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("bad stream path: {e}")))?;
+    // The origin is asked for what the key names, never for the raw path:
+    // `?app=&stream=` cannot make one stream be served from another's
+    // origin, and no dot segment reaches an origin.
+    let target = upstream_target(&key, &ext, req.uri().query());
+    let target = target.as_str();
     let span = tracing::Span::current();
     span.record("stream", tracing::field::display(&key));
     tracing::debug!(stream = %key, kind = kind.as_str(), "stream request");
 
-    // A token names the origin directly, for playlists and segments alike.
-    if let Some(token) = hls::token_from_query(req.uri().query()) {
+    // A token names the origin directly, for playlists and segments alike
+    // (never for FLV: a live stream always holds a lease).
+    let token = hls::token_from_query(req.uri().query()).filter(|_| kind != StreamKind::Flv);
+    if let Some(token) = token {
         if let Some((session, origin)) = session_origin(ctx, token).await? {
             return match kind {
-                StreamKind::Playlist => playlist(ctx, &req, peer, &origin, token).await,
-                _ => segment(ctx, &req, peer, &origin, &session.key).await,
+                StreamKind::Playlist => playlist(ctx, &req, target, peer, &origin, token, None).await,
+                _ => segment(ctx, &req, target, peer, &origin, &session.key).await,
             };
         }
         tracing::info!(stream = %key, "unknown or expired HLS token; routing by path");
@@ -134,14 +148,14 @@ pub async fn handle(
             if kind == StreamKind::Ts {
                 if let Some(base) = key.without_segment_number() {
                     if let Some(origin) = lookup(ctx, &base).await? {
-                        return segment(ctx, &req, peer, &origin, &base).await;
+                        return segment(ctx, &req, target, peer, &origin, &base).await;
                     }
                 }
             }
-            live(ctx, kind, &req, peer, &key).await
+            live(ctx, kind, &req, target, peer, &key).await
         }
         StreamKind::Playlist => {
-            let (origin, _) = ctx.claim_origin(&key).await?;
+            let (origin, outcome) = ctx.claim_origin(&key).await?;
             let token = state.token_for(&key, &origin.id);
             let session = Session {
                 key: key.clone(),
@@ -154,7 +168,7 @@ pub async fn handle(
             )
             .await
             .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-            playlist(ctx, &req, peer, &origin, &token).await
+            playlist(ctx, &req, target, peer, &origin, &token, Some((&key, outcome))).await
         }
         StreamKind::Segment => {
             let base = key.without_segment_number().unwrap_or_else(|| key.clone());
@@ -164,7 +178,7 @@ pub async fn handle(
                 None => None,
             };
             match origin {
-                Some(origin) => segment(ctx, &req, peer, &origin, &base).await,
+                Some(origin) => segment(ctx, &req, target, peer, &origin, &base).await,
                 None => Err(HttpError::new(
                     StatusCode::NOT_FOUND,
                     format!("no origin serves stream {base}"),
@@ -203,8 +217,37 @@ async fn lookup(ctx: &Context, key: &StreamKey) -> Result<Option<Origin>, HttpEr
         .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
 }
 
-fn path_and_query(req: &Request<Incoming>) -> &str {
-    req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/")
+/// `/{app}/{stream}.{ext}?{query}`, each name percent-encoded as a path
+/// segment.
+pub fn upstream_target(key: &StreamKey, ext: &str, query: Option<&str>) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+    const SEGMENT: &AsciiSet = &CONTROLS
+        .add(b' ')
+        .add(b'"')
+        .add(b'#')
+        .add(b'%')
+        .add(b'<')
+        .add(b'>')
+        .add(b'?')
+        .add(b'`')
+        .add(b'{')
+        .add(b'}');
+    let mut out = String::new();
+    for part in key.app.split('/') {
+        out.push('/');
+        out.extend(utf8_percent_encode(part, SEGMENT));
+    }
+    out.push('/');
+    out.extend(utf8_percent_encode(&key.stream, SEGMENT));
+    if !ext.is_empty() {
+        out.push('.');
+        out.push_str(ext);
+    }
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }
 
 /// A live FLV/TS stream: held open, relayed as it arrives.
@@ -212,31 +255,45 @@ async fn live(
     ctx: &Context,
     kind: StreamKind,
     req: &Request<Incoming>,
+    target: &str,
     peer: SocketAddr,
     key: &StreamKey,
 ) -> Result<Response<Body>, HttpError> {
     let lease = ctx.claim(key).await?;
     let origin = lease.origin().clone();
     let protocol = if kind == StreamKind::Flv { "http-flv" } else { "http-ts" };
-    let upstream = forward::send(ctx, &origin, req.method(), path_and_query(req), req.headers(), peer).await?;
+    let upstream = forward::send(ctx, &origin, req.method(), target, req.headers(), peer).await?;
     let status = upstream.response.status();
     tracing::info!(stream = %key, origin = %origin.id, status = status.as_u16(), "relaying {protocol}");
+    if !status.is_success() && lease.outcome() != ClaimOutcome::Hit {
+        forget_claim(ctx, key, &origin.id, lease.outcome()).await;
+    }
     let guard = status.is_success().then(|| ctx.metrics.connection(protocol, "player"));
     let bytes = ctx.metrics.bytes_relayed_total.with_label_values(&[protocol, "out"]);
     Ok(relay(upstream, status.is_success().then_some(lease), bytes, guard))
+}
+
+/// Drops a mapping this request created for a stream the origin does not
+/// have, so requests for names nobody publishes do not count as load.
+async fn forget_claim(ctx: &Context, key: &StreamKey, origin_id: &str, outcome: ClaimOutcome) {
+    tracing::debug!(stream = %key, outcome = outcome.as_str(), "origin has no such stream; claim released");
+    if let Err(e) = ctx.store_op("release", ctx.store.release_stream(key, origin_id)).await {
+        tracing::warn!(stream = %key, error = %e, "could not release claim; it will expire");
+    }
 }
 
 /// A segment or other bounded resource of a stream, from a known origin.
 async fn segment(
     ctx: &Context,
     req: &Request<Incoming>,
+    target: &str,
     peer: SocketAddr,
     origin: &Origin,
     key: &StreamKey,
 ) -> Result<Response<Body>, HttpError> {
     tracing::Span::current().record("origin", tracing::field::display(&origin.id));
     tracing::debug!(stream = %key, origin = %origin.id, "segment");
-    let upstream = forward::send(ctx, origin, req.method(), path_and_query(req), req.headers(), peer).await?;
+    let upstream = forward::send(ctx, origin, req.method(), target, req.headers(), peer).await?;
     let bytes = ctx.metrics.bytes_relayed_total.with_label_values(&["hls", "out"]);
     Ok(relay(upstream, None, bytes, None))
 }
@@ -245,17 +302,27 @@ async fn segment(
 async fn playlist(
     ctx: &Context,
     req: &Request<Incoming>,
+    target: &str,
     peer: SocketAddr,
     origin: &Origin,
     token: &str,
+    claimed: Option<(&StreamKey, ClaimOutcome)>,
 ) -> Result<Response<Body>, HttpError> {
     // Always GET upstream: a HEAD answer must carry the rewritten length.
-    let upstream = forward::send(ctx, origin, &Method::GET, path_and_query(req), req.headers(), peer).await?;
+    let upstream = forward::send(ctx, origin, &Method::GET, target, req.headers(), peer).await?;
     if !upstream.response.status().is_success() {
+        if let Some((key, outcome)) = claimed.filter(|(_, o)| *o != ClaimOutcome::Hit) {
+            forget_claim(ctx, key, &origin.id, outcome).await;
+        }
         let bytes = ctx.metrics.bytes_relayed_total.with_label_values(&["hls", "out"]);
         return Ok(relay(upstream, None, bytes, None));
     }
-    let (parts, body) = read_bounded(upstream, ctx.config.max_playlist_bytes).await?;
+    let (parts, body) = read_bounded(
+        upstream,
+        ctx.config.max_playlist_bytes,
+        ctx.config.origin_response_timeout,
+    )
+    .await?;
     let rewritten = hls::rewrite_playlist(&body, token).map_err(|e| {
         HttpError::new(
             StatusCode::BAD_GATEWAY,
