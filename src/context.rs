@@ -17,7 +17,7 @@ use crate::balance::Policy;
 use crate::config::Config;
 use crate::discovery::DiscoveryState;
 use crate::metrics::Metrics;
-use crate::origin::Origin;
+use crate::origin::{Origin, Protocol};
 use crate::shutdown::Shutdown;
 use crate::store::{Claim, ClaimOutcome, Store, StoreError};
 use crate::stream_key::StreamKey;
@@ -78,12 +78,15 @@ impl Context {
 
     /// Finds or places the origin for `key` without a lease: for requests
     /// that hold no connection (playlists), the claim itself refreshes the
-    /// mapping.
-    pub async fn claim_origin(&self, key: &StreamKey) -> Result<(Origin, ClaimOutcome), ClaimError> {
+    /// mapping. A new stream is placed only on an origin serving `protocol`.
+    pub async fn claim_origin(
+        &self,
+        key: &StreamKey,
+        protocol: Protocol,
+    ) -> Result<(Origin, ClaimOutcome), ClaimError> {
         let ttl = self.config.stream_ttl;
-        let result = self
-            .store_op("claim", self.store.claim(key, self.balance_policy(), ttl))
-            .await;
+        let claim = self.store.claim_for(key, self.balance_policy(), ttl, Some(protocol));
+        let result = self.store_op("claim", claim).await;
         let label = match &result {
             Ok(Claim::Origin(_, outcome)) => outcome.as_str(),
             Ok(Claim::NoOrigin) => "no_origin",
@@ -101,8 +104,8 @@ impl Context {
 
     /// Finds or places the origin for `key` and leases the mapping for as
     /// long as the returned [`StreamLease`] lives.
-    pub async fn claim(&self, key: &StreamKey) -> Result<StreamLease, ClaimError> {
-        let (origin, outcome) = self.claim_origin(key).await?;
+    pub async fn claim(&self, key: &StreamKey, protocol: Protocol) -> Result<StreamLease, ClaimError> {
+        let (origin, outcome) = self.claim_origin(key, protocol).await?;
         Ok(StreamLease::start(self.clone(), key.clone(), origin, outcome))
     }
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use srs_proxy::balance::{pick, Candidate, Policy};
-use srs_proxy::origin::{Origin, OriginSource, Ports};
+use srs_proxy::origin::{Origin, OriginSource, Ports, Protocol};
 use srs_proxy::store::{Claim, ClaimOutcome, MemoryStore, OriginGone, RedisStore, Session, SessionKind, Store};
 use srs_proxy::stream_key::StreamKey;
 use support::redis::RedisServer;
@@ -495,6 +495,47 @@ async fn every_replica_hears_of_a_gone_origin(s: Subject) {
     }
 }
 
+/// A new stream is placed only on an origin serving the protocol asked
+/// for; an existing mapping wins whatever the protocol.
+async fn new_streams_go_to_origins_that_serve_the_protocol(s: Subject) {
+    let store = &s.store;
+    let mut http_only = origin("http-only");
+    http_only.ports.rtmp = None;
+    let mut rtmp_only = origin("rtmp-only");
+    rtmp_only.ports.http = None;
+    store.upsert_origin(http_only, None).await.unwrap();
+    store.upsert_origin(rtmp_only, None).await.unwrap();
+    for policy in [Policy::LeastStreams, Policy::Random, Policy::ConsistentHash] {
+        for i in 0..8 {
+            for (protocol, want) in [(Protocol::Rtmp, "rtmp-only"), (Protocol::Http, "http-only")] {
+                let k = key(&format!("{policy}-{protocol}-{i}"));
+                match store.claim_for(&k, policy, LONG, Some(protocol)).await.unwrap() {
+                    Claim::Origin(o, ClaimOutcome::New) => assert_eq!(o.id, want, "{policy} {protocol}"),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+    // The stream lives on the HTTP-only origin: an RTMP request finds it there.
+    let k = key(&format!("{}-{}-0", Policy::Random, Protocol::Http));
+    match store
+        .claim_for(&k, Policy::Random, LONG, Some(Protocol::Rtmp))
+        .await
+        .unwrap()
+    {
+        Claim::Origin(o, ClaimOutcome::Hit) => assert_eq!(o.id, "http-only"),
+        other => panic!("{other:?}"),
+    }
+    store.remove_origin("rtmp-only").await.unwrap();
+    assert!(matches!(
+        store
+            .claim_for(&key("fresh"), Policy::LeastStreams, LONG, Some(Protocol::Rtmp))
+            .await
+            .unwrap(),
+        Claim::NoOrigin
+    ));
+}
+
 /// Runs each test function against both stores.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -533,4 +574,5 @@ conformance!(
     an_idle_store_forgets_every_stream_and_session,
     every_replica_agrees_on_a_contended_claim,
     every_replica_hears_of_a_gone_origin,
+    new_streams_go_to_origins_that_serve_the_protocol,
 );

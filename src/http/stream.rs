@@ -22,7 +22,7 @@ use super::forward::{self, read_bounded, relay, response_headers};
 use super::{full, Body, HttpError};
 use crate::context::Context;
 use crate::hls;
-use crate::origin::Origin;
+use crate::origin::{Origin, Protocol};
 use crate::store::{ClaimOutcome, Session, SessionKind};
 use crate::stream_key::StreamKey;
 
@@ -155,7 +155,7 @@ pub async fn handle(
             live(ctx, kind, &req, target, peer, &key).await
         }
         StreamKind::Playlist => {
-            let (origin, outcome) = ctx.claim_origin(&key).await?;
+            let (origin, outcome) = ctx.claim_origin(&key, Protocol::Http).await?;
             let token = state.token_for(&key, &origin.id);
             let session = Session {
                 key: key.clone(),
@@ -259,7 +259,7 @@ async fn live(
     peer: SocketAddr,
     key: &StreamKey,
 ) -> Result<Response<Body>, HttpError> {
-    let lease = ctx.claim(key).await?;
+    let lease = ctx.claim(key, Protocol::Http).await?;
     let origin = lease.origin().clone();
     let protocol = if kind == StreamKind::Flv { "http-flv" } else { "http-ts" };
     let upstream = forward::send(ctx, &origin, req.method(), target, req.headers(), peer).await?;

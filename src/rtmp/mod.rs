@@ -236,7 +236,7 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Context, settings: Set
             .await
         }
     };
-    let mut lease = match ctx.claim(&key).await {
+    let mut lease = match ctx.claim(&key, crate::origin::Protocol::Rtmp).await {
         Ok(lease) => lease,
         Err(e) => return refuse(&mut writer, &mut reader, Some(&request), RtmpError::Claim(e)).await,
     };

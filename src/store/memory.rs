@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::{Claim, ClaimOutcome, OriginGone, OriginStatus, Session, SessionKind, StoreError, StreamStatus};
 use crate::balance::{pick, Candidate, Policy};
-use crate::origin::Origin;
+use crate::origin::{Origin, Protocol};
 use crate::stream_key::StreamKey;
 
 struct OriginEntry {
@@ -127,7 +127,13 @@ impl MemoryStore {
         Ok(self.lock().origin_live(id, Instant::now()).cloned())
     }
 
-    pub fn claim(&self, key: &StreamKey, policy: Policy, ttl: Duration) -> Result<Claim, StoreError> {
+    pub fn claim(
+        &self,
+        key: &StreamKey,
+        policy: Policy,
+        ttl: Duration,
+        protocol: Option<Protocol>,
+    ) -> Result<Claim, StoreError> {
         let now = Instant::now();
         let mut inner = self.lock();
         let mut outcome = ClaimOutcome::New;
@@ -145,6 +151,7 @@ impl MemoryStore {
             .values()
             .filter(|e| e.expires.is_none_or(|t| t > now))
             .map(|e| &e.origin)
+            .filter(|o| protocol.is_none_or(|p| o.port(p).is_some()))
             .collect();
         let candidates: Vec<Candidate> = live
             .iter()

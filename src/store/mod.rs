@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::balance::Policy;
-use crate::origin::Origin;
+use crate::origin::{Origin, Protocol};
 use crate::stream_key::StreamKey;
 
 pub use memory::MemoryStore;
@@ -177,9 +177,22 @@ impl Store {
     /// Returns the live origin serving `key`, or places the stream with
     /// `policy` and records the mapping for `ttl` — atomically.
     pub async fn claim(&self, key: &StreamKey, policy: Policy, ttl: Duration) -> Result<Claim, StoreError> {
+        self.claim_for(key, policy, ttl, None).await
+    }
+
+    /// [`Store::claim`], placing a new stream only on origins that serve
+    /// `protocol` (an RTMP publish never lands on an HTTP-only origin). An
+    /// existing mapping wins whatever the protocol: the stream is there.
+    pub async fn claim_for(
+        &self,
+        key: &StreamKey,
+        policy: Policy,
+        ttl: Duration,
+        protocol: Option<Protocol>,
+    ) -> Result<Claim, StoreError> {
         match self {
-            Self::Memory(s) => s.claim(key, policy, ttl),
-            Self::Redis(s) => s.claim(key, policy, ttl).await,
+            Self::Memory(s) => s.claim(key, policy, ttl, protocol),
+            Self::Redis(s) => s.claim(key, policy, ttl, protocol).await,
         }
     }
 

@@ -159,13 +159,22 @@ local function candidate(id, weight, max_streams, streams)
   return {id = id, weight = math.max(1, weight), streams = streams}
 end
 
--- Live origins with room, each with its registration.
-local function candidates()
+-- Whether a decoded registration has a port for `proto` ('' = any).
+local function serves(o, proto)
+  if proto == nil or proto == '' then
+    return true
+  end
+  local port = type(o.ports) == 'table' and o.ports[proto]
+  return port ~= nil and port ~= false and port ~= cjson.null
+end
+
+-- Live origins with room (serving `proto`), each with its registration.
+local function candidates(proto)
   local out = {}
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', origins, '(' .. ms(now), '+inf')) do
     local reg = redis.call('HGET', registrations, id)
-    if reg then
-      local o = cjson.decode(reg)
+    local o = reg and cjson.decode(reg)
+    if o and serves(o, proto) then
       local c = candidate(id, tonumber(o.weight) or 1, tonumber(o.max_streams) or 0, load(id))
       if c then
         c.reg = reg
@@ -177,8 +186,8 @@ local function candidates()
 end
 
 if op == 'claim' then
-  -- stream, key JSON, ttl ms, policy, salt -> {outcome, origin JSON} | {'none'}
-  local stream, key_json, ttl, policy, salt = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
+  -- stream, key JSON, ttl ms, policy, salt, protocol -> {outcome, origin JSON} | {'none'}
+  local stream, key_json, ttl, policy, salt, proto = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8]
   local outcome = 'new'
   local current = redis.call('HGET', stream_key(stream), 'origin')
   if current then
@@ -190,7 +199,7 @@ if op == 'claim' then
     outcome = 'failover'
     redis.call('ZREM', load_key(current), stream)
   end
-  local c = choose(policy, stream, salt, candidates())
+  local c = choose(policy, stream, salt, candidates(proto))
   if c == nil then
     return {'none'}
   end

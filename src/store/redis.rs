@@ -62,7 +62,7 @@ use tokio::task::JoinHandle;
 use super::{Claim, ClaimOutcome, OriginGone, OriginStatus, Session, SessionKind, StoreError, StreamStatus};
 use crate::balance::{salt_text, Candidate, Policy};
 use crate::config::RedisConfig;
-use crate::origin::Origin;
+use crate::origin::{Origin, Protocol};
 use crate::stream_key::StreamKey;
 
 const SCRIPT: &str = include_str!("redis.lua");
@@ -331,7 +331,13 @@ impl RedisStore {
         reply.as_deref().map(origin_from_json).transpose()
     }
 
-    pub async fn claim(&self, key: &StreamKey, policy: Policy, ttl: Duration) -> Result<Claim, StoreError> {
+    pub async fn claim(
+        &self,
+        key: &StreamKey,
+        policy: Policy,
+        ttl: Duration,
+        protocol: Option<Protocol>,
+    ) -> Result<Claim, StoreError> {
         let key_json = serde_json::to_string(key).map_err(|e| corrupt("stream key", e))?;
         let args = vec![
             key.to_string(),
@@ -339,6 +345,8 @@ impl RedisStore {
             millis(ttl),
             policy.as_str().to_string(),
             salt_text(rand::random()),
+            // Empty: any origin; else the `ports` field it must have.
+            protocol.map(|p| p.to_string()).unwrap_or_default(),
         ];
         let reply: Vec<String> = self.run("claim", args).await?;
         let outcome = match reply.first().map(String::as_str) {
