@@ -134,24 +134,7 @@ pub fn fred_config(config: &RedisConfig) -> Result<FredConfig, String> {
             ..FredConfig::default()
         }
     } else {
-        let scheme = config.url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-        const SCHEMES: [&str; 12] = [
-            "redis",
-            "rediss",
-            "redis-sentinel",
-            "rediss-sentinel",
-            "redis-cluster",
-            "rediss-cluster",
-            "valkey",
-            "valkeys",
-            "valkey-sentinel",
-            "valkeys-sentinel",
-            "valkey-cluster",
-            "valkeys-cluster",
-        ];
-        if !scheme.as_deref().is_some_and(|s| SCHEMES.contains(&s)) {
-            return Err("the scheme must be redis, rediss, redis-sentinel or redis-cluster (or rediss-…)".into());
-        }
+        crate::config::check_redis_url(&config.url)?;
         FredConfig::from_url(&config.url).map_err(|e| e.details().to_string())?
     };
     // Keep trying when Redis is not there at start-up; readiness says so.

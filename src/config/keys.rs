@@ -1,0 +1,88 @@
+//! Every setting reachable from env and flags, one row each: its YAML path
+//! (also the `--set` name), its env name (the Go proxy's where it has one)
+//! and the parser of its value. The README configuration table has the
+//! same rows (`tests/readme.rs` holds them together).
+
+use std::path::PathBuf;
+
+use super::value::{parse_bool, parse_duration, parsed, positive, raw, text};
+use super::Config;
+use crate::origin::parse_endpoint_port;
+
+/// One setting reachable from env and flags.
+pub struct Key {
+    /// Dotted YAML path, also the `--set` name.
+    pub name: &'static str,
+    /// Environment variable.
+    pub env: &'static str,
+    /// Parses the text into the config.
+    pub set: fn(&mut Config, &str) -> Result<(), String>,
+}
+
+/// `key!(name, env, field.path, parser)`: one row of [`KEYS`].
+macro_rules! key {
+    ($name:literal, $env:literal, $($field:ident).+, $parse:expr) => {
+        Key { name: $name, env: $env, set: |c, v| { c.$($field).+ = $parse(v)?; Ok(()) } }
+    };
+}
+
+/// A port in any endpoint form SRS writes; empty means none.
+fn port(v: &str) -> Result<Option<u16>, String> {
+    if v.trim().is_empty() {
+        return Ok(None);
+    }
+    parse_endpoint_port(v).map(Some).map_err(|e| e.to_string())
+}
+
+/// A directory; empty means unset.
+fn dir(v: &str) -> Result<Option<PathBuf>, String> {
+    Ok(Some(v.trim()).filter(|v| !v.is_empty()).map(PathBuf::from))
+}
+
+/// Every env/flag key.
+#[rustfmt::skip]
+pub const KEYS: &[Key] = &[
+    key!("http_server", "PROXY_HTTP_SERVER", http_server, parsed),
+    key!("rtmp_server", "PROXY_RTMP_SERVER", rtmp_server, parsed),
+    key!("http_api", "PROXY_HTTP_API", http_api, parsed),
+    key!("webrtc_server", "PROXY_WEBRTC_SERVER", webrtc_server, parsed),
+    key!("srt_server", "PROXY_SRT_SERVER", srt_server, parsed),
+    key!("system_api", "PROXY_SYSTEM_API", system_api, parsed),
+    key!("listen_backlog", "PROXY_LISTEN_BACKLOG", listen_backlog, parsed),
+    key!("http_max_connections", "PROXY_HTTP_MAX_CONNECTIONS", http_max_connections, parsed),
+    key!("rtmp_max_connections", "PROXY_RTMP_MAX_CONNECTIONS", rtmp_max_connections, parsed),
+    key!("system_api_max_connections", "PROXY_SYSTEM_API_MAX_CONNECTIONS", system_api_max_connections, parsed),
+    key!("static_files", "PROXY_STATIC_FILES", static_files, dir),
+    key!("load_balancer_type", "PROXY_LOAD_BALANCER_TYPE", load_balancer_type, parsed),
+    key!("balance_policy", "PROXY_BALANCE_POLICY", balance_policy, parsed),
+    key!("redis.host", "PROXY_REDIS_HOST", redis.host, text),
+    key!("redis.port", "PROXY_REDIS_PORT", redis.port, parsed),
+    key!("redis.password", "PROXY_REDIS_PASSWORD", redis.password, raw),
+    key!("redis.db", "PROXY_REDIS_DB", redis.db, parsed),
+    key!("redis.url", "PROXY_REDIS_URL", redis.url, text),
+    key!("redis.prefix", "PROXY_REDIS_PREFIX", redis.prefix, raw),
+    key!("redis.timeout", "PROXY_REDIS_TIMEOUT", redis.timeout, parse_duration),
+    key!("default_backend.enabled", "PROXY_DEFAULT_BACKEND_ENABLED", default_backend.enabled, parse_bool),
+    key!("default_backend.ip", "PROXY_DEFAULT_BACKEND_IP", default_backend.ip, text),
+    key!("default_backend.rtmp", "PROXY_DEFAULT_BACKEND_RTMP", default_backend.rtmp, port),
+    key!("default_backend.http", "PROXY_DEFAULT_BACKEND_HTTP", default_backend.http, port),
+    key!("default_backend.api", "PROXY_DEFAULT_BACKEND_API", default_backend.api, port),
+    key!("default_backend.srt", "PROXY_DEFAULT_BACKEND_SRT", default_backend.srt, port),
+    key!("default_backend.rtc", "PROXY_DEFAULT_BACKEND_RTC", default_backend.rtc, port),
+    key!("kubernetes.discovery", "PROXY_K8S_DISCOVERY", kubernetes.discovery, parsed),
+    key!("kubernetes.namespace", "PROXY_K8S_NAMESPACE", kubernetes.namespace, text),
+    key!("kubernetes.service", "PROXY_K8S_SERVICE", kubernetes.service, text),
+    key!("kubernetes.kubeconfig", "PROXY_K8S_KUBECONFIG", kubernetes.kubeconfig, text),
+    key!("grace_quit_timeout", "PROXY_GRACE_QUIT_TIMEOUT", grace_quit_timeout, parse_duration),
+    key!("force_quit_timeout", "PROXY_FORCE_QUIT_TIMEOUT", force_quit_timeout, parse_duration),
+    key!("registration_ttl", "PROXY_REGISTRATION_TTL", registration_ttl, parse_duration),
+    key!("stream_ttl", "PROXY_STREAM_TTL", stream_ttl, parse_duration),
+    key!("hls_session_ttl", "PROXY_HLS_SESSION_TTL", hls_session_ttl, parse_duration),
+    key!("max_playlist_bytes", "PROXY_MAX_PLAYLIST_BYTES", max_playlist_bytes, positive),
+    key!("origin_connect_timeout", "PROXY_ORIGIN_CONNECT_TIMEOUT", origin_connect_timeout, parse_duration),
+    key!("origin_response_timeout", "PROXY_ORIGIN_RESPONSE_TIMEOUT", origin_response_timeout, parse_duration),
+    key!("relay_buffer_bytes", "PROXY_RELAY_BUFFER_BYTES", relay_buffer_bytes, positive),
+    key!("rtmp_max_message_bytes", "PROXY_RTMP_MAX_MESSAGE_BYTES", rtmp_max_message_bytes, positive),
+    key!("rtmp_handshake_timeout", "PROXY_RTMP_HANDSHAKE_TIMEOUT", rtmp_handshake_timeout, parse_duration),
+    key!("log_format", "PROXY_LOG_FORMAT", log_format, parsed),
+];
