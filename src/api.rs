@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -19,29 +18,25 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::context::Context;
-use crate::http::{full, serve, server_header, Body};
+use crate::error::{Fault, NO_FAULT};
+use crate::http::serve::HttpServer;
+pub use crate::http::versions::versions;
+use crate::http::versions::{json_response, PATH as VERSIONS};
+use crate::http::{full, Body};
 use crate::origin::{parse_endpoint_port, Origin, OriginSource, Ports};
 
 /// Largest register body accepted (SRS sends well under 4 KiB).
 pub const MAX_REGISTER_BODY: usize = 64 * 1024;
 
-/// Runs the system API.
-pub async fn run(listener: TcpListener, ctx: Context) -> std::io::Result<()> {
+/// Runs the system API until the drain has stopped it.
+pub async fn run(listener: TcpListener, ctx: Context) {
+    let max = ctx.config.system_api_max_connections;
     let handler_ctx = ctx.clone();
-    serve(listener, ctx, "system-api", move |req, peer| {
+    let server = HttpServer::new(ctx.clone(), move |req, peer| {
         let ctx = handler_ctx.clone();
         async move { route(&ctx, req, peer).await }
-    })
-    .await
-}
-
-fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
-    let mut resp = Response::new(full(Bytes::from(value.to_string())));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(header::SERVER, server_header());
-    resp
+    });
+    crate::listener::serve(listener, ctx, "system-api", max, server).await
 }
 
 fn error(status: StatusCode, reason: &str) -> Response<Body> {
@@ -52,12 +47,12 @@ fn error(status: StatusCode, reason: &str) -> Response<Body> {
 async fn route(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let (class, resp) = match (req.method(), path.as_str()) {
-        (&Method::GET | &Method::HEAD, "/api/v1/versions") => ("versions", versions(ctx).await),
+        (&Method::GET | &Method::HEAD, VERSIONS) => ("versions", versions(ctx).await),
         (&Method::POST, "/api/v1/srs/register") => ("register", register(ctx, req, peer).await),
         (&Method::GET, "/metrics") => ("metrics", metrics(ctx).await),
         (&Method::GET, "/api/v1/origins") => ("origins", origins(ctx).await),
         (&Method::GET, "/api/v1/streams") => ("streams", streams(ctx).await),
-        (_, "/api/v1/versions" | "/api/v1/srs/register" | "/metrics" | "/api/v1/origins" | "/api/v1/streams") => (
+        (_, VERSIONS | "/api/v1/srs/register" | "/metrics" | "/api/v1/origins" | "/api/v1/streams") => (
             "other",
             error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -66,45 +61,54 @@ async fn route(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Respo
         ),
         _ => ("other", error(StatusCode::NOT_FOUND, &format!("no such API: {path}"))),
     };
+    // Every 5xx here comes from the store, but a not-ready probe.
+    let status = resp.status();
+    let fault = match (status.as_u16(), class) {
+        (..=399, _) => NO_FAULT,
+        (400..=499, _) => Fault::Client.as_str(),
+        (_, "versions") => Fault::Internal.as_str(),
+        _ => Fault::Store.as_str(),
+    };
     ctx.metrics
         .http_requests_total
-        .with_label_values(&[class, resp.status().as_str()])
+        .with_label_values(&[class, status.as_str(), fault])
         .inc();
     resp
 }
 
-/// The versions API, also the readiness probe.
-pub async fn versions(ctx: &Context) -> Response<Body> {
-    let mut parts = crate::VERSION.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor, revision) = (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    );
-    let data = json!({
-        "major": major, "minor": minor, "revision": revision,
-        "version": crate::VERSION, "signature": crate::SIGNATURE,
-    });
-    match ctx.ready().await {
-        Ok(()) => json_response(
-            StatusCode::OK,
-            &json!({"code": 0, "pid": std::process::id().to_string(), "data": data}),
-        ),
-        Err(reason) => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"code": 503, "pid": std::process::id().to_string(), "data": data, "error": reason}),
-        ),
-    }
-}
-
 async fn metrics(ctx: &Context) -> Response<Body> {
-    crate::server::refresh_gauges(ctx).await;
+    refresh_gauges(ctx).await;
     let mut resp = Response::new(full(ctx.metrics.render()));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
+}
+
+/// Sets the gauges that describe the store (live origins, streams); run at
+/// scrape time so they are exact when read.
+async fn refresh_gauges(ctx: &Context) {
+    let Ok(origins) = ctx.store_op("list_origins", ctx.store.list_origins()).await else {
+        return;
+    };
+    let mut counts: std::collections::BTreeMap<(String, &'static str), i64> = Default::default();
+    for o in &origins {
+        *counts
+            .entry((o.origin.pool.clone().unwrap_or_default(), o.origin.source.as_str()))
+            .or_default() += 1;
+    }
+    // Series of pools that no longer have origins drop to zero instead of
+    // keeping their last value.
+    ctx.metrics.origins_live.reset();
+    for ((pool, source), n) in counts {
+        ctx.metrics
+            .origins_live
+            .with_label_values(&[pool.as_str(), source])
+            .set(n);
+    }
+    let streams: u32 = origins.iter().map(|o| o.streams).sum();
+    ctx.metrics.streams_active.set(i64::from(streams));
 }
 
 async fn origins(ctx: &Context) -> Response<Body> {

@@ -1,25 +1,25 @@
-//! The handle every task gets, and stream leases.
+//! Routing: which origin serves a stream, and for how long.
 //!
-//! [`Context`] bundles config, store, metrics and shutdown; it is cheap to
-//! clone. [`Context::claim`] is how every protocol turns a stream key into
-//! an origin: it bounds the store call, counts the result, and returns a
-//! [`StreamLease`] that keeps the mapping alive while the relay runs and
-//! tells the relay when its origin is gone.
+//! Every protocol turns its request into a [`StreamKey`] and calls
+//! [`Context::claim`] (a relay that holds a connection) or
+//! [`Context::claim_origin`] (a request that does not, e.g. a playlist).
+//! The claim is one atomic store operation: an existing live mapping wins,
+//! otherwise the balancing policy places the stream. A [`StreamLease`]
+//! keeps the mapping refreshed while the relay runs and tells the relay
+//! when its origin is gone, so it ends instead of hanging on a dead origin.
+//!
+//! This module is the data plane's only way into routing state; it never
+//! touches sockets.
 
-use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::balance::Policy;
-use crate::config::Config;
-use crate::discovery::DiscoveryState;
-use crate::metrics::Metrics;
+use crate::context::Context;
+use crate::error::{Failure, Fault};
 use crate::origin::{Origin, Protocol};
-use crate::shutdown::Shutdown;
-use crate::store::{Claim, ClaimOutcome, Store, StoreError};
+use crate::store::{Claim, ClaimOutcome, StoreError};
 use crate::stream_key::StreamKey;
 
 /// Why a stream could not be given an origin.
@@ -31,51 +31,16 @@ pub enum ClaimError {
     Store(#[from] StoreError),
 }
 
-/// Shared state of one proxy process.
-#[derive(Clone)]
-pub struct Context {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub metrics: Metrics,
-    pub shutdown: Shutdown,
-    /// Kubernetes discovery's health (readiness) and pool-level policy.
-    pub discovery: DiscoveryState,
+impl Failure for ClaimError {
+    fn fault(&self) -> Fault {
+        match self {
+            Self::NoOrigin => Fault::Origin,
+            Self::Store(_) => Fault::Store,
+        }
+    }
 }
 
 impl Context {
-    pub fn new(config: Config, store: Store) -> Self {
-        Self {
-            config: Arc::new(config),
-            store,
-            metrics: Metrics::new(),
-            shutdown: Shutdown::new(),
-            discovery: DiscoveryState::default(),
-        }
-    }
-
-    /// Runs one store operation with the configured time bound and records
-    /// its latency, so a slow store never hangs a client.
-    pub async fn store_op<T>(
-        &self,
-        op: &'static str,
-        fut: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        let timer = self
-            .metrics
-            .store_operation_seconds
-            .with_label_values(&[op])
-            .start_timer();
-        let result = match tokio::time::timeout(self.config.redis.timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "{op} timed out after {:?}",
-                self.config.redis.timeout
-            ))),
-        };
-        timer.observe_duration();
-        result
-    }
-
     /// Finds or places the origin for `key` without a lease: for requests
     /// that hold no connection (playlists), the claim itself refreshes the
     /// mapping. A new stream is placed only on an origin serving `protocol`.
@@ -109,24 +74,20 @@ impl Context {
         Ok(StreamLease::start(self.clone(), key.clone(), origin, outcome))
     }
 
-    /// The policy that places new streams: the OriginPools' when they set
-    /// one, else `balance_policy`.
-    pub fn balance_policy(&self) -> Policy {
-        self.discovery.policy().unwrap_or(self.config.balance_policy)
-    }
-
-    /// Ready to serve: not draining, configured discovery is working and
-    /// the store answers.
-    pub async fn ready(&self) -> Result<(), String> {
-        if self.shutdown.is_draining() {
-            return Err("draining".into());
+    /// Drops a mapping that this request created for a stream the origin
+    /// turned out not to have (a 404 for a name nobody publishes), so such
+    /// requests do not count as load or linger as mappings.
+    pub async fn forget_claim(&self, key: &StreamKey, origin_id: &str, outcome: ClaimOutcome) {
+        if outcome == ClaimOutcome::Hit {
+            return;
         }
-        if let Some(reason) = self.discovery.unready_reason() {
-            return Err(reason);
-        }
-        self.store_op("ping", self.store.ping())
+        tracing::debug!(stream = %key, outcome = outcome.as_str(), "origin has no such stream; claim released");
+        if let Err(e) = self
+            .store_op("release", self.store.release_stream(key, origin_id))
             .await
-            .map_err(|e| e.to_string())
+        {
+            tracing::warn!(stream = %key, error = %e, "could not release claim; it will expire");
+        }
     }
 }
 
@@ -139,9 +100,13 @@ impl Context {
 pub struct StreamLease {
     key: StreamKey,
     origin: Origin,
+    /// Whether the claim found, placed or moved the stream: a request that
+    /// fails may only undo a mapping it created.
     outcome: ClaimOutcome,
+    /// Cancelled by the refresher when the relay must end.
     lost: CancellationToken,
     refresher: JoinHandle<()>,
+    /// Set when dropping the lease must release the mapping (publishers).
     release: Option<Context>,
 }
 
@@ -181,10 +146,6 @@ impl StreamLease {
     pub async fn lost(&self) {
         self.lost.cancelled().await
     }
-
-    pub fn is_lost(&self) -> bool {
-        self.lost.is_cancelled()
-    }
 }
 
 impl Drop for StreamLease {
@@ -202,6 +163,8 @@ impl Drop for StreamLease {
     }
 }
 
+/// Refreshes the mapping at a third of its TTL and watches for the origin
+/// going away; cancels `lost` when the relay must end.
 async fn refresh(ctx: Context, key: StreamKey, origin_id: String, lost: CancellationToken) {
     let mut gone = ctx.store.subscribe_gone();
     let period = (ctx.config.stream_ttl / 3).max(Duration::from_millis(50));

@@ -28,12 +28,16 @@
 
 pub mod api;
 pub mod balance;
+pub mod claim;
 pub mod config;
 pub mod context;
 pub mod crd;
 pub mod discovery;
+pub mod discovery_state;
+pub mod error;
 pub mod hls;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod origin;
 pub mod rtmp;

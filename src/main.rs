@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use srs_proxy::config::{self, LogFormat};
 use srs_proxy::context::Context;
-use srs_proxy::server;
+use srs_proxy::server::{self, Stopped};
+use srs_proxy::shutdown;
 
 /// Exit code for a configuration error (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -125,7 +126,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async_main(config))
+    let code = runtime.block_on(async_main(config));
+    // Whatever is still running after a forced quit (a hung DNS lookup on a
+    // blocking thread) must not hold the exit.
+    runtime.shutdown_background();
+    code
 }
 
 async fn async_main(config: config::Config) -> ExitCode {
@@ -143,42 +148,13 @@ async fn async_main(config: config::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let force = config.force_quit_timeout;
     let ctx = Context::new(config, store);
-    let servers = tokio::spawn(server::run(ctx.clone(), listeners));
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let watcher = {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            srs_proxy::shutdown::signal().await;
-            tracing::info!("signal received");
-            // The hard limit runs from the signal, whatever the grace does.
-            tokio::spawn(async move {
-                tokio::time::sleep(force).await;
-                tracing::warn!(?force, "force quit timeout reached; exiting");
-                std::process::exit(1);
-            });
-            server::drain(&ctx, async {
-                let _ = done_rx.await;
-            })
-            .await;
-        })
-    };
-    let result = servers.await;
-    let _ = done_tx.send(());
-    let _ = watcher.await;
-    match result {
-        Ok(Ok(())) => {
+    let signal = shutdown::os_signals(ctx.shutdown.clone());
+    match server::run(ctx, listeners, signal).await {
+        Stopped::Clean => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
         }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "server failed");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "server panicked");
-            ExitCode::FAILURE
-        }
+        Stopped::Forced => ExitCode::FAILURE,
     }
 }

@@ -2,13 +2,16 @@
 //! into the context; there is no global registry.
 //!
 //! Counting happens at the edge of each relay (per connection, per chunk of
-//! bytes read), never per byte.
+//! bytes read), never per byte. Every name gets the `srs_proxy_` prefix from
+//! the registry; the README's metrics table lists them all.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    register_histogram_vec_with_registry, register_histogram_with_registry, register_int_counter_vec_with_registry,
+    register_int_gauge_vec_with_registry, register_int_gauge_with_registry, Encoder, Histogram, HistogramOpts,
+    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
 };
 
-/// Every metric the proxy exports. Names are documented in the README.
+/// Every metric the proxy exports.
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
@@ -18,9 +21,14 @@ pub struct Metrics {
     pub connections_active: IntGaugeVec,
     /// Client connections accepted by protocol and role.
     pub connections_total: IntCounterVec,
+    /// Open TCP connections by listener, counted by the accept loop: what
+    /// the listener's connection cap is measured against.
+    pub listener_connections: IntGaugeVec,
+    /// Connections or requests a listener turned away, by reason.
+    pub listener_refused_total: IntCounterVec,
     /// Stream bytes relayed by protocol and direction (in = client→origin).
     pub bytes_relayed_total: IntCounterVec,
-    /// HTTP requests by route class and status code.
+    /// HTTP requests by route class, status code and fault.
     pub http_requests_total: IntCounterVec,
     /// Claim results: hit, new, failover, no_origin, error.
     pub claims_total: IntCounterVec,
@@ -29,7 +37,7 @@ pub struct Metrics {
     pub origins_live: IntGaugeVec,
     /// Streams mapped to an origin in the store.
     pub streams_active: IntGauge,
-    /// Store operation latency by operation.
+    /// Store operation latency by operation and result.
     pub store_operation_seconds: HistogramVec,
     /// Discovery events by kind (origin_added, origin_removed, …).
     pub discovery_events_total: IntCounterVec,
@@ -46,109 +54,45 @@ impl Default for Metrics {
     }
 }
 
+/// Store calls take tens of microseconds (memory) to a second (timeout).
+const STORE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Discovery propagation: sub-millisecond to a few seconds.
+const PROPAGATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
-            r.register(Box::new(c.clone())).expect("metric names are unique");
-            c
-        }
-        let opts = |name: &str, help: &str| Opts::new(format!("srs_proxy_{name}"), help);
-        let build_info = reg(
-            &registry,
-            IntGaugeVec::new(opts("build_info", "Build information; always 1."), &["version"]).unwrap(),
-        );
+        Self::build().expect("metric names are unique and valid")
+    }
+
+    // One row per metric reads better than rustfmt's five.
+    #[rustfmt::skip]
+    fn build() -> prometheus::Result<Self> {
+        let r = Registry::new_custom(Some("srs_proxy".into()), None)?;
+        let buckets = |name: &str, help: &str, b: &[f64]| HistogramOpts::new(name, help).buckets(b.to_vec());
+        let build_info = register_int_gauge_vec_with_registry!("build_info", "Build information; always 1.", &["version"], r)?;
         build_info.with_label_values(&[crate::VERSION]).set(1);
-        Self {
+        let pr = ["protocol", "role"];
+        Ok(Self {
             build_info,
-            connections_active: reg(
-                &registry,
-                IntGaugeVec::new(
-                    opts("connections_active", "Open client connections."),
-                    &["protocol", "role"],
-                )
-                .unwrap(),
-            ),
-            connections_total: reg(
-                &registry,
-                IntCounterVec::new(
-                    opts("connections_total", "Client connections accepted."),
-                    &["protocol", "role"],
-                )
-                .unwrap(),
-            ),
-            bytes_relayed_total: reg(
-                &registry,
-                IntCounterVec::new(
-                    opts(
-                        "bytes_relayed_total",
-                        "Stream bytes relayed (in: client to origin, out: origin to client).",
-                    ),
-                    &["protocol", "direction"],
-                )
-                .unwrap(),
-            ),
-            http_requests_total: reg(
-                &registry,
-                IntCounterVec::new(
-                    opts("http_requests_total", "HTTP requests answered."),
-                    &["route", "status"],
-                )
-                .unwrap(),
-            ),
-            claims_total: reg(
-                &registry,
-                IntCounterVec::new(opts("claims_total", "Stream claims by result."), &["result"]).unwrap(),
-            ),
-            origins_live: reg(
-                &registry,
-                IntGaugeVec::new(
-                    opts("origins_live", "Live origins by pool and discovery source."),
-                    &["pool", "source"],
-                )
-                .unwrap(),
-            ),
-            streams_active: reg(
-                &registry,
-                IntGauge::with_opts(opts("streams_active", "Streams mapped to an origin.")).unwrap(),
-            ),
-            store_operation_seconds: reg(
-                &registry,
-                HistogramVec::new(
-                    HistogramOpts::new("srs_proxy_store_operation_seconds", "Store operation latency.").buckets(vec![
-                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                    ]),
-                    &["op"],
-                )
-                .unwrap(),
-            ),
-            discovery_events_total: reg(
-                &registry,
-                IntCounterVec::new(opts("discovery_events_total", "Origin discovery events."), &["kind"]).unwrap(),
-            ),
-            registrations_total: reg(
-                &registry,
-                IntCounterVec::new(
-                    opts("registrations_total", "Register API calls by result."),
-                    &["result"],
-                )
-                .unwrap(),
-            ),
-            discovery_propagation_seconds: reg(
-                &registry,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "srs_proxy_discovery_propagation_seconds",
-                        "EndpointSlice change seen by the watch until the store reflects it.",
-                    )
-                    .buckets(vec![
-                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    ]),
-                )
-                .unwrap(),
-            ),
-            registry,
-        }
+            connections_active: register_int_gauge_vec_with_registry!("connections_active", "Open client connections.", &pr, r)?,
+            connections_total: register_int_counter_vec_with_registry!("connections_total", "Client connections accepted.", &pr, r)?,
+            listener_connections: register_int_gauge_vec_with_registry!("listener_connections", "Open TCP connections by listener.", &["listener"], r)?,
+            listener_refused_total: register_int_counter_vec_with_registry!("listener_refused_total", "Connections or requests a listener turned away.", &["listener", "reason"], r)?,
+            bytes_relayed_total: register_int_counter_vec_with_registry!("bytes_relayed_total", "Stream bytes relayed (in: client to origin, out: origin to client).", &["protocol", "direction"], r)?,
+            http_requests_total: register_int_counter_vec_with_registry!("http_requests_total", "HTTP requests answered.", &["route", "status", "fault"], r)?,
+            claims_total: register_int_counter_vec_with_registry!("claims_total", "Stream claims by result.", &["result"], r)?,
+            origins_live: register_int_gauge_vec_with_registry!("origins_live", "Live origins by pool and discovery source.", &["pool", "source"], r)?,
+            streams_active: register_int_gauge_with_registry!("streams_active", "Streams mapped to an origin.", r)?,
+            store_operation_seconds: register_histogram_vec_with_registry!(buckets("store_operation_seconds", "Store operation latency.", STORE_BUCKETS), &["op", "result"], r)?,
+            discovery_events_total: register_int_counter_vec_with_registry!("discovery_events_total", "Origin discovery events.", &["kind"], r)?,
+            registrations_total: register_int_counter_vec_with_registry!("registrations_total", "Register API calls by result.", &["result"], r)?,
+            discovery_propagation_seconds: register_histogram_with_registry!(buckets("discovery_propagation_seconds", "EndpointSlice change seen by the watch until the store reflects it.", PROPAGATION_BUCKETS), r)?,
+            registry: r,
+        })
     }
 
     /// Counts a connection as open until the guard drops.

@@ -1,16 +1,28 @@
-//! Binds the listeners and runs every server until shutdown.
+//! The library's entry point: binds the listeners and owns the whole
+//! lifecycle of a proxy process.
 //!
-//! This is the library's entry point: `main` parses config and calls
-//! [`Listeners::bind`] then [`run`]; tests bind port 0 and do the same.
+//! `main` parses config, sets up logging, then calls [`build_store`],
+//! [`Listeners::bind`] and [`run`] with the OS signals; tests bind port 0
+//! and call the same functions with a signal of their own.
+//!
+//! [`run`] starts the background work (static origins, store housekeeping,
+//! Kubernetes discovery) and every server, then on the signal:
+//!
+//! 1. drains — readiness 503, listeners closed, open streams go on;
+//! 2. after `grace_quit_timeout`, aborts — open streams are cut;
+//! 3. at `force_quit_timeout` after the signal (or at a second signal)
+//!    returns [`Stopped::Forced`] whatever is still running; the caller
+//!    exits the process.
 
-use std::io;
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::config::{Config, ListenAddr, StoreKind};
+use crate::config::{Config, StoreKind};
 use crate::context::Context;
+use crate::listener::{bind_tcp, effective_backlog, BindError};
 use crate::store::{MemoryStore, RedisStore, Store};
 
 /// Static origins are registered with this TTL and refreshed every second,
@@ -21,17 +33,13 @@ pub const STATIC_ORIGIN_TTL: Duration = Duration::from_secs(10);
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr} ({key}): {source}")]
-    Bind {
-        key: &'static str,
-        addr: ListenAddr,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("store: {0}")]
     Store(String),
 }
 
-/// The bound sockets of the servers that exist so far.
+/// The bound sockets of every server.
 pub struct Listeners {
     pub http: TcpListener,
     pub rtmp: TcpListener,
@@ -39,16 +47,13 @@ pub struct Listeners {
 }
 
 impl Listeners {
+    /// Binds every listener the config names, with the configured backlog.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
-        async fn one(key: &'static str, addr: ListenAddr) -> Result<TcpListener, StartError> {
-            TcpListener::bind(addr.0)
-                .await
-                .map_err(|source| StartError::Bind { key, addr, source })
-        }
+        let backlog = effective_backlog(config.listen_backlog);
         Ok(Self {
-            http: one("http_server", config.http_server).await?,
-            rtmp: one("rtmp_server", config.rtmp_server).await?,
-            system_api: one("system_api", config.system_api).await?,
+            http: bind_tcp("http_server", config.http_server, backlog)?,
+            rtmp: bind_tcp("rtmp_server", config.rtmp_server, backlog)?,
+            system_api: bind_tcp("system_api", config.system_api, backlog)?,
         })
     }
 }
@@ -64,41 +69,90 @@ pub async fn build_store(config: &Config) -> Result<Store, StartError> {
     }
 }
 
-/// Runs every server until they have all stopped (after a drain).
-pub async fn run(ctx: Context, listeners: Listeners) -> io::Result<()> {
+/// How [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every server finished (within the grace period or after the abort).
+    Clean,
+    /// The force-quit deadline passed, or a second signal came, with work
+    /// still running: the process should exit now.
+    Forced,
+}
+
+/// Runs the proxy until `signal` resolves, then drains and stops it.
+pub async fn run(ctx: Context, listeners: Listeners, signal: impl Future<Output = ()>) -> Stopped {
+    register_static_origins(&ctx).await;
+    let http = listeners.http.local_addr().ok();
+    let rtmp = listeners.rtmp.local_addr().ok();
+    let system_api = listeners.system_api.local_addr().ok();
+    tracing::info!(
+        http = ?http,
+        rtmp = ?rtmp,
+        system_api = ?system_api,
+        store = ctx.store.kind(),
+        "srs-proxy {} serving (WebRTC and SRT listeners are not started in this build)",
+        crate::VERSION
+    );
+    let mut background = JoinSet::new();
+    background.spawn(housekeeping(ctx.clone()));
+    if let Some(discovery) = crate::discovery::start(&ctx) {
+        background.spawn(discovery);
+    }
+    let mut servers = JoinSet::new();
+    servers.spawn(crate::http::route::run(listeners.http, ctx.clone()));
+    servers.spawn(crate::rtmp::run(listeners.rtmp, ctx.clone()));
+    servers.spawn(crate::api::run(listeners.system_api, ctx.clone()));
+    let all_stopped = async move {
+        while let Some(done) = servers.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "server task failed");
+            }
+        }
+    };
+    let stopped = lifecycle(&ctx, all_stopped, signal).await;
+    // Background work watches the abort; the lifecycle has set it.
+    ctx.shutdown.abort();
+    background.abort_all();
+    stopped
+}
+
+/// Signal → drain → grace → abort → force, around `servers` (which end
+/// once the drain has stopped them and their connections have ended).
+async fn lifecycle(ctx: &Context, servers: impl Future<Output = ()>, signal: impl Future<Output = ()>) -> Stopped {
+    tokio::pin!(servers);
+    tokio::select! {
+        _ = signal => tracing::info!("signal received"),
+        // Someone else started the drain (an embedding program).
+        _ = ctx.shutdown.draining() => {}
+        _ = &mut servers => return Stopped::Clean,
+    }
+    let force_at = tokio::time::Instant::now() + ctx.config.force_quit_timeout;
+    let grace = ctx.config.grace_quit_timeout;
+    tracing::info!(?grace, "draining: no new connections");
+    ctx.shutdown.start_drain();
+    tokio::select! {
+        _ = &mut servers => return Stopped::Clean,
+        _ = tokio::time::sleep(grace) => tracing::info!("grace period over; closing open streams"),
+        _ = ctx.shutdown.forced() => return Stopped::Forced,
+    }
+    ctx.shutdown.abort();
+    tokio::select! {
+        _ = &mut servers => Stopped::Clean,
+        _ = tokio::time::sleep_until(force_at) => {
+            tracing::warn!(force = ?ctx.config.force_quit_timeout, "force quit timeout reached; exiting");
+            Stopped::Forced
+        }
+        _ = ctx.shutdown.forced() => Stopped::Forced,
+    }
+}
+
+async fn register_static_origins(ctx: &Context) {
     for origin in ctx.config.static_origins() {
         tracing::info!(origin = %origin.id, ip = %origin.ip, ports = ?origin.ports, "static origin");
         if let Err(e) = ctx.store.upsert_origin(origin, Some(STATIC_ORIGIN_TTL)).await {
             tracing::error!(error = %e, "cannot register static origin; will retry");
         }
     }
-    tracing::info!(
-        http = %listeners.http.local_addr()?,
-        rtmp = %listeners.rtmp.local_addr()?,
-        system_api = %listeners.system_api.local_addr()?,
-        store = ctx.store.kind(),
-        "srs-proxy {} serving (WebRTC and SRT listeners are not started in this build)",
-        crate::VERSION
-    );
-    let housekeeping = tokio::spawn(housekeeping(ctx.clone()));
-    let discovery = crate::discovery::spawn(&ctx);
-    let mut servers = JoinSet::new();
-    servers.spawn(crate::http::run(listeners.http, ctx.clone()));
-    servers.spawn(crate::rtmp::run(listeners.rtmp, ctx.clone()));
-    servers.spawn(crate::api::run(listeners.system_api, ctx.clone()));
-    let mut result = Ok(());
-    while let Some(done) = servers.join_next().await {
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => result = Err(e),
-            Err(e) => result = Err(io::Error::other(e)),
-        }
-    }
-    housekeeping.abort();
-    if let Some(discovery) = discovery {
-        discovery.abort();
-    }
-    result
 }
 
 /// Expires store entries, announces origins that went away, and keeps the
@@ -127,63 +181,82 @@ async fn housekeeping(ctx: Context) {
     }
 }
 
-/// Sets the gauges that describe the store (live origins, streams); run at
-/// scrape time so they are exact when read.
-pub async fn refresh_gauges(ctx: &Context) {
-    if let Ok(origins) = ctx.store_op("list_origins", ctx.store.list_origins()).await {
-        let mut counts: std::collections::BTreeMap<(String, &'static str), i64> = Default::default();
-        for o in &origins {
-            *counts
-                .entry((o.origin.pool.clone().unwrap_or_default(), o.origin.source.as_str()))
-                .or_default() += 1;
-        }
-        // Series of pools that no longer have origins drop to zero instead
-        // of keeping their last value.
-        ctx.metrics.origins_live.reset();
-        for ((pool, source), n) in counts {
-            ctx.metrics
-                .origins_live
-                .with_label_values(&[pool.as_str(), source])
-                .set(n);
-        }
-        let streams: u32 = origins.iter().map(|o| o.streams).sum();
-        ctx.metrics.streams_active.set(i64::from(streams));
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tokio::time::Instant;
 
-/// The next connection on `listener`, or `None` once draining starts.
-/// Accept errors (EMFILE and friends) back off instead of spinning.
-pub async fn accept(
-    listener: &TcpListener,
-    ctx: &Context,
-    server: &'static str,
-) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => return Some(pair),
-                Err(e) => {
-                    tracing::warn!(server, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = ctx.shutdown.draining() => return None,
+    fn ctx(grace: u64, force: u64) -> Context {
+        let config = Config {
+            grace_quit_timeout: Duration::from_secs(grace),
+            force_quit_timeout: Duration::from_secs(force),
+            ..Config::default()
+        };
+        Context::new(config, Store::Memory(MemoryStore::new()))
+    }
+
+    /// A server that records when it saw each stage, and never ends.
+    fn stuck_server(ctx: &Context, log: Arc<Mutex<Vec<(&'static str, Duration)>>>) -> impl Future<Output = ()> {
+        let (ctx, start) = (ctx.clone(), Instant::now());
+        async move {
+            ctx.shutdown.draining().await;
+            log.lock().unwrap().push(("drain", start.elapsed()));
+            ctx.shutdown.aborted().await;
+            log.lock().unwrap().push(("abort", start.elapsed()));
+            std::future::pending::<()>().await
         }
     }
-}
 
-/// SIGTERM handling: readiness goes 503 and listeners close at once, open
-/// streams get `grace_quit_timeout`, then they are cut.
-pub async fn drain(ctx: &Context, servers_done: impl std::future::Future<Output = ()>) {
-    tracing::info!(grace = ?ctx.config.grace_quit_timeout, "draining: no new connections");
-    ctx.shutdown.start_drain();
-    tokio::pin!(servers_done);
-    if tokio::time::timeout(ctx.config.grace_quit_timeout, &mut servers_done)
-        .await
-        .is_err()
-    {
-        tracing::info!("grace period over; closing open streams");
-        ctx.shutdown.abort();
-        servers_done.await;
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_server_is_forced_at_the_force_deadline() {
+        let ctx = ctx(20, 30);
+        let log = Arc::default();
+        let start = Instant::now();
+        let signal = tokio::time::sleep(Duration::from_secs(5));
+        let stopped = lifecycle(&ctx, stuck_server(&ctx, Arc::clone(&log)), signal).await;
+        assert_eq!(stopped, Stopped::Forced);
+        assert_eq!(start.elapsed(), Duration::from_secs(35), "force runs from the signal");
+        let log = log.lock().unwrap().clone();
+        assert_eq!(
+            log,
+            vec![("drain", Duration::from_secs(5)), ("abort", Duration::from_secs(25))],
+            "drain at the signal, abort after the grace"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn servers_that_finish_in_the_grace_period_stop_cleanly() {
+        let ctx = ctx(20, 30);
+        let servers = {
+            let ctx = ctx.clone();
+            async move {
+                ctx.shutdown.draining().await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+        };
+        let start = Instant::now();
+        let stopped = lifecycle(&ctx, servers, std::future::ready(())).await;
+        assert_eq!(stopped, Stopped::Clean);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert!(!ctx.shutdown.is_aborted(), "nothing was cut");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_signal_forces_at_once() {
+        let ctx = ctx(20, 30);
+        let log = Arc::default();
+        let start = Instant::now();
+        let forcer = {
+            let shutdown = ctx.shutdown.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                shutdown.force();
+            })
+        };
+        let stopped = lifecycle(&ctx, stuck_server(&ctx, log), std::future::ready(())).await;
+        assert_eq!(stopped, Stopped::Forced);
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        forcer.await.unwrap();
     }
 }

@@ -1,17 +1,23 @@
-//! The drain signal.
+//! The shutdown signal every task watches, and the OS signals that start it.
 //!
-//! Two tokens reach every task: `drain` (SIGTERM/SIGINT received: readiness
-//! turns 503, listeners stop accepting, open streams go on) and `abort`
-//! (grace period over: open relays are cut). The process exits when
-//! everything has stopped or the force-quit timeout passes.
+//! Three stages, each a token that reaches every task through the context:
+//!
+//! * `drain` — SIGTERM/SIGINT received: readiness turns 503, listeners stop
+//!   accepting, open streams go on;
+//! * `abort` — grace period over: open relays are cut;
+//! * `force` — a second signal: the lifecycle in [`crate::server::run`]
+//!   stops waiting for anything and returns at once.
+
+use std::future::Future;
 
 use tokio_util::sync::CancellationToken;
 
-/// Cloneable pair of shutdown tokens.
+/// Cloneable set of shutdown tokens.
 #[derive(Clone, Default)]
 pub struct Shutdown {
     drain: CancellationToken,
     abort: CancellationToken,
+    force: CancellationToken,
 }
 
 impl Shutdown {
@@ -30,8 +36,18 @@ impl Shutdown {
         self.abort.cancel();
     }
 
+    /// Stops waiting for anything: the process quits now.
+    pub fn force(&self) {
+        self.abort();
+        self.force.cancel();
+    }
+
     pub fn is_draining(&self) -> bool {
         self.drain.is_cancelled()
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.abort.is_cancelled()
     }
 
     /// Resolves when draining starts.
@@ -43,28 +59,79 @@ impl Shutdown {
     pub async fn aborted(&self) {
         self.abort.cancelled().await
     }
+
+    /// Resolves when the quit is forced.
+    pub async fn forced(&self) {
+        self.force.cancelled().await
+    }
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// The OS signals as the lifecycle wants them: resolves on the first
+/// SIGTERM or SIGINT; a second one forces the quit through `shutdown`.
+/// Signal handlers are installed before this returns, so a signal that
+/// arrives early is not lost.
+pub fn os_signals(shutdown: Shutdown) -> impl Future<Output = ()> + Send {
+    let mut signals = Signals::install();
+    async move {
+        signals.next().await;
+        tokio::spawn(async move {
+            signals.next().await;
+            tracing::warn!("second signal: quitting now");
+            shutdown.force();
+        });
+    }
+}
+
+/// SIGTERM and SIGINT as one source.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT drains");
-                let _ = ctrl_c.await;
-                return;
+                tracing::warn!(error = %e, "cannot listen for {name}");
+                None
             }
         };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        Self {
+            term: install(SignalKind::terminate(), "SIGTERM"),
+            int: install(SignalKind::interrupt(), "SIGINT"),
         }
     }
+
     #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    fn install() -> Self {
+        Self {}
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = recv(&mut self.term) => {}
+                _ = recv(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -606,3 +606,43 @@ async fn an_origin_that_never_answers_gets_a_504_not_a_hang() {
     }
     held.abort();
 }
+
+#[tokio::test]
+async fn over_the_connection_cap_players_get_503_and_open_streams_go_on() {
+    let config = srs_proxy::config::Config {
+        http_max_connections: 1,
+        ..test_config()
+    };
+    let proxy = TestProxy::start(config).await;
+    let origin = FakeOrigin::start("origin-a").await;
+    origin.register(proxy.api).await;
+    let resp = client::send(proxy.http, Method::GET, "/live/cap.flv", &[], Bytes::new()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    read_n(&mut body, 10_000).await;
+
+    let refused = get(proxy.http, "/live/cap.flv").await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.text());
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(refused.text().contains("connection limit"), "{}", refused.text());
+    let m = &proxy.ctx.metrics;
+    assert_eq!(
+        m.listener_refused_total
+            .with_label_values(&["http", "connection_limit"])
+            .get(),
+        1
+    );
+    assert_eq!(m.listener_connections.with_label_values(&["http"]).get(), 1);
+
+    // The admitted player still streams (read_n fails if the body ends).
+    assert_eq!(read_n(&mut body, 200_000).await.len(), 200_000);
+
+    // Its slot frees when it leaves.
+    drop(body);
+    let admitted = eventually(Duration::from_secs(5), || async {
+        let r = get(proxy.http, "/api/v1/versions").await;
+        (r.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(admitted.is_some(), "a new connection is admitted once the first closed");
+}

@@ -122,12 +122,18 @@ async fn counters_move_with_traffic_and_the_exposition_is_valid() {
     assert_eq!(at("srs_proxy_claims_total{result=new}"), 1.0);
     assert_eq!(at("srs_proxy_claims_total{result=hit}"), 1.0);
     assert_eq!(at("srs_proxy_registrations_total{result=ok}"), 1.0);
-    assert_eq!(at("srs_proxy_http_requests_total{route=flv,status=200}"), 1.0);
-    assert_eq!(at("srs_proxy_http_requests_total{route=static,status=404}"), 1.0);
+    assert_eq!(
+        at("srs_proxy_http_requests_total{fault=none,route=flv,status=200}"),
+        1.0
+    );
+    assert_eq!(
+        at("srs_proxy_http_requests_total{fault=client,route=static,status=404}"),
+        1.0
+    );
     assert_eq!(at("srs_proxy_origins_live{pool=,source=heartbeat}"), 1.0);
     assert_eq!(at("srs_proxy_streams_active{}"), 1.0, "m.flv and m.m3u8 are one stream");
     assert!(
-        text.contains("srs_proxy_store_operation_seconds_count{op=\"claim\"} 2"),
+        text.contains("srs_proxy_store_operation_seconds_count{op=\"claim\",result=\"ok\"} 2"),
         "{text}"
     );
 

@@ -23,17 +23,25 @@ fn every_metric_has_a_row() {
     // Touch the labelled families so they appear in the exposition.
     let _conn = metrics.connection("http-flv", "player");
     metrics.bytes_relayed_total.with_label_values(&["x", "in"]).inc();
-    metrics.http_requests_total.with_label_values(&["x", "200"]).inc();
+    metrics
+        .http_requests_total
+        .with_label_values(&["x", "200", "none"])
+        .inc();
     metrics.claims_total.with_label_values(&["new"]).inc();
     metrics.origins_live.with_label_values(&["", "static"]).set(1);
     metrics
         .store_operation_seconds
-        .with_label_values(&["claim"])
+        .with_label_values(&["claim", "ok"])
         .observe(0.1);
     metrics.discovery_events_total.with_label_values(&["x"]).inc();
     metrics.registrations_total.with_label_values(&["ok"]).inc();
+    metrics.listener_connections.with_label_values(&["http"]).inc();
+    metrics
+        .listener_refused_total
+        .with_label_values(&["http", "connection_limit"])
+        .inc();
     let families = metrics.registry.gather();
-    assert!(families.len() >= 11, "a metric family was not touched above");
+    assert!(families.len() >= 13, "a metric family was not touched above");
     for family in families {
         let row = format!("| `{}` |", family.name());
         assert!(readme.contains(&row), "README metrics table lacks {row}");

@@ -59,6 +59,12 @@ struct RmlClient {
 impl RmlClient {
     /// TCP, the digest handshake rml_rtmp sends, and `connect`.
     async fn connect(addr: SocketAddr, app: &str) -> Self {
+        Self::try_connect(addr, app).await.expect("connect accepted")
+    }
+
+    /// As [`RmlClient::connect`]; `Err` with the description when the
+    /// server rejects the `connect`.
+    async fn try_connect(addr: SocketAddr, app: &str) -> Result<Self, String> {
         let mut tcp = TcpStream::connect(addr).await.expect("connect to proxy");
         let mut hs = Handshake::new(PeerType::Client);
         tcp.write_all(&hs.generate_outbound_p0_and_p1().unwrap()).await.unwrap();
@@ -97,11 +103,20 @@ impl RmlClient {
         }
         let request = client.session.request_connection(app.to_string()).unwrap();
         client.apply(vec![request]).await;
-        client
-            .wait_for(|e| matches!(e, ClientSessionEvent::ConnectionRequestAccepted))
-            .await
-            .expect("connect accepted");
-        client
+        let outcome = client
+            .wait_for(|e| {
+                matches!(
+                    e,
+                    ClientSessionEvent::ConnectionRequestAccepted
+                        | ClientSessionEvent::ConnectionRequestRejected { .. }
+                )
+            })
+            .await;
+        match outcome {
+            Some(ClientSessionEvent::ConnectionRequestAccepted) => Ok(client),
+            Some(ClientSessionEvent::ConnectionRequestRejected { description }) => Err(description),
+            other => Err(format!("no answer to connect: {other:?}")),
+        }
     }
 
     async fn apply(&mut self, results: Vec<ClientSessionResult>) {
@@ -983,4 +998,47 @@ async fn a_client_with_its_own_chunk_size_and_extended_timestamps_publishes_inta
         .await
         .expect("frame at the origin");
     assert_eq!((got.timestamp, got.payload), (frame.timestamp, frame.payload));
+}
+
+#[tokio::test]
+async fn over_the_connection_cap_clients_are_rejected_at_connect_and_open_relays_go_on() {
+    let config = srs_proxy::config::Config {
+        rtmp_max_connections: 1,
+        ..test_config()
+    };
+    let proxy = TestProxy::start(config).await;
+    let origin = RtmpOrigin::start("origin-a").await;
+    client::post(proxy.api, "/api/v1/srs/register", origin.register_body()).await;
+    let mut publisher = RmlClient::connect(proxy.rtmp, "live").await;
+    publisher.publish("capped").await.expect("publish");
+
+    let refused = RmlClient::try_connect(proxy.rtmp, "live").await;
+    let description = refused.err().expect("a second client over the cap is rejected");
+    assert!(description.contains("connection limit"), "{description}");
+    let refusals = proxy
+        .ctx
+        .metrics
+        .listener_refused_total
+        .with_label_values(&["rtmp", "connection_limit"])
+        .get();
+    assert_eq!(refusals, 1);
+
+    // The admitted publisher is untouched: its media still reaches the origin.
+    let media = test_media(7);
+    publish_media(&mut publisher, &media).await;
+    let received = eventually(BOUND, || async {
+        let got = av_of(&origin.media("live/capped"));
+        (got.len() >= media.len()).then_some(got)
+    })
+    .await
+    .expect("media after a refusal");
+    assert_eq!(received, media);
+
+    // Once it leaves, a new client is admitted.
+    drop(publisher);
+    let admitted = eventually(BOUND, || async {
+        RmlClient::try_connect(proxy.rtmp, "live").await.ok()
+    })
+    .await;
+    assert!(admitted.is_some(), "a slot frees when a connection closes");
 }

@@ -33,11 +33,11 @@ use tokio_util::sync::CancellationToken;
 use super::endpoints::{pool_view, PoolView};
 use super::lease;
 use super::status::{pool_status, StatusInput};
-use super::WatchGuard;
 use crate::balance::Policy;
 use crate::config::{DiscoveryMode, KubernetesConfig};
 use crate::context::Context;
 use crate::crd::{OriginPool, OriginPoolSpec, OriginPoolStatus};
+use crate::discovery_state::WatchGuard;
 use crate::origin::Origin;
 
 /// Why discovery could not get a client.

@@ -25,9 +25,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Body, BoxError, HttpError};
-use crate::context::{Context, StreamLease};
+use crate::claim::StreamLease;
+use crate::context::Context;
 use crate::metrics::ConnectionGuard;
 use crate::origin::{Origin, Protocol};
+use crate::stream_key::StreamKey;
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -53,6 +55,39 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(header::UPGRADE);
+}
+
+/// `/{app}/{stream}.{ext}?{query}`, each name percent-encoded as a path
+/// segment.
+pub fn origin_target(key: &StreamKey, ext: &str, query: Option<&str>) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+    const SEGMENT: &AsciiSet = &CONTROLS
+        .add(b' ')
+        .add(b'"')
+        .add(b'#')
+        .add(b'%')
+        .add(b'<')
+        .add(b'>')
+        .add(b'?')
+        .add(b'`')
+        .add(b'{')
+        .add(b'}');
+    let mut out = String::new();
+    for part in key.app.split('/') {
+        out.push('/');
+        out.extend(utf8_percent_encode(part, SEGMENT));
+    }
+    out.push('/');
+    out.extend(utf8_percent_encode(&key.stream, SEGMENT));
+    if !ext.is_empty() {
+        out.push('.');
+        out.push_str(ext);
+    }
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }
 
 /// Aborts the upstream connection task when the relay ends, whichever side
@@ -82,31 +117,43 @@ pub async fn send(
     peer: SocketAddr,
 ) -> Result<Upstream, HttpError> {
     let authority = origin.authority(Protocol::Http).ok_or_else(|| {
-        HttpError::new(
+        HttpError::origin(
             StatusCode::BAD_GATEWAY,
             format!("origin {} has no HTTP port", origin.id),
+            "no http port registered",
         )
     })?;
     let timeout = ctx.config.origin_connect_timeout;
+    // A connect that fails sent nothing anywhere: another origin may serve.
     let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&authority)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
-            return Err(HttpError::new(
+            return Err(HttpError::origin(
                 StatusCode::BAD_GATEWAY,
-                format!("origin {} at {authority} refused the connection: {e}", origin.id),
-            ))
+                format!("origin {} refused the connection", origin.id),
+                format!("connect to {authority}: {e}"),
+            )
+            .retryable())
         }
         Err(_) => {
-            return Err(HttpError::new(
+            return Err(HttpError::origin(
                 StatusCode::BAD_GATEWAY,
-                format!("origin {} at {authority} did not accept within {timeout:?}", origin.id),
-            ))
+                format!("origin {} did not accept the connection in time", origin.id),
+                format!("connect to {authority}: no answer within {timeout:?}"),
+            )
+            .retryable())
         }
     };
     let _ = tcp.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
-        .map_err(|e| HttpError::new(StatusCode::BAD_GATEWAY, format!("origin {}: {e}", origin.id)))?;
+        .map_err(|e| {
+            HttpError::origin(
+                StatusCode::BAD_GATEWAY,
+                format!("origin {} failed", origin.id),
+                e.to_string(),
+            )
+        })?;
     let conn = AbortOnDrop(tokio::spawn(async move {
         let _ = conn.await;
     }));
@@ -142,15 +189,17 @@ pub async fn send(
     let response = match tokio::time::timeout(wait, sender.send_request(req)).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
-            return Err(HttpError::new(
+            return Err(HttpError::origin(
                 StatusCode::BAD_GATEWAY,
-                format!("origin {} failed before answering: {e}", origin.id),
+                format!("origin {} failed before answering", origin.id),
+                format!("{authority}: {e}"),
             ))
         }
         Err(_) => {
-            return Err(HttpError::new(
+            return Err(HttpError::origin(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("origin {} sent no response headers within {wait:?}", origin.id),
+                format!("{authority}: no response headers"),
             ))
         }
     };
@@ -255,21 +304,24 @@ pub async fn read_bounded(
     let (parts, body) = upstream.response.into_parts();
     let collect = http_body_util::Limited::new(body, limit).collect();
     let collected = tokio::time::timeout(wait, collect).await.map_err(|_| {
-        HttpError::new(
+        HttpError::origin(
             StatusCode::GATEWAY_TIMEOUT,
             format!("origin did not finish sending the playlist within {wait:?}"),
+            "playlist body timed out",
         )
     })?;
     let collected = collected.map_err(|e| {
         if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            HttpError::new(
+            HttpError::origin(
                 StatusCode::BAD_GATEWAY,
                 format!("origin playlist is larger than {limit} bytes"),
+                "playlist over the limit",
             )
         } else {
-            HttpError::new(
+            HttpError::origin(
                 StatusCode::BAD_GATEWAY,
-                format!("origin failed while sending the playlist: {e}"),
+                "origin failed while sending the playlist",
+                e.to_string(),
             )
         }
     })?;

@@ -1,33 +1,37 @@
-//! HTTP streaming server (`PROXY_HTTP_SERVER`): HTTP-FLV, HTTP-TS, HLS and
-//! static files, plus the accept loop the system API shares.
+//! HTTP: the streaming server (`PROXY_HTTP_SERVER`: HTTP-FLV, HTTP-TS, HLS,
+//! static files) and the plumbing every HTTP listener shares.
 //!
-//! The request path reads top to bottom: [`serve`] accepts and drains,
-//! [`route`] classifies the request, [`stream`] resolves the origin and
-//! [`forward`] relays bytes. Errors become a response in one place,
-//! [`HttpError::into_response`].
+//! The request path of the streaming server, in file order:
+//!
+//! * [`serve`] — one HTTP/1.1 connection: header limits, drain, refusal
+//!   when the listener is full (shared with the system API);
+//! * [`route`] — classifies a request by path and method, parses its
+//!   [`StreamKey`](crate::stream_key::StreamKey), counts it;
+//! * [`live`] — FLV/TS live streams: claim (`crate::claim`), forward, relay;
+//! * [`hls`] — playlists (claim, fetch, rewrite) and segments, with
+//!   [`hls_session`] keeping the routing tokens;
+//! * [`forward`] — one request to an origin and the streamed response;
+//! * [`static_files`] — everything that is not a stream.
+//!
+//! A failure becomes a response in one place, [`HttpError::into_response`].
 
 pub mod forward;
+pub mod hls;
+pub mod hls_session;
+pub mod live;
+pub mod route;
+pub mod serve;
 pub mod static_files;
-pub mod stream;
-
-use std::convert::Infallible;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+pub mod versions;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
-use crate::context::{ClaimError, Context};
+use crate::claim::ClaimError;
+use crate::error::{Failure, Fault};
+use crate::store::StoreError;
 
 /// Error type of response bodies: anything that can end a relayed body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -43,24 +47,57 @@ pub fn full(data: impl Into<Bytes>) -> Body {
 #[derive(Debug)]
 pub struct HttpError {
     pub status: StatusCode,
+    /// The one line the client is sent. Never an address or an OS error.
     pub reason: String,
+    pub fault: Fault,
+    /// What only the log gets: addresses, OS errors.
+    pub detail: Option<String>,
+    /// The origin could not be reached and nothing was sent yet: the same
+    /// request could be served by another origin.
+    pub retry_elsewhere: bool,
 }
 
 impl HttpError {
+    /// A failure whose fault follows from its status: 4xx the client's,
+    /// 5xx the proxy's.
     pub fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        let fault = if status.is_client_error() {
+            Fault::Client
+        } else {
+            Fault::Internal
+        };
         Self {
             status,
             reason: reason.into(),
+            fault,
+            detail: None,
+            retry_elsewhere: false,
         }
     }
 
+    /// An origin's failure: `reason` for the client, `detail` for the log.
+    pub fn origin(status: StatusCode, reason: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            fault: Fault::Origin,
+            detail: Some(detail.into()),
+            ..Self::new(status, reason)
+        }
+    }
+
+    /// Marks the failure as one another origin could avoid.
+    pub fn retryable(mut self) -> Self {
+        self.retry_elsewhere = true;
+        self
+    }
+
     /// The one place an error becomes a response: the reason as a single
-    /// text line, logged with the same words.
+    /// text line, logged with the same words (and the detail).
     pub fn into_response(self) -> Response<Body> {
+        let detail = self.detail.as_deref().unwrap_or("");
         if self.status.is_server_error() {
-            tracing::warn!(status = self.status.as_u16(), reason = %self.reason, "request failed");
+            tracing::warn!(status = self.status.as_u16(), fault = self.fault.as_str(), reason = %self.reason, detail, "request failed");
         } else {
-            tracing::info!(status = self.status.as_u16(), reason = %self.reason, "request rejected");
+            tracing::info!(status = self.status.as_u16(), reason = %self.reason, detail, "request rejected");
         }
         let mut resp = Response::new(full(format!("{}\n", self.reason)));
         *resp.status_mut() = self.status;
@@ -72,9 +109,31 @@ impl HttpError {
     }
 }
 
+impl Failure for HttpError {
+    fn fault(&self) -> Fault {
+        self.fault
+    }
+
+    fn retry_elsewhere(&self) -> bool {
+        self.retry_elsewhere
+    }
+}
+
 impl From<ClaimError> for HttpError {
     fn from(e: ClaimError) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        Self {
+            fault: e.fault(),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+    }
+}
+
+impl From<StoreError> for HttpError {
+    fn from(e: StoreError) -> Self {
+        Self {
+            fault: Fault::Store,
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
     }
 }
 
@@ -102,117 +161,4 @@ pub fn add_cors(headers: &mut http::HeaderMap) {
 /// The `Server` header value.
 pub fn server_header() -> HeaderValue {
     HeaderValue::from_str(&format!("{}/{}", crate::SIGNATURE, crate::VERSION)).expect("ascii")
-}
-
-/// Accepts HTTP/1.1 connections until draining starts; each connection
-/// finishes its current response during the grace period and is cut at
-/// abort. `handle` answers one request.
-pub async fn serve<H, F>(listener: TcpListener, ctx: Context, name: &'static str, handle: H) -> std::io::Result<()>
-where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-{
-    let tracker = TaskTracker::new();
-    while let Some((tcp, peer)) = crate::server::accept(&listener, &ctx, name).await {
-        let _ = tcp.set_nodelay(true);
-        let handle = handle.clone();
-        let ctx = ctx.clone();
-        let span = tracing::info_span!("conn", server = name, %peer);
-        tracker.spawn(
-            async move {
-                let svc = service_fn(move |req| {
-                    let handle = handle.clone();
-                    async move { Ok::<_, Infallible>(handle(req, peer).await) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(30))
-                    .serve_connection(TokioIo::new(tcp), svc);
-                tokio::pin!(conn);
-                let result = tokio::select! {
-                    r = conn.as_mut() => r,
-                    _ = ctx.shutdown.draining() => {
-                        conn.as_mut().graceful_shutdown();
-                        tokio::select! {
-                            r = conn.as_mut() => r,
-                            _ = ctx.shutdown.aborted() => Ok(()),
-                        }
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            }
-            .instrument(span),
-        );
-    }
-    // Close the socket now so new connections are refused at once, not
-    // left in the backlog while open streams finish.
-    drop(listener);
-    tracker.close();
-    tracker.wait().await;
-    Ok(())
-}
-
-/// Runs the streaming server.
-pub async fn run(listener: TcpListener, ctx: Context) -> std::io::Result<()> {
-    let state = Arc::new(stream::HttpState::new(ctx.clone()));
-    serve(listener, ctx, "http", move |req, peer| {
-        let state = state.clone();
-        async move { route(&state, req, peer).await }
-    })
-    .await
-}
-
-/// Classifies a request and answers it; counts it by route and status.
-async fn route(state: &stream::HttpState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let span = tracing::info_span!(
-        "request",
-        method = %req.method(),
-        path = %req.uri().path(),
-        stream = tracing::field::Empty,
-        origin = tracing::field::Empty,
-    );
-    route_in_span(state, req, peer).instrument(span).await
-}
-
-async fn route_in_span(state: &stream::HttpState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let path = req.uri().path().to_string();
-    let (class, result) = if path == "/api/v1/versions" {
-        ("versions", Ok(crate::api::versions(&state.ctx).await))
-    } else if req.method() == Method::OPTIONS {
-        ("options", Ok(preflight()))
-    } else if req.method() != Method::GET && req.method() != Method::HEAD {
-        (
-            "other",
-            Err(HttpError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("method {} not allowed; streams are GET or HEAD", req.method()),
-            )),
-        )
-    } else {
-        match stream::classify(&path) {
-            Some(kind) => (kind.as_str(), stream::handle(state, kind, req, peer).await),
-            None => (
-                "static",
-                static_files::handle(state.ctx.config.static_files.as_deref(), &req).await,
-            ),
-        }
-    };
-    let mut resp = result.unwrap_or_else(HttpError::into_response);
-    add_cors(resp.headers_mut());
-    resp.headers_mut().entry(header::SERVER).or_insert_with(server_header);
-    state
-        .ctx
-        .metrics
-        .http_requests_total
-        .with_label_values(&[class, resp.status().as_str()])
-        .inc();
-    resp
-}
-
-fn preflight() -> Response<Body> {
-    let mut resp = Response::new(full(Bytes::new()));
-    *resp.status_mut() = StatusCode::OK;
-    resp
 }

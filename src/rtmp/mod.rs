@@ -41,7 +41,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use self::chunk::Message;
@@ -49,7 +48,10 @@ use self::command::{status, Command};
 use self::conn::{ConnError, MessageReader, MessageWriter};
 use self::relay::{Counters, Side, StreamIds};
 use self::session::{Request, Role};
-use crate::context::{ClaimError, Context};
+use crate::claim::ClaimError;
+use crate::context::Context;
+use crate::error::{Failure, Fault};
+use crate::listener::Handler;
 use crate::stream_key::StreamKeyError;
 
 /// Our outgoing chunk size on both legs, as SRS uses: large enough that a
@@ -146,31 +148,39 @@ impl RtmpError {
         };
         Some(Command::on_status(status::LEVEL_ERROR, code, &self.to_string()).to_message(request.client_stream_id))
     }
+}
 
-    /// Whether the fault lies with the origin (logged louder than clients
-    /// that send garbage).
-    fn origin_side(&self) -> bool {
-        matches!(
-            self,
+impl Failure for RtmpError {
+    fn fault(&self) -> Fault {
+        match self {
+            RtmpError::Claim(e) => e.fault(),
             RtmpError::NoRtmpPort(_)
-                | RtmpError::OriginConnect(..)
-                | RtmpError::OriginHandshake(_)
-                | RtmpError::Origin(_)
-                | RtmpError::OriginClosed
-                | RtmpError::OriginTimeout(_)
-                | RtmpError::OriginBadReply(_)
-                | RtmpError::OriginRefused { .. }
-                | RtmpError::Claim(_)
-        )
+            | RtmpError::OriginConnect(..)
+            | RtmpError::OriginHandshake(_)
+            | RtmpError::Origin(_)
+            | RtmpError::OriginClosed
+            | RtmpError::OriginTimeout(_)
+            | RtmpError::OriginBadReply(_)
+            | RtmpError::OriginRefused { .. } => Fault::Origin,
+            _ => Fault::Client,
+        }
+    }
+
+    fn retry_elsewhere(&self) -> bool {
+        // Only a connect that failed: the origin heard nothing.
+        matches!(self, RtmpError::OriginConnect(..))
     }
 }
 
-/// Accepts RTMP clients until draining starts, then waits for open relays
-/// (which end at the latest when the proxy aborts them).
-pub async fn run(listener: TcpListener, ctx: Context) -> std::io::Result<()> {
-    let settings = Settings::from_context(&ctx);
-    let tracker = TaskTracker::new();
-    while let Some((tcp, peer)) = crate::server::accept(&listener, &ctx, "rtmp").await {
+/// The RTMP server's connection handler.
+#[derive(Clone)]
+struct RtmpServer {
+    ctx: Context,
+    settings: Settings,
+}
+
+impl Handler for RtmpServer {
+    async fn serve(&self, tcp: TcpStream, peer: SocketAddr) {
         let span = tracing::info_span!(
             "rtmp",
             %peer,
@@ -178,26 +188,39 @@ pub async fn run(listener: TcpListener, ctx: Context) -> std::io::Result<()> {
             stream = tracing::field::Empty,
             origin = tracing::field::Empty,
         );
-        let (ctx, settings) = (ctx.clone(), settings.clone());
-        tracker.spawn(
-            async move {
-                // Force-quit cuts every connection, including those still in
-                // the handshake or setup, which no stream lease watches yet.
-                tokio::select! {
-                    _ = serve(tcp, peer, ctx.clone(), settings) => {}
-                    _ = ctx.shutdown.aborted() => tracing::info!("proxy shutting down; connection cut"),
-                }
-            }
-            .instrument(span),
-        );
+        serve(tcp, peer, self.ctx.clone(), self.settings.clone())
+            .instrument(span)
+            .await
     }
-    // Closing the socket now makes new clients fail fast (connection
-    // refused) instead of waiting in the backlog of a listener nobody
-    // accepts from while open relays finish.
-    drop(listener);
-    tracker.close();
-    tracker.wait().await;
-    Ok(())
+
+    async fn refuse(&self, mut tcp: TcpStream, _peer: SocketAddr) {
+        if handshake::accept(&mut tcp, self.settings.handshake_timeout)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let (r, w) = tcp.into_split();
+        let mut reader = MessageReader::new(r, self.settings.max_message_size);
+        let mut writer = MessageWriter::new(w);
+        session::reject_connect(
+            &mut reader,
+            &mut writer,
+            "server is at its connection limit; retry later",
+        )
+        .await;
+    }
+}
+
+/// Accepts RTMP clients until draining starts, then waits for open relays
+/// (which end at the latest when the proxy aborts them).
+pub async fn run(listener: TcpListener, ctx: Context) {
+    let server = RtmpServer {
+        settings: Settings::from_context(&ctx),
+        ctx: ctx.clone(),
+    };
+    let max = ctx.config.rtmp_max_connections;
+    crate::listener::serve(listener, ctx, "rtmp", max, server).await
 }
 
 /// One client connection, start to end.
@@ -284,7 +307,7 @@ async fn refuse<R, W>(
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    if error.origin_side() {
+    if error.fault() == Fault::Origin {
         tracing::warn!(error = %error, "refusing RTMP client");
     } else {
         tracing::info!(error = %error, "closing RTMP connection");

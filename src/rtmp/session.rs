@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::amf0::Value;
 use super::chunk::Message;
-use super::command::{Command, Connect};
+use super::command::{status, Command, Connect};
 use super::conn::{ConnError, MessageReader, MessageWriter};
 use super::key::stream_key;
 use super::message::{limit_type, type_id, Control, UserControl};
@@ -210,6 +210,27 @@ where
     }
     let command = Command::from_message(&message).map_err(RtmpError::ClientCommand)?;
     Ok(Some((command, message)))
+}
+
+/// Turns a client away before it starts: waits for its `connect` (the
+/// caller bounds how long) and answers it with an `_error`
+/// `NetConnection.Connect.Rejected` carrying `reason`, then closes.
+pub async fn reject_connect<R, W>(reader: &mut MessageReader<R>, writer: &mut MessageWriter<W>, reason: &str)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    while let Ok(Some(message)) = reader.read().await {
+        if !matches!(message.type_id, type_id::COMMAND_AMF0 | type_id::COMMAND_AMF3) {
+            continue;
+        }
+        if let Ok(Command::Connect(connect)) = Command::from_message(&message) {
+            let reply = Command::error(connect.transaction_id, status::CONNECT_REJECTED, reason);
+            let _ = writer.send(&reply.to_message(0)).await;
+            break;
+        }
+    }
+    let _ = writer.shutdown().await;
 }
 
 fn is_reply(command: &Command) -> bool {

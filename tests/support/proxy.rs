@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use srs_proxy::config::{Config, ListenAddr};
 use srs_proxy::context::Context;
-use srs_proxy::server::{self, Listeners};
+use srs_proxy::server::{self, Listeners, Stopped};
 use srs_proxy::store::{MemoryStore, Store};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Config for tests: loopback port 0 everywhere, short timeouts.
@@ -32,7 +33,9 @@ pub struct TestProxy {
     pub rtmp: SocketAddr,
     pub api: SocketAddr,
     pub ctx: Context,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    /// Sends the proxy its SIGTERM.
+    signal: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Stopped>>,
 }
 
 impl TestProxy {
@@ -49,33 +52,26 @@ impl TestProxy {
         let rtmp = listeners.rtmp.local_addr().unwrap();
         let api = listeners.system_api.local_addr().unwrap();
         let ctx = Context::new(config, store);
-        let task = tokio::spawn(server::run(ctx.clone(), listeners));
+        let (signal, received) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(ctx.clone(), listeners, async {
+            let _ = received.await;
+        }));
         Self {
             http,
             rtmp,
             api,
             ctx,
+            signal: Some(signal),
             task: Some(task),
         }
     }
 
-    /// Drains like SIGTERM does and waits for the servers to stop.
-    pub async fn drain(&mut self) {
-        let task = self.task.take().expect("running");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let ctx = self.ctx.clone();
-        let drain = tokio::spawn(async move {
-            server::drain(&ctx, async {
-                let _ = rx.await;
-            })
-            .await
-        });
-        let _ = task.await;
-        let _ = tx.send(());
-        let _ = drain.await;
+    /// Sends the signal SIGTERM sends and waits for the proxy to stop.
+    pub async fn drain(&mut self) -> Stopped {
+        let _ = self.signal.take().expect("running").send(());
+        self.task.take().expect("running").await.expect("proxy task")
     }
 }
-
 impl Drop for TestProxy {
     fn drop(&mut self) {
         self.ctx.shutdown.abort();

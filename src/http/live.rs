@@ -1,0 +1,28 @@
+//! HTTP-FLV and HTTP-TS live streams: claim the stream, forward the request
+//! to its origin, relay the body for as long as both sides stay connected
+//! and the origin stays live.
+
+use http::Response;
+
+use super::forward::{self, relay};
+use super::route::{StreamKind, StreamRequest};
+use super::{Body, HttpError};
+use crate::context::Context;
+use crate::origin::Protocol;
+
+/// A live FLV/TS stream: held open, relayed as it arrives.
+pub async fn serve(ctx: &Context, kind: StreamKind, sr: &StreamRequest<'_>) -> Result<Response<Body>, HttpError> {
+    let key = &sr.key;
+    let lease = ctx.claim(key, Protocol::Http).await?;
+    let origin = lease.origin().clone();
+    let protocol = if kind == StreamKind::Flv { "http-flv" } else { "http-ts" };
+    let upstream = forward::send(ctx, &origin, sr.req.method(), &sr.target, sr.req.headers(), sr.peer).await?;
+    let status = upstream.response.status();
+    tracing::info!(stream = %key, origin = %origin.id, status = status.as_u16(), "relaying {protocol}");
+    if !status.is_success() {
+        ctx.forget_claim(key, &origin.id, lease.outcome()).await;
+    }
+    let guard = status.is_success().then(|| ctx.metrics.connection(protocol, "player"));
+    let bytes = ctx.metrics.bytes_relayed_total.with_label_values(&[protocol, "out"]);
+    Ok(relay(upstream, status.is_success().then_some(lease), bytes, guard))
+}

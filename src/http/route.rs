@@ -1,0 +1,190 @@
+//! The streaming server's routing: what a request asks for, by method and
+//! path, and which handler answers it.
+//!
+//! * `GET /api/v1/versions` — versions (readiness);
+//! * `OPTIONS` — CORS preflight;
+//! * `.flv`, `.ts` (a live stream) → [`live`](super::live);
+//! * `.m3u8`, segments, `.ts` named like a segment or carrying an HLS
+//!   token → [`hls`](super::hls);
+//! * anything else → [`static_files`](super::static_files).
+//!
+//! Every request is counted by route class, status and fault.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use super::hls_session::HlsSessions;
+use super::serve::HttpServer;
+use super::{add_cors, full, hls, live, server_header, static_files, versions, Body, HttpError};
+use crate::context::Context;
+use crate::error::NO_FAULT;
+use crate::stream_key::StreamKey;
+
+/// What a request path asks for, by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    Flv,
+    /// HTTP-TS live stream, or an HLS segment (decided per request).
+    Ts,
+    Playlist,
+    Segment,
+}
+
+impl StreamKind {
+    /// Route class for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Flv => "flv",
+            Self::Ts => "ts",
+            Self::Playlist => "m3u8",
+            Self::Segment => "segment",
+        }
+    }
+}
+
+/// Classifies a path by the extension of its last segment; `None` means
+/// it is not a stream resource (static files, or 404).
+pub fn classify(path: &str) -> Option<StreamKind> {
+    let file = path.rsplit('/').next().unwrap_or("");
+    let ext = file.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase())?;
+    Some(match ext.as_str() {
+        "flv" => StreamKind::Flv,
+        "ts" => StreamKind::Ts,
+        "m3u8" => StreamKind::Playlist,
+        "m4s" | "mp4" | "m4a" | "m4v" | "aac" | "mp3" | "ac3" | "ec3" | "vtt" | "webvtt" | "key" | "cmfv" | "cmfa" => {
+            StreamKind::Segment
+        }
+        _ => return None,
+    })
+}
+
+/// State of the streaming server.
+pub struct HttpState {
+    pub ctx: Context,
+    /// HLS routing tokens handed out by this replica.
+    pub sessions: HlsSessions,
+}
+
+/// A stream request, parsed once for every handler.
+pub struct StreamRequest<'a> {
+    /// The client's request: method, headers, query.
+    pub req: &'a Request<Incoming>,
+    /// The stream the path names.
+    pub key: StreamKey,
+    /// What the origin is asked for: the key's path, never the raw one, so
+    /// `?app=&stream=` cannot make one stream be served from another's
+    /// origin and no dot segment reaches an origin.
+    pub target: String,
+    pub peer: SocketAddr,
+}
+
+/// Runs the streaming server until the drain has stopped it.
+pub async fn run(listener: TcpListener, ctx: Context) {
+    let max = ctx.config.http_max_connections;
+    let state = Arc::new(HttpState {
+        sessions: HlsSessions::new(ctx.config.hls_session_ttl),
+        ctx: ctx.clone(),
+    });
+    let server = HttpServer::new(ctx.clone(), move |req, peer| {
+        let state = state.clone();
+        async move { route(&state, req, peer).await }
+    });
+    crate::listener::serve(listener, ctx, "http", max, server).await
+}
+
+/// Classifies a request and answers it; counts it by route and status.
+async fn route(state: &HttpState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        stream = tracing::field::Empty,
+        origin = tracing::field::Empty,
+    );
+    route_in_span(state, req, peer).instrument(span).await
+}
+
+async fn route_in_span(state: &HttpState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let (class, result) = if path == versions::PATH {
+        ("versions", Ok(versions::versions(&state.ctx).await))
+    } else if req.method() == Method::OPTIONS {
+        ("options", Ok(preflight()))
+    } else if req.method() != Method::GET && req.method() != Method::HEAD {
+        (
+            "other",
+            Err(HttpError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("method {} not allowed; streams are GET or HEAD", req.method()),
+            )),
+        )
+    } else {
+        match classify(&path) {
+            Some(kind) => (kind.as_str(), stream(state, kind, &req, peer).await),
+            None => (
+                "static",
+                static_files::handle(state.ctx.config.static_files.as_deref(), &req).await,
+            ),
+        }
+    };
+    let (mut resp, fault) = match result {
+        Ok(resp) => (resp, NO_FAULT),
+        Err(e) => {
+            let fault = e.fault.as_str();
+            (e.into_response(), fault)
+        }
+    };
+    add_cors(resp.headers_mut());
+    resp.headers_mut().entry(header::SERVER).or_insert_with(server_header);
+    state
+        .ctx
+        .metrics
+        .http_requests_total
+        .with_label_values(&[class, resp.status().as_str(), fault])
+        .inc();
+    resp
+}
+
+/// Parses the stream the path names and hands the request to its handler.
+async fn stream(
+    state: &HttpState,
+    kind: StreamKind,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, HttpError> {
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    let (key, ext) = StreamKey::from_http(req.uri().path(), req.uri().query(), host)
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("bad stream path: {e}")))?;
+    tracing::Span::current().record("stream", tracing::field::display(&key));
+    tracing::debug!(stream = %key, kind = kind.as_str(), "stream request");
+    let target = super::forward::origin_target(&key, &ext, req.uri().query());
+    let sr = StreamRequest { req, key, target, peer };
+    // A token names the origin directly, for playlists and segments alike
+    // (never for FLV: a live stream always holds a lease).
+    if kind != StreamKind::Flv {
+        if let Some(resp) = hls::by_token(state, kind, &sr).await? {
+            return Ok(resp);
+        }
+    }
+    match kind {
+        StreamKind::Flv => live::serve(&state.ctx, kind, &sr).await,
+        StreamKind::Ts => match hls::numbered_segment(&state.ctx, &sr).await? {
+            Some(resp) => Ok(resp),
+            None => live::serve(&state.ctx, kind, &sr).await,
+        },
+        StreamKind::Playlist => hls::playlist(state, &sr).await,
+        StreamKind::Segment => hls::segment(&state.ctx, &sr).await,
+    }
+}
+
+fn preflight() -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = StatusCode::OK;
+    resp
+}

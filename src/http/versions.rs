@@ -1,0 +1,46 @@
+//! `GET /api/v1/versions`: SRS's versions API, answered on every HTTP
+//! listener, and the readiness probe (200 while serving, 503 with the
+//! reason while draining, while discovery is failing or the store is
+//! unusable).
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::{full, server_header, Body};
+use crate::context::Context;
+
+/// The path SRS answers its versions on.
+pub const PATH: &str = "/api/v1/versions";
+
+/// A JSON response with the `Server` header.
+pub fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::SERVER, server_header());
+    resp
+}
+
+/// The versions API, also the readiness probe.
+pub async fn versions(ctx: &Context) -> Response<Body> {
+    let mut parts = crate::VERSION.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor, revision) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    let data = json!({
+        "major": major, "minor": minor, "revision": revision,
+        "version": crate::VERSION, "signature": crate::SIGNATURE,
+    });
+    let pid = std::process::id().to_string();
+    match ctx.ready().await {
+        Ok(()) => json_response(StatusCode::OK, &json!({"code": 0, "pid": pid, "data": data})),
+        Err(reason) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"code": 503, "pid": pid, "data": data, "error": reason}),
+        ),
+    }
+}
