@@ -28,7 +28,7 @@ deps:
 	    echo "installing:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "missing:$$missing — run: sudo apt-get install -y $(APT_PACKAGES)"; exit 1; \
+	    echo "missing:$$missing — as root (or with sudo) run: apt-get install -y $(APT_PACKAGES)"; exit 1; \
 	  fi; \
 	fi
 

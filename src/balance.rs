@@ -16,7 +16,7 @@ use crate::origin::Origin;
 use crate::stream_key::StreamKey;
 
 /// How a new stream is placed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
     /// Fewest active streams per unit of weight; ties broken at random.
@@ -60,6 +60,7 @@ impl FromStr for Policy {
 #[derive(Debug, Clone, Copy)]
 pub struct Candidate<'a> {
     pub origin: &'a Origin,
+    /// Streams the origin holds now: the load least-streams compares.
     pub streams: u32,
 }
 
@@ -136,8 +137,15 @@ fn race<'a, 'b>(text: &str, eligible: &[&'b Candidate<'a>], weighted: bool) -> &
 /// Redis script has it built in (`redis.sha1hex`) and computes exactly the
 /// same number; the result is the same on every build and every replica.
 pub fn draw(text: &str, id: &str) -> f64 {
-    let hex = fred::util::sha1_hash(&format!("{text}\n{id}"));
-    let bits = u64::from_str_radix(&hex[..13], 16).expect("sha1 is hex");
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(text.as_bytes());
+    ctx.update(b"\n");
+    ctx.update(id.as_bytes());
+    let digest = ctx.finish();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    // 13 hex digits = the top 52 bits of the digest.
+    let bits = u64::from_be_bytes(first) >> 12;
     (bits as f64 + 0.5) / (1u64 << 52) as f64
 }
 
@@ -317,6 +325,9 @@ mod tests {
         assert!(u > 0.0 && u < 1.0);
         assert_eq!(u, draw("__defaultVhost__/live/livestream", "origin-a"));
         assert_ne!(u, draw("__defaultVhost__/live/livestream", "origin-b"));
+        // SHA-1("__defaultVhost__/live/livestream\norigin-a") starts
+        // 53f04e87b5ee1: what redis.sha1hex gives the script too.
+        assert_eq!(u, (0x0005_3f04_e87b_5ee1_u64 as f64 + 0.5) / (1u64 << 52) as f64);
     }
 
     #[test]

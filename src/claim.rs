@@ -105,6 +105,8 @@ pub struct StreamLease {
     outcome: ClaimOutcome,
     /// Cancelled by the refresher when the relay must end.
     lost: CancellationToken,
+    /// Refreshes the mapping and watches for the origin going away;
+    /// aborted when the lease drops.
     refresher: JoinHandle<()>,
     /// Set when dropping the lease must release the mapping (publishers).
     release: Option<Context>,

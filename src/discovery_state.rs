@@ -80,6 +80,7 @@ impl DiscoveryState {
 /// One watch's entry in [`DiscoveryState`].
 pub(crate) struct WatchGuard {
     state: DiscoveryState,
+    /// The watch, as readiness reasons name it.
     name: String,
 }
 

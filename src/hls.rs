@@ -124,7 +124,8 @@ fn has_scheme(uri: &str) -> bool {
 }
 
 /// Adds (or replaces) `spbhid=token` in a relative or absolute-path URI,
-/// keeping its other query parameters and fragment.
+/// keeping its other query parameters and fragment byte for byte (they are
+/// split, never decoded and re-encoded: the origin reads them back).
 pub fn with_token(uri: &str, token: &str) -> String {
     if uri.starts_with("//") || has_scheme(uri) {
         return uri.to_string();
@@ -150,12 +151,10 @@ pub fn with_token(uri: &str, token: &str) -> String {
 }
 
 /// The routing token of a request's query string, if any.
-pub fn token_from_query(query: Option<&str>) -> Option<&str> {
-    query?
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .find(|(k, v)| *k == TOKEN_PARAM && !v.is_empty())
-        .map(|(_, v)| v)
+pub fn token_from_query(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, v)| k == TOKEN_PARAM && !v.is_empty())
+        .map(|(_, v)| v.into_owned())
 }
 
 /// A fresh unguessable token: 128 random bits, hex.
@@ -263,7 +262,7 @@ mod tests {
         assert!(is_valid_token(&a));
         assert_ne!(a, new_token());
         assert!(!is_valid_token("../x"));
-        assert_eq!(token_from_query(Some(&format!("a=1&spbhid={T}"))), Some(T));
+        assert_eq!(token_from_query(Some(&format!("a=1&spbhid={T}"))).as_deref(), Some(T));
         assert_eq!(token_from_query(Some("spbhid=")), None);
         assert_eq!(token_from_query(None), None);
     }

@@ -6,24 +6,59 @@
 //!
 //! # Layout
 //!
-//! The modules read like the request path:
+//! Process and shared state:
 //!
-//! * [`config`] — flags > env (`PROXY_*`, `.env`) > YAML file > defaults.
+//! * [`config`] — flags > env (`PROXY_*`, `.env`) > YAML file > defaults;
+//!   one row per setting in `config/keys.rs`.
+//! * [`server`] — binds the listeners and owns the lifecycle: run, drain on
+//!   the signal, abort after the grace period, force-quit. [`shutdown`]
+//!   carries the signal to every task.
+//! * [`listener`] — every listening socket: backlog, accept loop,
+//!   connection cap, the drain contract.
+//! * [`context`] — the cloneable handle every task gets: config, store,
+//!   metrics, shutdown, what discovery says.
+//! * [`error`] — where a failure came from and whether another origin
+//!   could serve; [`metrics`] — the Prometheus registry.
+//!
+//! Routing (the control plane the data plane asks through [`claim`]):
+//!
 //! * [`stream_key`] — the one identity of a stream, `vhost/app/stream`.
 //! * [`origin`] — an SRS origin and the endpoint forms SRS advertises.
-//! * [`store`] — routing state: origins, stream claims, HLS sessions
-//!   (memory or Redis behind one contract).
-//! * [`balance`] — pure policies that pick an origin for a new stream.
-//! * [`context`] — the cloneable handle every task gets: config, store,
-//!   metrics, shutdown; `claim` turns a stream key into a [`context::StreamLease`].
-//! * [`crd`] — the `OriginPool` custom resource; [`discovery`] watches it
-//!   and the EndpointSlices it names and registers ready pods as origins.
-//! * [`api`] — the system API: versions (readiness), register, metrics.
-//! * [`http`] — HTTP-FLV / HTTP-TS / HLS streaming and static files;
-//!   [`hls`] rewrites playlists so segments follow their stream.
+//! * [`claim`] — stream key → origin, atomically; the lease that keeps the
+//!   mapping while a relay runs and ends the relay when the origin goes.
+//! * [`store`] — routing state: origins, stream claims, sessions (memory or
+//!   Redis behind one contract); [`balance`] — pure placement policies.
+//! * [`discovery`] — Kubernetes EndpointSlices (via the [`crd`]
+//!   `OriginPool`) into the store; [`discovery_state`] is what it tells the
+//!   rest (readiness, policy). [`api`] — the system API: register
+//!   (heartbeats), versions, metrics, admin listings.
+//!
+//! Data plane:
+//!
+//! * [`http`] — HTTP-FLV / HTTP-TS / HLS and static files; [`hls`]
+//!   rewrites playlists so segments follow their stream.
 //! * [`rtmp`] — RTMP publish/play: codec, session, origin replay, relay.
-//! * [`metrics`], [`shutdown`] — Prometheus registry and the drain signal.
-//! * [`server`] — binds the listeners and runs every server until shutdown.
+//!
+//! # An HTTP-FLV play, file by file
+//!
+//! `listener.rs` accepts the connection (cap, drain) → `http/serve.rs`
+//! runs HTTP/1.1 on it → `http/route.rs` classifies `GET /live/s.flv` and
+//! parses it into an `http/request.rs` `StreamRequest` (key from
+//! `stream_key.rs`) → `http/live.rs` claims the stream (`claim.rs` →
+//! `store/`, policy from `balance.rs`) → `http/forward.rs` connects to the
+//! origin and relays the body until either side ends or the lease says the
+//! origin is gone.
+//!
+//! # An RTMP publish, file by file
+//!
+//! `listener.rs` accepts → `rtmp/mod.rs` runs the connection →
+//! `rtmp/handshake.rs` → `rtmp/session.rs` answers `connect`,
+//! `createStream`, … until `publish` (messages through `rtmp/conn.rs`,
+//! `chunk.rs`, `amf0.rs`, `command.rs`) → `rtmp/key.rs` turns tcUrl and
+//! stream name into the key → `claim.rs` places the stream →
+//! `rtmp/upstream.rs` connects to the origin and replays the setup →
+//! `rtmp/relay.rs` relays both ways; the publisher's lease releases the
+//! mapping when it leaves.
 #![forbid(unsafe_code)]
 
 pub mod api;

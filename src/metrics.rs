@@ -115,6 +115,7 @@ impl Metrics {
 
 /// Decrements `connections_active` when dropped.
 pub struct ConnectionGuard {
+    /// The `connections_active` series of this connection's labels.
     gauge: prometheus::IntGauge,
 }
 

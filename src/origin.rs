@@ -7,7 +7,6 @@
 //! always ignored, because the origin's reachable address is its `ip`.
 
 use std::fmt;
-use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -106,13 +105,6 @@ impl Origin {
         } else {
             format!("{}:{port}", self.ip)
         })
-    }
-
-    /// The socket address for `protocol` when `ip` is a literal address.
-    pub fn socket_addr(&self, protocol: Protocol) -> Option<SocketAddr> {
-        let port = self.port(protocol)?;
-        let ip = self.ip.parse().ok()?;
-        Some(SocketAddr::new(ip, port))
     }
 }
 
@@ -232,6 +224,5 @@ mod tests {
         };
         assert_eq!(o.authority(Protocol::Http).unwrap(), "[fd00::1]:8080");
         assert_eq!(o.authority(Protocol::Rtmp), None);
-        assert_eq!(o.socket_addr(Protocol::Http).unwrap().port(), 8080);
     }
 }

@@ -15,8 +15,11 @@ use tokio_util::sync::CancellationToken;
 /// Cloneable set of shutdown tokens.
 #[derive(Clone, Default)]
 pub struct Shutdown {
+    /// Stop taking new work.
     drain: CancellationToken,
+    /// Cut what is still open.
     abort: CancellationToken,
+    /// Stop waiting for anything.
     force: CancellationToken,
 }
 

@@ -9,6 +9,20 @@
 //! the difference; a tick at a third of the registration TTL refreshes
 //! them all. Registrations are idempotent, so every replica does this;
 //! status is written by the replica holding the [`lease`](super::lease).
+//!
+//! # Why not `kube::runtime::Controller`
+//!
+//! A Controller reconciles objects that exist; it calls nothing for an
+//! OriginPool that was deleted unless the pool carries a finalizer. Deleting
+//! a pool must remove its origins at once, and a finalizer would make every
+//! proxy a writer of OriginPool metadata (patch rights on the pools, pools
+//! stuck in Terminating whenever no proxy runs, e.g. after the proxy's
+//! Deployment is removed first). A Controller would also watch every
+//! EndpointSlice of the namespace and map each back to pools, where a pool
+//! task watches only its Service's slices by label. So each pool gets a
+//! task of its own, started, updated and stopped by [`reconcile_pools`]
+//! from the reflector's state, and the work of a reconciliation — what to
+//! remove, what to (re-)register — is the pure [`plan`], unit-tested below.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::pin;
@@ -163,7 +177,9 @@ impl PoolDef {
 
 /// A running pool task.
 struct PoolHandle {
+    /// Hands the task a changed spec or status.
     def: watch::Sender<PoolDef>,
+    /// Fired when the pool is deleted: the task removes its origins.
     deleted: CancellationToken,
 }
 
@@ -206,6 +222,19 @@ async fn watch_pools(ctx: &Context, client: Client, namespace: String) {
     }
 }
 
+/// The policy every new stream is placed with, from the pools' choices:
+/// all pools feed one set of origins, so the pools' policy applies when the
+/// pools that set one agree; `None` (the configured `balance_policy`)
+/// otherwise. Also returns the distinct policies asked for.
+fn agreed_policy(asked: impl Iterator<Item = Option<Policy>>) -> (Option<Policy>, BTreeSet<Policy>) {
+    let asked: BTreeSet<Policy> = asked.flatten().collect();
+    let policy = match asked.len() {
+        1 => asked.first().copied(),
+        _ => None,
+    };
+    (policy, asked)
+}
+
 /// Starts, updates and stops pool tasks to match the OriginPools.
 fn reconcile_pools(
     ctx: &Context,
@@ -217,20 +246,11 @@ fn reconcile_pools(
     leader: &watch::Receiver<bool>,
 ) {
     let current: BTreeMap<String, Arc<OriginPool>> = reader.state().into_iter().map(|p| (p.name_any(), p)).collect();
-    // All pools feed one set of origins, so one policy places every new
-    // stream: the pools' when they agree, else the configured one.
-    let asked: BTreeSet<&str> = current
-        .values()
-        .filter_map(|p| p.spec.policy)
-        .map(|p| p.as_str())
-        .collect();
-    let policy = match asked.len() {
-        1 => current.values().find_map(|p| p.spec.policy),
-        _ => None,
-    };
+    let (policy, asked) = agreed_policy(current.values().map(|p| p.spec.policy));
     if ctx.discovery.policy() != policy {
         let applied = policy.unwrap_or(ctx.config.balance_policy);
         if asked.len() > 1 {
+            let asked: Vec<&str> = asked.iter().map(|p| p.as_str()).collect();
             tracing::warn!(policies = ?asked, %applied, "OriginPools ask for different policies; using balance_policy");
         } else {
             tracing::info!(%applied, "balancing policy");
@@ -343,6 +363,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 /// Writes a pool's status when this replica holds the lease.
 struct StatusWriter {
     api: Api<OriginPool>,
+    /// Whether this replica holds the status Lease now.
     leader: watch::Receiver<bool>,
     /// What this replica wrote last, so it does not write it again before
     /// the watch shows it back.
@@ -359,6 +380,7 @@ struct PoolTask {
     registered: BTreeMap<String, Origin>,
     /// The latest merged view of the slices, once listed.
     view: Option<PoolView>,
+    /// `None` in service mode: no OriginPool to write status to.
     status: Option<StatusWriter>,
 }
 
@@ -471,54 +493,29 @@ impl PoolTask {
     ) {
         let slices = reader.state();
         let view = pool_view(&self.name, &def.spec, slices.iter().map(|s| s.as_ref()));
-        let ttl = Duration::from_secs(u64::try_from(def.spec.registration_ttl_seconds).unwrap_or(30).max(1));
+        let ttl = registration_ttl(&def.spec);
         let mut changed = false;
-
-        let gone: Vec<String> = self
-            .registered
-            .keys()
-            .filter(|id| !view.origins.contains_key(*id))
-            .cloned()
-            .collect();
-        for id in gone {
-            let reason = view
-                .endpoints
-                .get(&id)
-                .map_or_else(|| "endpoint removed".to_string(), |e| e.routability.to_string());
+        let steps = plan(&self.registered, &view, refresh_all);
+        for (id, reason) in steps.remove {
             changed |= self.remove(&id, &reason).await;
         }
-
-        for (id, origin) in &view.origins {
-            let known = self.registered.get(id);
-            let new = known != Some(origin);
-            if !new && !refresh_all {
-                continue;
-            }
+        for (origin, change) in steps.register {
+            let id = origin.id.clone();
             match self
                 .ctx
                 .store_op("upsert_origin", self.ctx.store.upsert_origin(origin.clone(), Some(ttl)))
                 .await
             {
                 Ok(()) => {
-                    if new {
-                        changed = true;
-                        let kind = if known.is_some() {
-                            "origin_updated"
-                        } else {
-                            "origin_added"
-                        };
-                        tracing::info!(
-                            pool = %self.name,
-                            origin = %id,
-                            ip = %origin.ip,
-                            ports = ?origin.ports,
-                            reason = if known.is_some() { "endpoint changed" } else { "endpoint ready" },
-                            "{}",
-                            if known.is_some() { "origin updated" } else { "origin added" }
-                        );
-                        self.ctx.metrics.discovery_events_total.with_label_values(&[kind]).inc();
-                        self.registered.insert(id.clone(), origin.clone());
-                    }
+                    let (kind, what, reason) = match change {
+                        Change::Added => ("origin_added", "origin added", "endpoint ready"),
+                        Change::Updated => ("origin_updated", "origin updated", "endpoint changed"),
+                        Change::Refreshed => continue,
+                    };
+                    changed = true;
+                    tracing::info!(pool = %self.name, origin = %id, ip = %origin.ip, ports = ?origin.ports, reason, "{what}");
+                    self.ctx.metrics.discovery_events_total.with_label_values(&[kind]).inc();
+                    self.registered.insert(id, origin);
                 }
                 // The next event or refresh tick tries again.
                 Err(e) => tracing::warn!(pool = %self.name, origin = %id, error = %e, "cannot register origin"),
@@ -618,12 +615,223 @@ impl PoolTask {
     }
 }
 
+/// How long a registration lives unless refreshed: the pool's setting, at
+/// least a second.
+fn registration_ttl(spec: &OriginPoolSpec) -> Duration {
+    Duration::from_secs(u64::try_from(spec.registration_ttl_seconds).unwrap_or(30).max(1))
+}
+
 /// Re-registers at a third of the TTL, so a registration never lapses
 /// while its endpoint is ready.
 fn refresh_timer(spec: &OriginPoolSpec) -> tokio::time::Interval {
-    let ttl = Duration::from_secs(u64::try_from(spec.registration_ttl_seconds).unwrap_or(30).max(1));
-    let period = ttl / 3;
+    let period = registration_ttl(spec) / 3;
     let mut timer = tokio::time::interval_at(Instant::now() + period, period);
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     timer
+}
+
+/// Why an origin is (re-)registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Its endpoint became routable.
+    Added,
+    /// Its address, ports, weight or limit changed.
+    Updated,
+    /// Unchanged; written again to extend its TTL.
+    Refreshed,
+}
+
+/// What one reconciliation does to the store.
+#[derive(Debug, Default, PartialEq)]
+struct Plan {
+    /// Origins this replica registered that are no longer routable, with
+    /// the reason for the log.
+    remove: Vec<(String, String)>,
+    /// Origins to write, and why.
+    register: Vec<(Origin, Change)>,
+}
+
+/// The difference between what this replica registered and what the slices
+/// describe now; with `refresh_all`, unchanged origins are written again.
+fn plan(registered: &BTreeMap<String, Origin>, view: &PoolView, refresh_all: bool) -> Plan {
+    let remove = registered
+        .keys()
+        .filter(|id| !view.origins.contains_key(*id))
+        .map(|id| {
+            let reason = view
+                .endpoints
+                .get(id)
+                .map_or_else(|| "endpoint removed".to_string(), |e| e.routability.to_string());
+            (id.clone(), reason)
+        })
+        .collect();
+    let register = view
+        .origins
+        .iter()
+        .filter_map(|(id, origin)| {
+            let change = match registered.get(id) {
+                None => Change::Added,
+                Some(known) if known != origin => Change::Updated,
+                Some(_) if refresh_all => Change::Refreshed,
+                Some(_) => return None,
+            };
+            Some((origin.clone(), change))
+        })
+        .collect();
+    Plan { remove, register }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::endpoints::{EndpointState, Routability};
+    use crate::origin::{OriginSource, Ports};
+
+    fn origin(id: &str, ip: &str) -> Origin {
+        Origin {
+            id: id.into(),
+            ip: ip.into(),
+            ports: Ports {
+                rtmp: Some(1935),
+                http: Some(8080),
+                ..Ports::default()
+            },
+            source: OriginSource::Kubernetes,
+            weight: 1,
+            max_streams: 0,
+            pool: Some("pool".into()),
+        }
+    }
+
+    fn view(routable: &[(&str, &str)], other: &[(&str, Routability)]) -> PoolView {
+        let mut v = PoolView::default();
+        for (id, ip) in routable {
+            v.origins.insert(id.to_string(), origin(id, ip));
+            let state = EndpointState {
+                ip: ip.to_string(),
+                routability: Routability::Routable,
+            };
+            v.endpoints.insert(id.to_string(), state);
+        }
+        for (id, routability) in other {
+            let state = EndpointState {
+                ip: "10.0.0.99".into(),
+                routability: *routability,
+            };
+            v.endpoints.insert(id.to_string(), state);
+        }
+        v
+    }
+
+    fn registered(origins: &[(&str, &str)]) -> BTreeMap<String, Origin> {
+        origins
+            .iter()
+            .map(|(id, ip)| (id.to_string(), origin(id, ip)))
+            .collect()
+    }
+
+    #[test]
+    fn a_plan_adds_new_updates_changed_and_removes_what_is_not_routable() {
+        let known = registered(&[
+            ("a", "10.0.0.1"),
+            ("b", "10.0.0.2"),
+            ("c", "10.0.0.3"),
+            ("d", "10.0.0.4"),
+        ]);
+        let now = view(
+            &[("a", "10.0.0.1"), ("b", "10.0.0.22"), ("e", "10.0.0.5")],
+            &[("c", Routability::NotReady)],
+        );
+        let p = plan(&known, &now, false);
+        assert_eq!(
+            p.remove,
+            vec![
+                ("c".to_string(), "endpoint not ready".to_string()),
+                ("d".to_string(), "endpoint removed".to_string())
+            ]
+        );
+        let register: Vec<(&str, Change)> = p.register.iter().map(|(o, c)| (o.id.as_str(), *c)).collect();
+        assert_eq!(
+            register,
+            vec![("b", Change::Updated), ("e", Change::Added)],
+            "a is unchanged"
+        );
+        assert_eq!(p.register[0].0.ip, "10.0.0.22");
+    }
+
+    #[test]
+    fn a_refresh_rewrites_every_routable_origin_and_an_unchanged_view_does_nothing() {
+        let known = registered(&[("a", "10.0.0.1"), ("b", "10.0.0.2")]);
+        let now = view(&[("a", "10.0.0.1"), ("b", "10.0.0.2")], &[]);
+        assert_eq!(plan(&known, &now, false), Plan::default());
+        let p = plan(&known, &now, true);
+        assert!(p.remove.is_empty());
+        assert!(p.register.iter().all(|(_, c)| *c == Change::Refreshed));
+        assert_eq!(p.register.len(), 2);
+    }
+
+    #[test]
+    fn a_terminating_endpoint_is_removed_with_its_reason() {
+        let known = registered(&[("a", "10.0.0.1")]);
+        let p = plan(&known, &view(&[], &[("a", Routability::Terminating)]), true);
+        assert_eq!(p.remove, vec![("a".to_string(), "endpoint terminating".to_string())]);
+        assert!(p.register.is_empty());
+    }
+
+    #[test]
+    fn pools_agreeing_set_the_policy_and_disagreeing_pools_fall_back() {
+        use Policy::*;
+        assert_eq!(agreed_policy([None, None].into_iter()).0, None);
+        assert_eq!(
+            agreed_policy([Some(Random), None, Some(Random)].into_iter()).0,
+            Some(Random)
+        );
+        let (policy, asked) = agreed_policy([Some(Random), Some(ConsistentHash)].into_iter());
+        assert_eq!(policy, None);
+        assert_eq!(asked.len(), 2);
+    }
+
+    #[test]
+    fn a_pool_whose_policy_is_not_applied_says_so() {
+        let mut pool = OriginPool::new("p", OriginPoolSpec::for_service("srs"));
+        pool.spec.policy = Some(Policy::Random);
+        let def = PoolDef::of(&pool, Policy::LeastStreams);
+        assert!(def.policy_conflict.unwrap().contains("policy random is not applied"));
+        assert_eq!(PoolDef::of(&pool, Policy::Random).policy_conflict, None);
+    }
+
+    #[test]
+    fn registrations_live_at_least_a_second_and_refresh_at_a_third() {
+        let mut spec = OriginPoolSpec::for_service("srs");
+        spec.registration_ttl_seconds = 0;
+        assert_eq!(registration_ttl(&spec), Duration::from_secs(1));
+        spec.registration_ttl_seconds = -5;
+        assert_eq!(registration_ttl(&spec), Duration::from_secs(30));
+        spec.registration_ttl_seconds = 30;
+        assert_eq!(registration_ttl(&spec) / 3, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn an_error_chain_is_one_line_without_repeats() {
+        #[derive(Debug)]
+        struct E(&'static str, Option<Box<E>>);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for E {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let e = E(
+            "HyperError: connect failed",
+            Some(Box::new(E(
+                "connect failed",
+                Some(Box::new(E("connection refused", None))),
+            ))),
+        );
+        assert_eq!(error_chain(&e), "HyperError: connect failed: connection refused");
+    }
 }

@@ -47,7 +47,11 @@ impl Default for Timing {
 /// What this replica last saw in the Lease, and when (local clock).
 struct Observed {
     holder: Option<String>,
+    /// The holder's last renewal as written in the Lease: a change means
+    /// it is alive, whatever its clock says.
     renew_time: Option<MicroTime>,
+    /// When this replica saw that renewal, on its own clock: expiry is
+    /// measured from here, so clock skew between nodes does not matter.
     at: Instant,
 }
 

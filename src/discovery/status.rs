@@ -14,12 +14,15 @@ use crate::origin::Protocol;
 /// Everything that goes into one pool's status.
 pub struct StatusInput<'a> {
     pub spec: &'a OriginPoolSpec,
+    /// The pool's generation, reported back as `observedGeneration`.
     pub generation: Option<i64>,
     pub view: &'a PoolView,
     /// Streams mapped to the pool's origins in the store.
     pub streams: u32,
     /// Set when the pool's policy is not the one the proxy applies.
     pub policy_conflict: Option<String>,
+    /// The status as it stands, so a condition's `lastTransitionTime` only
+    /// moves when its status does.
     pub previous: Option<&'a OriginPoolStatus>,
     pub now: Time,
 }

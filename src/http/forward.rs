@@ -103,6 +103,8 @@ impl Drop for AbortOnDrop {
 /// An upstream response and the connection that carries it.
 pub struct Upstream {
     pub response: Response<Incoming>,
+    /// Drives the upstream connection; aborted with the relay, so the
+    /// origin connection never outlives the client's.
     conn: AbortOnDrop,
 }
 
@@ -249,11 +251,15 @@ pub fn relay(
 /// The relayed body: upstream frames, counted, cut when the origin is gone.
 struct RelayBody {
     inner: Incoming,
+    /// Keeps the upstream connection alive exactly as long as the body.
     _conn: AbortOnDrop,
     /// Watches the lease; ends the relay when the origin is gone.
     _watcher: Option<AbortOnDrop>,
+    /// Resolves when the origin is gone: the body ends with an error.
     lost: Option<BoxFuture<'static, ()>>,
+    /// Counts relayed bytes as frames pass.
     bytes_out: IntCounter,
+    /// Keeps the player counted as connected while the body lives.
     _guard: Option<ConnectionGuard>,
 }
 

@@ -12,7 +12,7 @@ use http::{header, HeaderValue, Method, Response, StatusCode};
 
 use super::forward::{self, read_bounded, relay, response_headers};
 use super::hls_session::{self, HlsSessions};
-use super::route::{HttpState, StreamKind, StreamRequest};
+use super::request::{HttpState, StreamKind, StreamRequest};
 use super::{full, Body, HttpError};
 use crate::context::Context;
 use crate::hls;
@@ -30,12 +30,12 @@ pub async fn by_token(
     let Some(token) = hls::token_from_query(sr.req.uri().query()) else {
         return Ok(None);
     };
-    let Some((session, origin)) = hls_session::resolve(&state.ctx, token).await? else {
+    let Some((session, origin)) = hls_session::resolve(&state.ctx, &token).await? else {
         tracing::info!(stream = %sr.key, "unknown or expired HLS token; routing by path");
         return Ok(None);
     };
     let resp = match kind {
-        StreamKind::Playlist => fetch_playlist(&state.ctx, sr, &origin, Token::Existing(token)).await?,
+        StreamKind::Playlist => fetch_playlist(&state.ctx, sr, &origin, Token::Existing(&token)).await?,
         _ => from_origin(&state.ctx, sr, &origin, &session.key).await?,
     };
     Ok(Some(resp))

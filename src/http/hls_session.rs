@@ -28,6 +28,7 @@ pub struct HlsSessions {
     tokens: Mutex<HashMap<(StreamKey, String), (String, Instant)>>,
     /// Token count at which the map is next pruned.
     prune_at: AtomicUsize,
+    /// A token older than this is replaced (the store forgets it then).
     ttl: Duration,
 }
 

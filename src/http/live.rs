@@ -5,7 +5,7 @@
 use http::Response;
 
 use super::forward::{self, relay};
-use super::route::{StreamKind, StreamRequest};
+use super::request::{StreamKind, StreamRequest};
 use super::{Body, HttpError};
 use crate::context::Context;
 use crate::origin::Protocol;

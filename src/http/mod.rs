@@ -6,7 +6,8 @@
 //! * [`serve`] — one HTTP/1.1 connection: header limits, drain, refusal
 //!   when the listener is full (shared with the system API);
 //! * [`route`] — classifies a request by path and method, parses its
-//!   [`StreamKey`](crate::stream_key::StreamKey), counts it;
+//!   [`StreamKey`](crate::stream_key::StreamKey) into a
+//!   [`request::StreamRequest`], counts it;
 //! * [`live`] — FLV/TS live streams: claim (`crate::claim`), forward, relay;
 //! * [`hls`] — playlists (claim, fetch, rewrite) and segments, with
 //!   [`hls_session`] keeping the routing tokens;
@@ -19,6 +20,7 @@ pub mod forward;
 pub mod hls;
 pub mod hls_session;
 pub mod live;
+pub mod request;
 pub mod route;
 pub mod serve;
 pub mod static_files;

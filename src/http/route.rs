@@ -20,69 +20,12 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use super::hls_session::HlsSessions;
+use super::request::{classify, HttpState, StreamKind, StreamRequest};
 use super::serve::HttpServer;
 use super::{add_cors, full, hls, live, server_header, static_files, versions, Body, HttpError};
 use crate::context::Context;
 use crate::error::NO_FAULT;
 use crate::stream_key::StreamKey;
-
-/// What a request path asks for, by its extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamKind {
-    Flv,
-    /// HTTP-TS live stream, or an HLS segment (decided per request).
-    Ts,
-    Playlist,
-    Segment,
-}
-
-impl StreamKind {
-    /// Route class for metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Flv => "flv",
-            Self::Ts => "ts",
-            Self::Playlist => "m3u8",
-            Self::Segment => "segment",
-        }
-    }
-}
-
-/// Classifies a path by the extension of its last segment; `None` means
-/// it is not a stream resource (static files, or 404).
-pub fn classify(path: &str) -> Option<StreamKind> {
-    let file = path.rsplit('/').next().unwrap_or("");
-    let ext = file.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase())?;
-    Some(match ext.as_str() {
-        "flv" => StreamKind::Flv,
-        "ts" => StreamKind::Ts,
-        "m3u8" => StreamKind::Playlist,
-        "m4s" | "mp4" | "m4a" | "m4v" | "aac" | "mp3" | "ac3" | "ec3" | "vtt" | "webvtt" | "key" | "cmfv" | "cmfa" => {
-            StreamKind::Segment
-        }
-        _ => return None,
-    })
-}
-
-/// State of the streaming server.
-pub struct HttpState {
-    pub ctx: Context,
-    /// HLS routing tokens handed out by this replica.
-    pub sessions: HlsSessions,
-}
-
-/// A stream request, parsed once for every handler.
-pub struct StreamRequest<'a> {
-    /// The client's request: method, headers, query.
-    pub req: &'a Request<Incoming>,
-    /// The stream the path names.
-    pub key: StreamKey,
-    /// What the origin is asked for: the key's path, never the raw one, so
-    /// `?app=&stream=` cannot make one stream be served from another's
-    /// origin and no dot segment reaches an origin.
-    pub target: String,
-    pub peer: SocketAddr,
-}
 
 /// Runs the streaming server until the drain has stopped it.
 pub async fn run(listener: TcpListener, ctx: Context) {

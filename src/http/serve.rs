@@ -27,7 +27,9 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Serves HTTP/1.1 on each connection, calling `answer` per request.
 #[derive(Clone)]
 pub struct HttpServer<A> {
+    /// For the drain signal.
     ctx: Context,
+    /// Answers one request.
     answer: A,
 }
 

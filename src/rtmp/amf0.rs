@@ -155,6 +155,8 @@ pub enum Amf0Error {
 pub struct Decoder<'a> {
     input: &'a [u8],
     pos: usize,
+    /// Nesting allowed for objects and arrays, so hostile input cannot
+    /// recurse the stack away.
     max_depth: usize,
 }
 

@@ -14,7 +14,12 @@ use std::collections::HashMap;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::message::type_id;
+/// The two protocol control messages the chunk layer itself acts on (RTMP
+/// spec 5.4.1, 5.4.2); [`super::message::type_id`] names them too.
+pub mod type_id {
+    pub const SET_CHUNK_SIZE: u8 = 1;
+    pub const ABORT: u8 = 2;
+}
 
 /// The chunk size both directions start with, before any Set Chunk Size.
 pub const DEFAULT_CHUNK_SIZE: u32 = 128;
@@ -104,6 +109,7 @@ struct ChunkStream {
     extended: bool,
     /// A message has started and not all of its payload has arrived.
     in_progress: bool,
+    /// The payload of the message in progress, so far.
     partial: BytesMut,
 }
 
@@ -111,6 +117,7 @@ struct ChunkStream {
 #[derive(Debug, Clone, Copy)]
 struct InChunk {
     csid: u32,
+    /// Payload bytes of this chunk not read yet.
     remaining: usize,
 }
 
@@ -126,8 +133,13 @@ pub struct ChunkDecoder {
     /// legitimately interleave a large video frame with audio, but not keep
     /// dozens of large messages half-sent.
     max_buffered: usize,
+    /// Payload bytes held in unfinished messages now (bounded by
+    /// `max_buffered`).
     buffered: usize,
+    /// Per chunk stream id: the header state deltas build on.
     streams: HashMap<u32, ChunkStream>,
+    /// Set between a chunk's header and the end of its payload, when the
+    /// buffer ran out in the middle of it.
     in_chunk: Option<InChunk>,
 }
 
@@ -379,6 +391,7 @@ struct SentHeader {
 #[derive(Debug)]
 pub struct ChunkEncoder {
     chunk_size: u32,
+    /// Per chunk stream id: what the next header may be a delta against.
     sent: HashMap<u32, SentHeader>,
 }
 

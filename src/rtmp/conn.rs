@@ -33,6 +33,7 @@ pub enum ConnError {
 /// Reads messages from one peer.
 pub struct MessageReader<R> {
     io: R,
+    /// Bytes read but not yet decoded into messages.
     buf: BytesMut,
     decoder: ChunkDecoder,
     /// Bytes read from the peer so far; acknowledgements report it.
@@ -117,6 +118,8 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
 pub struct MessageWriter<W> {
     io: W,
     encoder: ChunkEncoder,
+    /// Encoded chunks queued until the next flush, so a burst of replies
+    /// leaves in one write.
     buf: BytesMut,
 }
 

@@ -12,8 +12,7 @@ use super::chunk::{parse_chunk_size, read_u32, ChunkError, Message};
 
 /// Message type ids from the RTMP specification.
 pub mod type_id {
-    pub const SET_CHUNK_SIZE: u8 = 1;
-    pub const ABORT: u8 = 2;
+    pub use crate::rtmp::chunk::type_id::{ABORT, SET_CHUNK_SIZE};
     pub const ACKNOWLEDGEMENT: u8 = 3;
     pub const USER_CONTROL: u8 = 4;
     pub const WINDOW_ACK_SIZE: u8 = 5;

@@ -63,10 +63,12 @@ pub const WINDOW_ACK_SIZE: u32 = 2_500_000;
 /// The limits a connection runs under, from the config.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Largest message accepted from either side (`rtmp_max_message_bytes`).
     pub max_message_size: u32,
     /// Bounds the handshake, each wait for a client command before it
     /// publishes or plays, and the origin's answers to the replayed setup.
     pub handshake_timeout: Duration,
+    /// Bound on connecting to the origin.
     pub connect_timeout: Duration,
 }
 

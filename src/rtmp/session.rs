@@ -36,6 +36,8 @@ pub struct Request {
     /// The client's `connect`, replayed verbatim so the origin sees the
     /// original tcUrl and parameters.
     pub connect: Message,
+    /// The transaction id of the client's `connect`, to answer it in
+    /// kind when the origin replies to the replayed one.
     pub connect_transaction: f64,
     /// releaseStream/FCPublish as sent, with their transaction ids.
     pub prelude: Vec<(f64, Message)>,

@@ -1,0 +1,72 @@
+//! What a stream request is, once parsed: its kind (by extension), the
+//! stream it names and what its origin is asked for; and the state the
+//! streaming server's handlers share.
+
+use std::net::SocketAddr;
+
+use http::Request;
+use hyper::body::Incoming;
+
+use super::hls_session::HlsSessions;
+use crate::context::Context;
+use crate::stream_key::StreamKey;
+
+/// What a request path asks for, by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    Flv,
+    /// HTTP-TS live stream, or an HLS segment (decided per request).
+    Ts,
+    Playlist,
+    Segment,
+}
+
+impl StreamKind {
+    /// Route class for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Flv => "flv",
+            Self::Ts => "ts",
+            Self::Playlist => "m3u8",
+            Self::Segment => "segment",
+        }
+    }
+}
+
+/// Classifies a path by the extension of its last segment; `None` means
+/// it is not a stream resource (static files, or 404).
+pub fn classify(path: &str) -> Option<StreamKind> {
+    let file = path.rsplit('/').next().unwrap_or("");
+    let ext = file.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase())?;
+    Some(match ext.as_str() {
+        "flv" => StreamKind::Flv,
+        "ts" => StreamKind::Ts,
+        "m3u8" => StreamKind::Playlist,
+        "m4s" | "mp4" | "m4a" | "m4v" | "aac" | "mp3" | "ac3" | "ec3" | "vtt" | "webvtt" | "key" | "cmfv" | "cmfa" => {
+            StreamKind::Segment
+        }
+        _ => return None,
+    })
+}
+
+/// State of the streaming server.
+pub struct HttpState {
+    /// The proxy's shared handle.
+    pub ctx: Context,
+    /// HLS routing tokens handed out by this replica.
+    pub sessions: HlsSessions,
+}
+
+/// A stream request, parsed once for every handler.
+pub struct StreamRequest<'a> {
+    /// The client's request: method, headers, query.
+    pub req: &'a Request<Incoming>,
+    /// The stream the path names.
+    pub key: StreamKey,
+    /// What the origin is asked for: the key's path, never the raw one, so
+    /// `?app=&stream=` cannot make one stream be served from another's
+    /// origin and no dot segment reaches an origin.
+    pub target: String,
+    /// The client, for `X-Forwarded-For`.
+    pub peer: SocketAddr,
+}
