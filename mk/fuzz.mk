@@ -1,11 +1,12 @@
-# make fuzz — fuzz the RTMP chunk and AMF0 decoders with cargo-fuzz.
+# make fuzz — fuzz the RTMP chunk and AMF0 decoders and the SRT handshake
+# and stream id parsers with cargo-fuzz.
 #
 # Not part of `make test`: it needs `cargo install cargo-fuzz` and a nightly
 # toolchain (`rustup toolchain install nightly`), and it runs until
 # FUZZ_SECONDS per target have passed. Crashes land in fuzz/artifacts/.
 
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := rtmp_chunk rtmp_amf0
+FUZZ_TARGETS := rtmp_chunk rtmp_amf0 srt_handshake srt_stream_id
 
 .PHONY: fuzz
 

@@ -78,6 +78,7 @@ pub mod origin;
 pub mod rtmp;
 pub mod server;
 pub mod shutdown;
+pub mod srt;
 pub mod store;
 pub mod stream_key;
 
