@@ -3,12 +3,13 @@
 #   make run    build and start the proxy (memory store, default ports)
 #   make test   run every test: Rust unit + integration tests, chart checks
 #
-# System packages the tests use (redis-server, ffmpeg, python3-venv) are
+# System packages the tests use (redis-server, ffmpeg, srt-tools for
+# srt-live-transmit, python3-venv) are
 # installed by `make deps` when missing and the user is root; otherwise it
 # prints the one apt line from the README.
 
 CARGO ?= cargo
-APT_PACKAGES := redis-server ffmpeg python3-venv
+APT_PACKAGES := redis-server ffmpeg srt-tools python3-venv
 
 .PHONY: run build test test-rust deps bench fmt lint
 
@@ -22,6 +23,7 @@ deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
+	command -v srt-live-transmit >/dev/null || missing="$$missing srt-tools"; \
 	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

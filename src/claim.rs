@@ -22,6 +22,25 @@ use crate::origin::{Origin, Protocol};
 use crate::store::{Claim, ClaimOutcome, StoreError};
 use crate::stream_key::StreamKey;
 
+/// Whether a client sends the stream or receives it, whatever its
+/// protocol. A publisher is the stream: its lease releases the mapping when
+/// it ends ([`StreamLease::release_on_drop`]); a player's does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Publisher,
+    Player,
+}
+
+impl Role {
+    /// Metric label and log field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Publisher => "publisher",
+            Role::Player => "player",
+        }
+    }
+}
+
 /// Why a stream could not be given an origin.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClaimError {

@@ -38,6 +38,8 @@
 //! * [`http`] — HTTP-FLV / HTTP-TS / HLS and static files; [`hls`]
 //!   rewrites playlists so segments follow their stream.
 //! * [`rtmp`] — RTMP publish/play: codec, session, origin replay, relay.
+//! * [`srt`] — SRT publish/play: codec, the UDP port's receive loop, the
+//!   origin handshake, relay by client address and socket id.
 //!
 //! # An HTTP-FLV play, file by file
 //!
@@ -59,6 +61,16 @@
 //! `rtmp/upstream.rs` connects to the origin and replays the setup →
 //! `rtmp/relay.rs` relays both ways; the publisher's lease releases the
 //! mapping when it leaves.
+//!
+//! # An SRT publish, file by file
+//!
+//! `srt/serve.rs` receives every datagram on the UDP port: it answers the
+//! induction with a cookie (`srt/cookie.rs`, `srt/handshake.rs`), checks
+//! the conclusion and its stream id (`srt/stream_id.rs` → `stream_key.rs`)
+//! → `srt/session.rs` claims the stream (`claim.rs`) in a task of its own
+//! → `srt/upstream.rs` shakes hands with the origin → `srt/relay.rs`
+//! relays both ways, found by `srt/packet.rs` headers; the publisher's
+//! lease releases the mapping when it leaves.
 #![forbid(unsafe_code)]
 
 pub mod api;

@@ -28,6 +28,15 @@ pub struct Metrics {
     pub listener_refused_total: IntCounterVec,
     /// Stream bytes relayed by protocol and direction (in = client→origin).
     pub bytes_relayed_total: IntCounterVec,
+    /// SRT packets relayed by direction (in = client→origin).
+    pub srt_packets_total: IntCounterVec,
+    /// SRT handshakes by result: induction, accepted, retransmitted, or
+    /// the rejection reason the client was sent.
+    pub srt_handshakes_total: IntCounterVec,
+    /// SRT datagrams dropped without an answer, by reason.
+    pub srt_dropped_total: IntCounterVec,
+    /// Relayed SRT connections that ended, by reason.
+    pub srt_ended_total: IntCounterVec,
     /// HTTP requests by route class, status code and fault.
     pub http_requests_total: IntCounterVec,
     /// Claim results: hit, new, failover, no_origin, error.
@@ -83,6 +92,10 @@ impl Metrics {
             listener_connections: register_int_gauge_vec_with_registry!("listener_connections", "Open TCP connections by listener.", &["listener"], r)?,
             listener_refused_total: register_int_counter_vec_with_registry!("listener_refused_total", "Connections or requests a listener turned away.", &["listener", "reason"], r)?,
             bytes_relayed_total: register_int_counter_vec_with_registry!("bytes_relayed_total", "Stream bytes relayed (in: client to origin, out: origin to client).", &["protocol", "direction"], r)?,
+            srt_packets_total: register_int_counter_vec_with_registry!("srt_packets_total", "SRT packets relayed (in: client to origin, out: origin to client).", &["direction"], r)?,
+            srt_handshakes_total: register_int_counter_vec_with_registry!("srt_handshakes_total", "SRT handshakes by result.", &["result"], r)?,
+            srt_dropped_total: register_int_counter_vec_with_registry!("srt_dropped_total", "SRT datagrams dropped without an answer.", &["reason"], r)?,
+            srt_ended_total: register_int_counter_vec_with_registry!("srt_ended_total", "Relayed SRT connections ended, by reason.", &["reason"], r)?,
             http_requests_total: register_int_counter_vec_with_registry!("http_requests_total", "HTTP requests answered.", &["route", "status", "fault"], r)?,
             claims_total: register_int_counter_vec_with_registry!("claims_total", "Stream claims by result.", &["result"], r)?,
             origins_live: register_int_gauge_vec_with_registry!("origins_live", "Live origins by pool and discovery source.", &["pool", "source"], r)?,

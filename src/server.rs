@@ -17,12 +17,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, StoreKind};
 use crate::context::Context;
-use crate::listener::{bind_tcp, effective_backlog, BindError};
+use crate::listener::{bind_tcp, bind_udp, effective_backlog, BindError};
 use crate::store::{MemoryStore, RedisStore, Store};
 
 /// Static origins are registered with this TTL and refreshed every second,
@@ -44,6 +44,7 @@ pub struct Listeners {
     pub http: TcpListener,
     pub rtmp: TcpListener,
     pub system_api: TcpListener,
+    pub srt: UdpSocket,
 }
 
 impl Listeners {
@@ -54,6 +55,7 @@ impl Listeners {
             http: bind_tcp("http_server", config.http_server, backlog)?,
             rtmp: bind_tcp("rtmp_server", config.rtmp_server, backlog)?,
             system_api: bind_tcp("system_api", config.system_api, backlog)?,
+            srt: bind_udp("srt_server", config.srt_server).await?,
         })
     }
 }
@@ -85,12 +87,14 @@ pub async fn run(ctx: Context, listeners: Listeners, signal: impl Future<Output 
     let http = listeners.http.local_addr().ok();
     let rtmp = listeners.rtmp.local_addr().ok();
     let system_api = listeners.system_api.local_addr().ok();
+    let srt = listeners.srt.local_addr().ok();
     tracing::info!(
         http = ?http,
         rtmp = ?rtmp,
         system_api = ?system_api,
+        srt = ?srt,
         store = ctx.store.kind(),
-        "srs-proxy {} serving (WebRTC and SRT listeners are not started in this build)",
+        "srs-proxy {} serving (the WebRTC listener is not started in this build)",
         crate::VERSION
     );
     let mut background = JoinSet::new();
@@ -102,6 +106,7 @@ pub async fn run(ctx: Context, listeners: Listeners, signal: impl Future<Output 
     servers.spawn(crate::http::route::run(listeners.http, ctx.clone()));
     servers.spawn(crate::rtmp::run(listeners.rtmp, ctx.clone()));
     servers.spawn(crate::api::run(listeners.system_api, ctx.clone()));
+    servers.spawn(crate::srt::run(listeners.srt, ctx.clone()));
     let all_stopped = async move {
         while let Some(done) = servers.join_next().await {
             if let Err(e) = done {

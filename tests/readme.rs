@@ -40,8 +40,12 @@ fn every_metric_has_a_row() {
         .listener_refused_total
         .with_label_values(&["http", "connection_limit"])
         .inc();
+    metrics.srt_packets_total.with_label_values(&["in"]).inc();
+    metrics.srt_handshakes_total.with_label_values(&["accepted"]).inc();
+    metrics.srt_dropped_total.with_label_values(&["short"]).inc();
+    metrics.srt_ended_total.with_label_values(&["aborted"]).inc();
     let families = metrics.registry.gather();
-    assert!(families.len() >= 13, "a metric family was not touched above");
+    assert!(families.len() >= 17, "a metric family was not touched above");
     for family in families {
         let row = format!("| `{}` |", family.name());
         assert!(readme.contains(&row), "README metrics table lacks {row}");

@@ -84,5 +84,8 @@ pub const KEYS: &[Key] = &[
     key!("relay_buffer_bytes", "PROXY_RELAY_BUFFER_BYTES", relay_buffer_bytes, positive),
     key!("rtmp_max_message_bytes", "PROXY_RTMP_MAX_MESSAGE_BYTES", rtmp_max_message_bytes, positive),
     key!("rtmp_handshake_timeout", "PROXY_RTMP_HANDSHAKE_TIMEOUT", rtmp_handshake_timeout, parse_duration),
+    key!("srt_max_connections", "PROXY_SRT_MAX_CONNECTIONS", srt_max_connections, parsed),
+    key!("srt_idle_timeout", "PROXY_SRT_IDLE_TIMEOUT", srt_idle_timeout, parse_duration),
+    key!("srt_handshake_timeout", "PROXY_SRT_HANDSHAKE_TIMEOUT", srt_handshake_timeout, parse_duration),
     key!("log_format", "PROXY_LOG_FORMAT", log_format, parsed),
 ];

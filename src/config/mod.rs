@@ -202,6 +202,15 @@ pub struct Config {
     /// A client that has not finished the RTMP handshake by then is dropped.
     #[serde(with = "duration_serde")]
     pub rtmp_handshake_timeout: Duration,
+    /// SRT connections open at once (in the origin handshake or relaying);
+    /// 0 = unlimited.
+    pub srt_max_connections: usize,
+    /// An SRT connection ends when one side has sent nothing for this long.
+    #[serde(with = "duration_serde")]
+    pub srt_idle_timeout: Duration,
+    /// Bound on the proxy's SRT handshake with an origin.
+    #[serde(with = "duration_serde")]
+    pub srt_handshake_timeout: Duration,
     pub log_format: LogFormat,
 }
 
@@ -237,6 +246,9 @@ impl Default for Config {
             relay_buffer_bytes: 64 * 1024,
             rtmp_max_message_bytes: 8 * 1024 * 1024,
             rtmp_handshake_timeout: Duration::from_secs(10),
+            srt_max_connections: 10_000,
+            srt_idle_timeout: Duration::from_secs(10),
+            srt_handshake_timeout: Duration::from_secs(1),
             log_format: LogFormat::Text,
         }
     }
@@ -317,6 +329,8 @@ impl Config {
             ("origin_response_timeout", self.origin_response_timeout),
             ("redis.timeout", self.redis.timeout),
             ("rtmp_handshake_timeout", self.rtmp_handshake_timeout),
+            ("srt_idle_timeout", self.srt_idle_timeout),
+            ("srt_handshake_timeout", self.srt_handshake_timeout),
         ];
         for (key, d) in positive {
             if d.is_zero() {

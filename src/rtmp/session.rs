@@ -50,22 +50,7 @@ pub struct Request {
     pub buffer_millis: Option<u32>,
 }
 
-/// Whether the client sends the stream or receives it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Publisher,
-    Player,
-}
-
-impl Role {
-    /// Metric label and log field.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Publisher => "publisher",
-            Role::Player => "player",
-        }
-    }
-}
+pub use crate::claim::Role;
 
 /// Reads the client's commands, answering them, until it publishes or plays.
 pub async fn accept<R, W>(

@@ -18,6 +18,7 @@
 //! reading could route one stream to two origins: `r`, `m` and `h` may
 //! appear once, and an unknown `m` is refused.
 
+pub use crate::claim::Role;
 use crate::stream_key::{query_pairs, StreamKey, StreamKeyError, DEFAULT_VHOST};
 
 /// The app SRS puts a stream id without `/` in (`default_app_name`).
@@ -25,29 +26,11 @@ pub const DEFAULT_APP: &str = "live";
 
 const STANDARD_PREFIX: &str = "#!::";
 
-/// What an SRT client asks to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// `m=publish`: sends a stream; its connection owns the stream mapping.
-    Publisher,
-    /// `m=request` or no mode: receives a stream.
-    Player,
-}
-
-impl Role {
-    /// Label value for metrics and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Publisher => "publisher",
-            Role::Player => "player",
-        }
-    }
-}
-
 /// A parsed stream id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamRequest {
     pub key: StreamKey,
+    /// `m=publish` is a publisher; `m=request` or no mode a player.
     pub role: Role,
     /// Keys other than `r`, `m` and `h` (or the short form's query), in
     /// the order they came.

@@ -8,6 +8,7 @@
 //! * [`rtmp_origin`] — a fake SRS RTMP origin (with HTTP-FLV of what was
 //!   published), built on the proxy's RTMP codec.
 //! * [`kube`] — a fake Kubernetes API server (list/watch, status, leases).
+//! * [`srt`] — libsrt's `srt-live-transmit` as SRT origins and clients.
 #![allow(dead_code)]
 
 pub mod client;
@@ -16,6 +17,7 @@ pub mod origin;
 pub mod proxy;
 pub mod redis;
 pub mod rtmp_origin;
+pub mod srt;
 
 use std::future::Future;
 use std::time::Duration;

@@ -32,6 +32,8 @@ pub struct TestProxy {
     pub http: SocketAddr,
     pub rtmp: SocketAddr,
     pub api: SocketAddr,
+    /// The SRT port (UDP).
+    pub srt: SocketAddr,
     pub ctx: Context,
     /// Sends the proxy its SIGTERM.
     signal: Option<oneshot::Sender<()>>,
@@ -51,6 +53,7 @@ impl TestProxy {
         let http = listeners.http.local_addr().unwrap();
         let rtmp = listeners.rtmp.local_addr().unwrap();
         let api = listeners.system_api.local_addr().unwrap();
+        let srt = listeners.srt.local_addr().unwrap();
         let ctx = Context::new(config, store);
         let (signal, received) = oneshot::channel::<()>();
         let task = tokio::spawn(server::run(ctx.clone(), listeners, async {
@@ -60,6 +63,7 @@ impl TestProxy {
             http,
             rtmp,
             api,
+            srt,
             ctx,
             signal: Some(signal),
             task: Some(task),
