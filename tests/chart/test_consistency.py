@@ -429,6 +429,9 @@ def test_notes_print_publish_and_play_commands(rendered: Rendered) -> None:
     assert f"http://$PROXY_HOST:{ports['http']}/live/livestream.flv" in notes
     assert f"http://$PROXY_HOST:{ports['http']}/live/livestream.m3u8" in notes
     assert f"$PROXY_HOST':{ports['srt']}?streamid=#!::r=live/livestream,m=publish" in notes
+    assert f"$PROXY_HOST':{ports['srt']}?streamid=#!::r=live/livestream,m=request" in notes
+    # Every publish command is self-contained: a generated source, no file.
+    assert notes.count("-f lavfi -i testsrc") == 2 and "input.mp4" not in notes
     assert rendered.namespace in notes
     if rendered.values["origin"]["candidate"] == "*":
         assert "origin.candidate" in notes
