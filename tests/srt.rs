@@ -481,6 +481,17 @@ async fn signal(pid: u32, signal: &str) {
 }
 
 #[tokio::test]
+async fn an_origin_shutting_down_ends_its_clients() {
+    let (proxy, mut origin) = proxy_and_sink(test_config(), None).await;
+    let mut client = publishing(&proxy, &mut origin, PUBLISH, None).await;
+    // SIGINT: srt-live-transmit closes the connection with a shutdown.
+    signal(origin.slt.pid(), "-INT").await;
+    assert!(client.slt.exits().await, "client not told: {:?}", client.slt.log);
+    assert!(metric_reaches(&proxy, "ended", "origin_shutdown", 1).await);
+    assert!(metric_reaches(&proxy, "active", "publisher", 0).await);
+}
+
+#[tokio::test]
 async fn a_removed_origin_shuts_its_clients_down() {
     let (proxy, mut origin) = proxy_and_sink(test_config(), None).await;
     let mut client = publishing(&proxy, &mut origin, PUBLISH, None).await;
