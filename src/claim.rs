@@ -163,6 +163,12 @@ impl StreamLease {
         self.release = Some(ctx.clone());
     }
 
+    /// Undoes [`StreamLease::release_on_drop`]: the mapping outlives this
+    /// lease after all (the origin refused the publish).
+    pub fn keep_on_drop(&mut self) {
+        self.release = None;
+    }
+
     /// Resolves when the relay must stop: origin gone or proxy aborting.
     pub async fn lost(&self) {
         self.lost.cancelled().await

@@ -1042,3 +1042,30 @@ async fn over_the_connection_cap_clients_are_rejected_at_connect_and_open_relays
     .await;
     assert!(admitted.is_some(), "a slot frees when a connection closes");
 }
+
+#[tokio::test]
+async fn a_refused_second_publisher_leaves_the_first_ones_mapping() {
+    let (proxy, _origins) = proxy_with_origins(1).await;
+    let key = srs_proxy::stream_key::StreamKey::new("__defaultVhost__", "live", "held").unwrap();
+    let mut first = RmlClient::connect(proxy.rtmp, "live").await;
+    first.publish("held").await.expect("first publisher accepted");
+    let mapped = proxy.ctx.store.lookup(&key).await.unwrap().expect("mapped").id;
+
+    let mut second = RmlClient::connect(proxy.rtmp, "live").await;
+    assert_eq!(second.publish("held").await, Err(status::PUBLISH_BAD_NAME.to_string()));
+    assert!(second.closed().await);
+    // Give a release spawned by the refused connection time to run: the
+    // mapping must still be the first publisher's.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let still = proxy.ctx.store.lookup(&key).await.unwrap().map(|o| o.id);
+    assert_eq!(still, Some(mapped), "the refusal must not unmap a live stream");
+    // And a refused publisher of a new stream leaves nothing behind.
+    let mut refused = RmlClient::connect(proxy.rtmp, FORBIDDEN_APP).await;
+    assert!(refused.publish("fresh").await.is_err());
+    let fresh = srs_proxy::stream_key::StreamKey::new("__defaultVhost__", FORBIDDEN_APP, "fresh").unwrap();
+    let left = support::eventually(BOUND, || async {
+        proxy.ctx.store.lookup(&fresh).await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(left.is_some(), "a claim the refused request created is released");
+}

@@ -265,15 +265,20 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Context, settings: Set
         Ok(lease) => lease,
         Err(e) => return refuse(&mut writer, &mut reader, Some(&request), RtmpError::Claim(e)).await,
     };
+    span.record("origin", lease.origin().id.as_str());
+    let upstream = match upstream::connect(lease.origin(), &request, &settings).await {
+        Ok(up) => up,
+        Err(e) => {
+            // Undo only a mapping this request created: an origin refusing
+            // a second publisher must not unmap the first one's stream.
+            ctx.forget_claim(&key, &lease.origin().id, lease.outcome()).await;
+            return refuse(&mut writer, &mut reader, Some(&request), e).await;
+        }
+    };
     if request.role == Role::Publisher {
         // The publisher is the stream: when it leaves, the mapping goes.
         lease.release_on_drop(&ctx);
     }
-    span.record("origin", lease.origin().id.as_str());
-    let upstream = match upstream::connect(lease.origin(), &request, &settings).await {
-        Ok(up) => up,
-        Err(e) => return refuse(&mut writer, &mut reader, Some(&request), e).await,
-    };
     tracing::info!(key = %key, "relaying");
 
     let counters = Counters {
@@ -284,6 +289,7 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Context, settings: Set
         client: request.client_stream_id,
         origin: upstream.stream_id,
     };
+    let started = std::sync::atomic::AtomicBool::new(false);
     let end = relay::relay(
         Side { reader, writer },
         Side {
@@ -294,9 +300,17 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Context, settings: Set
         &upstream.answered,
         &counters,
         lease.lost(),
+        &started,
     )
     .await;
     tracing::info!(%peer, reason = %end, "relay ended");
+    if request.role == Role::Publisher && !started.load(std::sync::atomic::Ordering::Relaxed) {
+        // The origin never accepted this publish (a second publisher of a
+        // live stream gets BadName): the stream is someone else's, or
+        // nobody's if this request created the mapping.
+        lease.keep_on_drop();
+        ctx.forget_claim(&key, &lease.origin().id, lease.outcome()).await;
+    }
 }
 
 /// Tells the client why (when it can be told), then closes.

@@ -10,6 +10,7 @@
 //! stream-id events, `deleteStream`) is mapped between the client's stream
 //! id and the origin's.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus::IntCounter;
@@ -17,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::Mutex;
 
 use super::chunk::Message;
-use super::command::Command;
+use super::command::{status, Command};
 use super::conn::{ConnError, MessageReader, MessageWriter};
 use super::message::{type_id, Control, UserControl};
 
@@ -89,7 +90,9 @@ pub struct Counters {
 
 /// Relays until one side closes or fails, or `lost` resolves; then closes
 /// both. `answered` are transactions whose origin answers the client must
-/// not see (the proxy answered them itself).
+/// not see (the proxy answered them itself). `started` is set when the
+/// origin's `NetStream.Publish.Start` or `NetStream.Play.Start` passes: the
+/// origin accepted the client's publish or play.
 pub async fn relay<CR, CW, OR, OW>(
     client: Side<CR, CW>,
     origin: Side<OR, OW>,
@@ -97,6 +100,7 @@ pub async fn relay<CR, CW, OR, OW>(
     answered: &[f64],
     counters: &Counters,
     lost: impl std::future::Future<Output = ()>,
+    started: &AtomicBool,
 ) -> End
 where
     CR: AsyncRead + Unpin,
@@ -129,7 +133,13 @@ where
             &mut origin_reader,
             &origin_writer,
             &client_writer,
-            |m, c| route_down(m, c, ids, answered),
+            |m, c| {
+                let out = route_down(m, c, ids, answered);
+                if out.as_ref().is_some_and(|m| starts(m, ids)) {
+                    started.store(true, Ordering::Relaxed);
+                }
+                out
+            },
             &counters.outbound,
         );
         tokio::select! {
@@ -247,6 +257,17 @@ fn route_down(message: Message, control: Option<Control>, ids: StreamIds, answer
         },
         None => Some(restream(message, mapped)),
     }
+}
+
+/// Whether `message` (on its way to the client) is the origin accepting the
+/// client's publish or play.
+fn starts(message: &Message, ids: StreamIds) -> bool {
+    message.stream_id == ids.client
+        && is_command(message)
+        && Command::from_message(message).is_ok_and(|c| {
+            matches!(c, Command::OnStatus { .. })
+                && matches!(c.status_code(), Some(status::PUBLISH_START | status::PLAY_START))
+        })
 }
 
 /// User control events: pings are answered per leg; events about a stream
