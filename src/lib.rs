@@ -40,6 +40,7 @@
 //! * [`rtmp`] — RTMP publish/play: codec, session, origin replay, relay.
 //! * [`srt`] — SRT publish/play: codec, the UDP port's receive loop, the
 //!   origin handshake, relay by client address and socket id.
+//! * [`rtc`] — WebRTC: WHIP/WHEP signalling, STUN, SDP, UDP media relay.
 //!
 //! # An HTTP-FLV play, file by file
 //!
@@ -87,6 +88,7 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod origin;
+pub mod rtc;
 pub mod rtmp;
 pub mod server;
 pub mod shutdown;

@@ -97,6 +97,15 @@ impl Origin {
         }
     }
 
+    /// Whether a new stream arriving on `protocol` can be placed here.
+    /// WebRTC needs two ports: signalling on `api`, media on `rtc`.
+    pub fn serves(&self, protocol: Protocol) -> bool {
+        match protocol {
+            Protocol::Rtc => self.ports.rtc.is_some() && self.ports.api.is_some(),
+            p => self.port(p).is_some(),
+        }
+    }
+
     /// `host:port` to connect to for `protocol`, IPv6 bracketed.
     pub fn authority(&self, protocol: Protocol) -> Option<String> {
         let port = self.port(protocol)?;

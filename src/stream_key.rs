@@ -44,6 +44,8 @@ pub enum StreamKeyError {
     NoApp,
     #[error("{0} is not valid percent-encoded UTF-8")]
     Encoding(&'static str),
+    #[error("stream URL does not start with webrtc://")]
+    Scheme,
 }
 
 fn check(part: &'static str, value: &str, slash_ok: bool) -> Result<(), StreamKeyError> {
@@ -121,12 +123,38 @@ impl StreamKey {
         if app.is_empty() {
             return Err(StreamKeyError::NoApp);
         }
-        let vhost = param("vhost")
-            .or_else(|| param("domain"))
-            .filter(|v| !v.is_empty())
-            .or(host)
-            .unwrap_or(DEFAULT_VHOST);
-        Ok((Self::new(vhost, app, stream)?, ext))
+        Ok((Self::new(vhost_of(&params, host), app, stream)?, ext))
+    }
+
+    /// Parses a WHIP/WHEP request (`/rtc/v1/whip/?app=live&stream=cam`):
+    /// app and stream from the query, the vhost as for HTTP streams
+    /// (`?vhost=`, `?domain=`, then `Host`), so the same stream has the same
+    /// key on every protocol.
+    pub fn from_rtc_query(query: Option<&str>, host: Option<&str>) -> Result<Self, StreamKeyError> {
+        let params = query_pairs(query.unwrap_or(""));
+        let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let app = param("app").filter(|a| !a.is_empty()).ok_or(StreamKeyError::NoApp)?;
+        let stream = param("stream").ok_or(StreamKeyError::Empty("stream"))?;
+        Self::new(vhost_of(&params, host), app, stream)
+    }
+
+    /// Parses the `streamurl` of SRS's JSON WebRTC API,
+    /// `webrtc://host[:port]/app/stream[?vhost=…&token=…]`: the vhost from
+    /// `?vhost=`/`?domain=`, else the URL's host (which is what the player
+    /// put in `Host` for HTTP streams).
+    pub fn from_webrtc_url(url: &str) -> Result<Self, StreamKeyError> {
+        let rest = url.strip_prefix("webrtc://").ok_or(StreamKeyError::Scheme)?;
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, q),
+            None => (rest, ""),
+        };
+        let (host, path) = rest.split_once('/').ok_or(StreamKeyError::NoApp)?;
+        let path = percent_decode_str(path)
+            .decode_utf8()
+            .map_err(|_| StreamKeyError::Encoding("path"))?;
+        let (app, stream) = path.rsplit_once('/').ok_or(StreamKeyError::NoApp)?;
+        let params = query_pairs(query);
+        Self::new(vhost_of(&params, Some(host)), app, stream)
     }
 
     /// The key of the stream an HLS segment belongs to, by SRS's default
@@ -168,6 +196,17 @@ pub fn vhost_from_host(host: &str) -> String {
         return DEFAULT_VHOST.to_string();
     }
     name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The vhost a request names: `?vhost=` (or SRS's `?domain=`) when set,
+/// else the host it was sent to, else the default vhost.
+fn vhost_of<'a>(params: &'a [(String, String)], host: Option<&'a str>) -> &'a str {
+    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    param("vhost")
+        .or_else(|| param("domain"))
+        .filter(|v| !v.is_empty())
+        .or(host)
+        .unwrap_or(DEFAULT_VHOST)
 }
 
 /// Splits a query string into decoded pairs (`+` is a space, as forms send;
@@ -264,6 +303,62 @@ mod tests {
         for s in ["/live/livestream.ts", "/live/a-b.ts", "/live/-1.ts"] {
             let (k, _) = http(s, None, None).unwrap();
             assert!(k.without_segment_number().is_none(), "{s}");
+        }
+    }
+
+    #[test]
+    fn webrtc_signalling_names_the_same_stream_as_http() {
+        let (flv, _) = http("/live/livestream.flv", None, Some("Media.Example.com:8080")).unwrap();
+        let whip =
+            StreamKey::from_rtc_query(Some("app=live&stream=livestream"), Some("media.example.com:1985")).unwrap();
+        assert_eq!(whip, flv);
+        let json = StreamKey::from_webrtc_url("webrtc://media.example.com/live/livestream").unwrap();
+        assert_eq!(json, flv);
+        let json = StreamKey::from_webrtc_url("webrtc://media.example.com:1985/live/livestream?token=x").unwrap();
+        assert_eq!(json, flv);
+        // SRS's vhost/domain parameters win over the host.
+        let k =
+            StreamKey::from_rtc_query(Some("app=live&stream=s&vhost=v.example.com&token=t"), Some("1.2.3.4")).unwrap();
+        assert_eq!(k.to_string(), "v.example.com/live/s");
+        let k = StreamKey::from_rtc_query(Some("app=live&stream=s&domain=d.example.com"), None).unwrap();
+        assert_eq!(k.vhost, "d.example.com");
+        let k = StreamKey::from_webrtc_url("webrtc://10.0.0.1/live/s?vhost=v.example.com").unwrap();
+        assert_eq!(k.to_string(), "v.example.com/live/s");
+        // IP hosts are the default vhost, nested apps are kept.
+        let k = StreamKey::from_webrtc_url("webrtc://10.0.0.1:1985/a/b/s").unwrap();
+        assert_eq!(k.to_string(), "__defaultVhost__/a/b/s");
+        let k = StreamKey::from_rtc_query(Some("app=live&stream=s"), None).unwrap();
+        assert_eq!(k.vhost, DEFAULT_VHOST);
+    }
+
+    #[test]
+    fn hostile_webrtc_names() {
+        for query in [
+            "",
+            "stream=s",
+            "app=live",
+            "app=&stream=s",
+            "app=live&stream=",
+            "app=..&stream=s",
+            "app=live&stream=a/b",
+            "app=live&stream=%0d%0a",
+            "app=live&stream=s&vhost=a%0a.b",
+        ] {
+            assert!(StreamKey::from_rtc_query(Some(query), None).is_err(), "{query:?}");
+        }
+        for url in [
+            "",
+            "rtmp://h/live/s",
+            "webrtc://h",
+            "webrtc://h/",
+            "webrtc://h/s",
+            "webrtc://h/live/",
+            "webrtc://h/live/..",
+            "webrtc://h/live/%ff",
+            "webrtc://h//s",
+            "webrtc://h/live/s%3fx",
+        ] {
+            assert!(StreamKey::from_webrtc_url(url).is_err(), "{url:?}");
         }
     }
 

@@ -388,6 +388,7 @@ async fn sessions_live_while_used(s: Subject) {
     let session = Session {
         key: key("cam"),
         origin_id: "a".into(),
+        ice_pwd: None,
     };
     store.put_session(SessionKind::Hls, "t1", &session, TTL).await.unwrap();
     store.put_session(SessionKind::Hls, "t2", &session, TTL).await.unwrap();
@@ -413,6 +414,30 @@ async fn sessions_live_while_used(s: Subject) {
     );
 }
 
+async fn webrtc_sessions_keep_their_ice_pwd_until_removed(s: Subject) {
+    let store = &s.store;
+    let session = Session {
+        key: key("cam"),
+        origin_id: "a".into(),
+        ice_pwd: Some("0123456789abcdef0123456789abcdef".into()),
+    };
+    let id = "answerufrag:offerufrag";
+    store.put_session(SessionKind::Rtc, id, &session, TTL).await.unwrap();
+    assert_eq!(
+        store.touch_session(SessionKind::Rtc, id, TTL).await.unwrap(),
+        Some(session.clone()),
+        "read back whole, on any replica"
+    );
+    store.remove_session(SessionKind::Hls, id).await.unwrap();
+    assert!(
+        store.touch_session(SessionKind::Rtc, id, TTL).await.unwrap().is_some(),
+        "kinds are apart"
+    );
+    store.remove_session(SessionKind::Rtc, id).await.unwrap();
+    assert_eq!(store.touch_session(SessionKind::Rtc, id, TTL).await.unwrap(), None);
+    store.remove_session(SessionKind::Rtc, id).await.unwrap();
+}
+
 async fn an_idle_store_forgets_every_stream_and_session(s: Subject) {
     let store = &s.store;
     store.upsert_origin(origin("a"), None).await.unwrap();
@@ -424,6 +449,7 @@ async fn an_idle_store_forgets_every_stream_and_session(s: Subject) {
         let session = Session {
             key: k,
             origin_id: "a".into(),
+            ice_pwd: None,
         };
         store
             .put_session(SessionKind::Hls, &format!("h{i}"), &session, TTL)
@@ -526,6 +552,30 @@ async fn new_streams_go_to_origins_that_serve_the_protocol(s: Subject) {
         Claim::Origin(o, ClaimOutcome::Hit) => assert_eq!(o.id, "http-only"),
         other => panic!("{other:?}"),
     }
+    // WebRTC needs signalling (api) and media (rtc) on the same origin.
+    let webrtc = |id: &str, api: Option<u16>| {
+        let mut o = origin(id);
+        o.ports = Ports {
+            rtc: Some(8000),
+            api,
+            ..Ports::default()
+        };
+        o
+    };
+    let rtc_only = webrtc("rtc-only", None);
+    let rtc_and_api = webrtc("rtc-and-api", Some(1985));
+    store.upsert_origin(rtc_only, None).await.unwrap();
+    store.upsert_origin(rtc_and_api, None).await.unwrap();
+    for i in 0..8 {
+        match store
+            .claim_for(&key(&format!("rtc-{i}")), Policy::Random, LONG, Some(Protocol::Rtc))
+            .await
+            .unwrap()
+        {
+            Claim::Origin(o, ClaimOutcome::New) => assert_eq!(o.id, "rtc-and-api"),
+            other => panic!("{other:?}"),
+        }
+    }
     store.remove_origin("rtmp-only").await.unwrap();
     assert!(matches!(
         store
@@ -571,6 +621,7 @@ conformance!(
     refresh_and_release,
     stream_counts_follow_claims_releases_and_expiry,
     sessions_live_while_used,
+    webrtc_sessions_keep_their_ice_pwd_until_removed,
     an_idle_store_forgets_every_stream_and_session,
     every_replica_agrees_on_a_contended_claim,
     every_replica_hears_of_a_gone_origin,

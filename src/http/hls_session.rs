@@ -67,6 +67,7 @@ impl HlsSessions {
         let session = Session {
             key: key.clone(),
             origin_id: origin.id.clone(),
+            ice_pwd: None,
         };
         ctx.store_op(
             "put_session",

@@ -151,7 +151,7 @@ impl MemoryStore {
             .values()
             .filter(|e| e.expires.is_none_or(|t| t > now))
             .map(|e| &e.origin)
-            .filter(|o| protocol.is_none_or(|p| o.port(p).is_some()))
+            .filter(|o| protocol.is_none_or(|p| o.serves(p)))
             .collect();
         let candidates: Vec<Candidate> = live
             .iter()
@@ -274,6 +274,11 @@ impl MemoryStore {
             }
             None => Ok(None),
         }
+    }
+
+    pub fn remove_session(&self, kind: SessionKind, id: &str) -> Result<(), StoreError> {
+        self.lock().sessions.remove(&(kind, id.to_string()));
+        Ok(())
     }
 
     /// Drops everything expired and announces origins that expired.

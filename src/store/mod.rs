@@ -107,6 +107,10 @@ pub struct StreamStatus {
 pub struct Session {
     pub key: StreamKey,
     pub origin_id: String,
+    /// WebRTC only: the answer's ice-pwd, so whichever replica a client's
+    /// UDP reaches can verify its STUN MESSAGE-INTEGRITY before binding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ice_pwd: Option<String>,
 }
 
 /// Kinds of routing sessions, each its own namespace of ids.
@@ -255,6 +259,15 @@ impl Store {
         match self {
             Self::Memory(s) => s.touch_session(kind, id, ttl),
             Self::Redis(s) => s.touch_session(kind, id, ttl).await,
+        }
+    }
+
+    /// Forgets a session (a WebRTC session that ended). Unknown ids are
+    /// not an error.
+    pub async fn remove_session(&self, kind: SessionKind, id: &str) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(s) => s.remove_session(kind, id),
+            Self::Redis(s) => s.remove_session(kind, id).await,
         }
     }
 

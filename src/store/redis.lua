@@ -159,13 +159,21 @@ local function candidate(id, weight, max_streams, streams)
   return {id = id, weight = math.max(1, weight), streams = streams}
 end
 
--- Whether a decoded registration has a port for `proto` ('' = any).
+-- Whether a decoded registration has a port for `proto` ('' = any);
+-- WebRTC also needs the api port its signalling goes to (Origin::serves).
+local function has_port(o, name)
+  local port = type(o.ports) == 'table' and o.ports[name]
+  return port ~= nil and port ~= false and port ~= cjson.null
+end
+
 local function serves(o, proto)
   if proto == nil or proto == '' then
     return true
   end
-  local port = type(o.ports) == 'table' and o.ports[proto]
-  return port ~= nil and port ~= false and port ~= cjson.null
+  if proto == 'rtc' and not has_port(o, 'api') then
+    return false
+  end
+  return has_port(o, proto)
 end
 
 -- Live origins with room (serving `proto`), each with its registration.
@@ -310,6 +318,9 @@ elseif op == 'touch_session' then
     redis.call('PEXPIRE', k, ARGV[5])
   end
   return v
+elseif op == 'remove_session' then
+  -- kind, id -> 1 | 0
+  return redis.call('DEL', session_key(ARGV[3], ARGV[4]))
 elseif op == 'sweep' then
   -- -> ids of origins that expired (each announced on the gone channel)
   local expired = redis.call('ZRANGEBYSCORE', origins, '-inf', ms(now))

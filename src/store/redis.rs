@@ -403,6 +403,12 @@ impl RedisStore {
             .transpose()
     }
 
+    pub async fn remove_session(&self, kind: SessionKind, id: &str) -> Result<(), StoreError> {
+        let args = vec![kind.as_str().to_string(), id.to_string()];
+        self.run::<i64>("remove_session", args).await?;
+        Ok(())
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.connected()?;
         let inner = &self.inner;
