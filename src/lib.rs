@@ -40,7 +40,8 @@
 //! * [`rtmp`] — RTMP publish/play: codec, session, origin replay, relay.
 //! * [`srt`] — SRT publish/play: codec, the UDP port's receive loop, the
 //!   origin handshake, relay by client address and socket id.
-//! * [`rtc`] — WebRTC: WHIP/WHEP signalling, STUN, SDP, UDP media relay.
+//! * [`rtc`] — WebRTC: WHIP/WHEP signalling and UDP media routed by the
+//!   ICE username.
 //!
 //! # An HTTP-FLV play, file by file
 //!
@@ -72,6 +73,16 @@
 //! → `srt/upstream.rs` shakes hands with the origin → `srt/relay.rs`
 //! relays both ways, found by `srt/packet.rs` headers; the publisher's
 //! lease releases the mapping when it leaves.
+//!
+//! # A WHIP publish, file by file
+//!
+//! `listener.rs` accepts → `http/serve.rs` → `rtc/signal.rs` checks the
+//! offer and claims the stream (`claim.rs`) → `rtc/offer.rs` sends it to
+//! the origin's API port → `rtc/sdp.rs` rewrites the answer's candidates
+//! and the session goes into the store. Media: `rtc/udp.rs` receives →
+//! `rtc/demux.rs`, `rtc/stun.rs` (MESSAGE-INTEGRITY) → `rtc/session.rs`
+//! binds the client address → `rtc/relay.rs` relays through the session's
+//! own upstream socket.
 #![forbid(unsafe_code)]
 
 pub mod api;

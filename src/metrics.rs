@@ -55,6 +55,19 @@ pub struct Metrics {
     /// Kubernetes discovery: EndpointSlice watch event received → store
     /// updated, for events that changed origins.
     pub discovery_propagation_seconds: Histogram,
+    /// WebRTC sessions with a bound client relaying on this replica.
+    pub rtc_sessions_active: IntGauge,
+    /// WebRTC relays ended, by why: idle, deleted, origin_gone, shutdown,
+    /// failed.
+    pub rtc_sessions_total: IntCounterVec,
+    /// WebRTC datagrams relayed by direction (in = client→origin).
+    pub rtc_packets_total: IntCounterVec,
+    /// STUN binding requests from unbound addresses by result: bound,
+    /// unknown_username, bad_integrity, malformed, …
+    pub rtc_stun_bindings_total: IntCounterVec,
+    /// WebRTC datagrams dropped by reason: unknown_address, not_webrtc,
+    /// queue_full.
+    pub rtc_datagrams_dropped_total: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -104,6 +117,11 @@ impl Metrics {
             discovery_events_total: register_int_counter_vec_with_registry!("discovery_events_total", "Origin discovery events.", &["kind"], r)?,
             registrations_total: register_int_counter_vec_with_registry!("registrations_total", "Register API calls by result.", &["result"], r)?,
             discovery_propagation_seconds: register_histogram_with_registry!(buckets("discovery_propagation_seconds", "EndpointSlice change seen by the watch until the store reflects it.", PROPAGATION_BUCKETS), r)?,
+            rtc_sessions_active: register_int_gauge_with_registry!("rtc_sessions_active", "WebRTC sessions relaying media.", r)?,
+            rtc_sessions_total: register_int_counter_vec_with_registry!("rtc_sessions_total", "WebRTC relays ended, by reason.", &["result"], r)?,
+            rtc_packets_total: register_int_counter_vec_with_registry!("rtc_packets_total", "WebRTC datagrams relayed (in: client to origin, out: origin to client).", &["direction"], r)?,
+            rtc_stun_bindings_total: register_int_counter_vec_with_registry!("rtc_stun_bindings_total", "STUN binding requests that could bind a client address, by result.", &["result"], r)?,
+            rtc_datagrams_dropped_total: register_int_counter_vec_with_registry!("rtc_datagrams_dropped_total", "WebRTC datagrams dropped, by reason.", &["reason"], r)?,
             registry: r,
         })
     }

@@ -45,6 +45,10 @@ pub struct Listeners {
     pub rtmp: TcpListener,
     pub system_api: TcpListener,
     pub srt: UdpSocket,
+    /// WebRTC signalling (WHIP/WHEP, SRS's JSON API).
+    pub http_api: TcpListener,
+    /// WebRTC media.
+    pub webrtc: UdpSocket,
 }
 
 impl Listeners {
@@ -56,6 +60,8 @@ impl Listeners {
             rtmp: bind_tcp("rtmp_server", config.rtmp_server, backlog)?,
             system_api: bind_tcp("system_api", config.system_api, backlog)?,
             srt: bind_udp("srt_server", config.srt_server).await?,
+            http_api: bind_tcp("http_api", config.http_api, backlog)?,
+            webrtc: bind_udp("webrtc_server", config.webrtc_server).await?,
         })
     }
 }
@@ -88,13 +94,17 @@ pub async fn run(ctx: Context, listeners: Listeners, signal: impl Future<Output 
     let rtmp = listeners.rtmp.local_addr().ok();
     let system_api = listeners.system_api.local_addr().ok();
     let srt = listeners.srt.local_addr().ok();
+    let http_api = listeners.http_api.local_addr().ok();
+    let webrtc = listeners.webrtc.local_addr().ok();
     tracing::info!(
         http = ?http,
         rtmp = ?rtmp,
         system_api = ?system_api,
         srt = ?srt,
+        http_api = ?http_api,
+        webrtc = ?webrtc,
         store = ctx.store.kind(),
-        "srs-proxy {} serving (the WebRTC listener is not started in this build)",
+        "srs-proxy {} serving",
         crate::VERSION
     );
     let mut background = JoinSet::new();
@@ -107,6 +117,7 @@ pub async fn run(ctx: Context, listeners: Listeners, signal: impl Future<Output 
     servers.spawn(crate::rtmp::run(listeners.rtmp, ctx.clone()));
     servers.spawn(crate::api::run(listeners.system_api, ctx.clone()));
     servers.spawn(crate::srt::run(listeners.srt, ctx.clone()));
+    servers.spawn(crate::rtc::run(listeners.http_api, listeners.webrtc, ctx.clone()));
     let all_stopped = async move {
         while let Some(done) = servers.join_next().await {
             if let Err(e) = done {

@@ -44,8 +44,15 @@ fn every_metric_has_a_row() {
     metrics.srt_handshakes_total.with_label_values(&["accepted"]).inc();
     metrics.srt_dropped_total.with_label_values(&["short"]).inc();
     metrics.srt_ended_total.with_label_values(&["aborted"]).inc();
+    metrics.rtc_sessions_total.with_label_values(&["idle"]).inc();
+    metrics.rtc_packets_total.with_label_values(&["in"]).inc();
+    metrics.rtc_stun_bindings_total.with_label_values(&["bound"]).inc();
+    metrics
+        .rtc_datagrams_dropped_total
+        .with_label_values(&["unknown_address"])
+        .inc();
     let families = metrics.registry.gather();
-    assert!(families.len() >= 17, "a metric family was not touched above");
+    assert!(families.len() >= 22, "a metric family was not touched above");
     for family in families {
         let row = format!("| `{}` |", family.name());
         assert!(readme.contains(&row), "README metrics table lacks {row}");

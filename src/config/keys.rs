@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use super::value::{parse_bool, parse_duration, parsed, positive, raw, text};
+use super::webrtc::{candidates, optional_port};
 use super::Config;
 use crate::origin::parse_endpoint_port;
 
@@ -52,6 +53,7 @@ pub const KEYS: &[Key] = &[
     key!("http_max_connections", "PROXY_HTTP_MAX_CONNECTIONS", http_max_connections, parsed),
     key!("rtmp_max_connections", "PROXY_RTMP_MAX_CONNECTIONS", rtmp_max_connections, parsed),
     key!("system_api_max_connections", "PROXY_SYSTEM_API_MAX_CONNECTIONS", system_api_max_connections, parsed),
+    key!("http_api_max_connections", "PROXY_HTTP_API_MAX_CONNECTIONS", http_api_max_connections, parsed),
     key!("static_files", "PROXY_STATIC_FILES", static_files, dir),
     key!("load_balancer_type", "PROXY_LOAD_BALANCER_TYPE", load_balancer_type, parsed),
     key!("balance_policy", "PROXY_BALANCE_POLICY", balance_policy, parsed),
@@ -87,5 +89,11 @@ pub const KEYS: &[Key] = &[
     key!("srt_max_connections", "PROXY_SRT_MAX_CONNECTIONS", srt_max_connections, parsed),
     key!("srt_idle_timeout", "PROXY_SRT_IDLE_TIMEOUT", srt_idle_timeout, parse_duration),
     key!("srt_handshake_timeout", "PROXY_SRT_HANDSHAKE_TIMEOUT", srt_handshake_timeout, parse_duration),
+    key!("webrtc.candidate", "PROXY_WEBRTC_CANDIDATE", webrtc.candidate, candidates),
+    key!("webrtc.public_port", "PROXY_WEBRTC_PUBLIC_PORT", webrtc.public_port, optional_port),
+    key!("webrtc.idle_timeout", "PROXY_WEBRTC_IDLE_TIMEOUT", webrtc.idle_timeout, parse_duration),
+    key!("webrtc.max_sessions", "PROXY_WEBRTC_MAX_SESSIONS", webrtc.max_sessions, positive),
+    key!("webrtc.lookup_rate", "PROXY_WEBRTC_LOOKUP_RATE", webrtc.lookup_rate, positive),
+    key!("webrtc.max_sdp_bytes", "PROXY_WEBRTC_MAX_SDP_BYTES", webrtc.max_sdp_bytes, positive),
     key!("log_format", "PROXY_LOG_FORMAT", log_format, parsed),
 ];

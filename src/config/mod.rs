@@ -14,6 +14,7 @@ mod keys;
 mod origins;
 mod redis;
 pub mod value;
+mod webrtc;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,6 +30,7 @@ pub use self::origins::{DefaultBackend, StaticOrigin};
 pub use self::redis::{check_redis_url, redact_url, RedisConfig};
 use self::value::{duration_serde, format_duration};
 pub use self::value::{parse_bool, parse_duration, ListenAddr};
+pub use self::webrtc::WebrtcConfig;
 use crate::balance::Policy;
 use crate::origin::{Origin, OriginSource, Ports};
 
@@ -164,6 +166,8 @@ pub struct Config {
     pub rtmp_max_connections: usize,
     /// Open connections on the system API listener; 0 = unlimited.
     pub system_api_max_connections: usize,
+    /// Open connections on the WebRTC signalling listener; 0 = unlimited.
+    pub http_api_max_connections: usize,
     /// Directory served for paths that are not streams; unset = off.
     pub static_files: Option<PathBuf>,
     pub load_balancer_type: StoreKind,
@@ -172,6 +176,7 @@ pub struct Config {
     pub default_backend: DefaultBackend,
     pub origins: Vec<StaticOrigin>,
     pub kubernetes: KubernetesConfig,
+    pub webrtc: WebrtcConfig,
     /// How long open streams may go on after SIGTERM.
     #[serde(with = "duration_serde")]
     pub grace_quit_timeout: Duration,
@@ -228,6 +233,7 @@ impl Default for Config {
             http_max_connections: 20_000,
             rtmp_max_connections: 10_000,
             system_api_max_connections: 1_000,
+            http_api_max_connections: 10_000,
             static_files: None,
             load_balancer_type: StoreKind::Memory,
             balance_policy: Policy::LeastStreams,
@@ -235,6 +241,7 @@ impl Default for Config {
             default_backend: DefaultBackend::default(),
             origins: Vec::new(),
             kubernetes: KubernetesConfig::default(),
+            webrtc: WebrtcConfig::default(),
             grace_quit_timeout: Duration::from_secs(20),
             force_quit_timeout: Duration::from_secs(30),
             registration_ttl: Duration::from_secs(30),
@@ -331,6 +338,7 @@ impl Config {
             ("rtmp_handshake_timeout", self.rtmp_handshake_timeout),
             ("srt_idle_timeout", self.srt_idle_timeout),
             ("srt_handshake_timeout", self.srt_handshake_timeout),
+            ("webrtc.idle_timeout", self.webrtc.idle_timeout),
         ];
         for (key, d) in positive {
             if d.is_zero() {

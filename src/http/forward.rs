@@ -42,7 +42,9 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Drops the headers that describe one hop, including those `Connection`
+/// names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -163,25 +165,9 @@ pub async fn send(
     let uri: Uri = path_and_query
         .parse()
         .map_err(|_| HttpError::new(StatusCode::BAD_REQUEST, "request target cannot be forwarded"))?;
-    let mut headers = client_headers.clone();
-    strip_hop_by_hop(&mut headers);
+    let mut headers = origin_request_headers(client_headers, &authority, peer);
     // The forwarded request never has a body.
-    for name in [header::CONTENT_LENGTH, header::EXPECT, header::CONTENT_TYPE] {
-        headers.remove(name);
-    }
-    if !headers.contains_key(header::HOST) {
-        headers.insert(
-            header::HOST,
-            HeaderValue::from_str(&authority).expect("authority is ascii"),
-        );
-    }
-    let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-    }
+    headers.remove(header::CONTENT_TYPE);
     let mut req = Request::new(Empty::<Bytes>::new());
     *req.method_mut() = method.clone();
     *req.uri_mut() = uri;
@@ -206,6 +192,31 @@ pub async fn send(
         }
     };
     Ok(Upstream { response, conn })
+}
+
+/// The client's headers as they go to an origin: hop-by-hop and body
+/// framing dropped (the proxy frames the body it sends), `Host` kept (SRS
+/// reads the vhost from it) or set to the origin, the client's address
+/// appended to `X-Forwarded-For`.
+pub fn origin_request_headers(client_headers: &HeaderMap, authority: &str, peer: SocketAddr) -> HeaderMap {
+    let mut headers = client_headers.clone();
+    strip_hop_by_hop(&mut headers);
+    for name in [header::CONTENT_LENGTH, header::EXPECT] {
+        headers.remove(name);
+    }
+    if !headers.contains_key(header::HOST) {
+        if let Ok(host) = HeaderValue::from_str(authority) {
+            headers.insert(header::HOST, host);
+        }
+    }
+    let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    headers
 }
 
 /// Relays an upstream response to the client: status and headers intact

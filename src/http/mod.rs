@@ -160,6 +160,41 @@ pub fn add_cors(headers: &mut http::HeaderMap) {
     }
 }
 
+/// The span of one request; `stream` and `origin` are filled in once known.
+pub fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        stream = tracing::field::Empty,
+        origin = tracing::field::Empty,
+    )
+}
+
+/// Last touches of every answer an HTTP listener writes: an error becomes
+/// its response, CORS where the origin set none, the `Server` header, and
+/// the count by route class, status and fault.
+pub fn finish(
+    ctx: &crate::context::Context,
+    class: &'static str,
+    result: Result<Response<Body>, HttpError>,
+) -> Response<Body> {
+    let (mut resp, fault) = match result {
+        Ok(resp) => (resp, crate::error::NO_FAULT),
+        Err(e) => {
+            let fault = e.fault.as_str();
+            (e.into_response(), fault)
+        }
+    };
+    add_cors(resp.headers_mut());
+    resp.headers_mut().entry(header::SERVER).or_insert_with(server_header);
+    ctx.metrics
+        .http_requests_total
+        .with_label_values(&[class, resp.status().as_str(), fault])
+        .inc();
+    resp
+}
+
 /// The `Server` header value.
 pub fn server_header() -> HeaderValue {
     HeaderValue::from_str(&format!("{}/{}", crate::SIGNATURE, crate::VERSION)).expect("ascii")

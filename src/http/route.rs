@@ -22,9 +22,8 @@ use tracing::Instrument;
 use super::hls_session::HlsSessions;
 use super::request::{classify, HttpState, StreamKind, StreamRequest};
 use super::serve::HttpServer;
-use super::{add_cors, full, hls, live, server_header, static_files, versions, Body, HttpError};
+use super::{full, hls, live, static_files, versions, Body, HttpError};
 use crate::context::Context;
-use crate::error::NO_FAULT;
 use crate::stream_key::StreamKey;
 
 /// Runs the streaming server until the drain has stopped it.
@@ -43,13 +42,7 @@ pub async fn run(listener: TcpListener, ctx: Context) {
 
 /// Classifies a request and answers it; counts it by route and status.
 async fn route(state: &HttpState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let span = tracing::info_span!(
-        "request",
-        method = %req.method(),
-        path = %req.uri().path(),
-        stream = tracing::field::Empty,
-        origin = tracing::field::Empty,
-    );
+    let span = super::request_span(&req);
     route_in_span(state, req, peer).instrument(span).await
 }
 
@@ -76,22 +69,7 @@ async fn route_in_span(state: &HttpState, req: Request<Incoming>, peer: SocketAd
             ),
         }
     };
-    let (mut resp, fault) = match result {
-        Ok(resp) => (resp, NO_FAULT),
-        Err(e) => {
-            let fault = e.fault.as_str();
-            (e.into_response(), fault)
-        }
-    };
-    add_cors(resp.headers_mut());
-    resp.headers_mut().entry(header::SERVER).or_insert_with(server_header);
-    state
-        .ctx
-        .metrics
-        .http_requests_total
-        .with_label_values(&[class, resp.status().as_str(), fault])
-        .inc();
-    resp
+    super::finish(&state.ctx, class, result)
 }
 
 /// Parses the stream the path names and hands the request to its handler.

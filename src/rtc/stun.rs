@@ -221,8 +221,8 @@ mod tests {
     use proptest::prelude::*;
 
     /// A binding request as ICE sends one: USERNAME, then optionally
-    /// MESSAGE-INTEGRITY and FINGERPRINT. (tests/rtc_wire.rs checks the
-    /// parser against webrtc-rs's independent encoder as well.)
+    /// MESSAGE-INTEGRITY and FINGERPRINT. (tests/rtc_udp.rs drives the
+    /// parser with checks from webrtc-rs's independent encoder as well.)
     fn reference(username: &str, pwd: Option<&str>, fingerprint: bool) -> Vec<u8> {
         reference_with_type(0x0001, username, pwd, fingerprint)
     }

@@ -34,6 +34,10 @@ pub struct TestProxy {
     pub api: SocketAddr,
     /// The SRT port (UDP).
     pub srt: SocketAddr,
+    /// WebRTC signalling (`PROXY_HTTP_API`).
+    pub rtc_api: SocketAddr,
+    /// WebRTC media (`PROXY_WEBRTC_SERVER`, UDP).
+    pub rtc_udp: SocketAddr,
     pub ctx: Context,
     /// Sends the proxy its SIGTERM.
     signal: Option<oneshot::Sender<()>>,
@@ -54,6 +58,8 @@ impl TestProxy {
         let rtmp = listeners.rtmp.local_addr().unwrap();
         let api = listeners.system_api.local_addr().unwrap();
         let srt = listeners.srt.local_addr().unwrap();
+        let rtc_api = listeners.http_api.local_addr().unwrap();
+        let rtc_udp = listeners.webrtc.local_addr().unwrap();
         let ctx = Context::new(config, store);
         let (signal, received) = oneshot::channel::<()>();
         let task = tokio::spawn(server::run(ctx.clone(), listeners, async {
@@ -64,6 +70,8 @@ impl TestProxy {
             rtmp,
             api,
             srt,
+            rtc_api,
+            rtc_udp,
             ctx,
             signal: Some(signal),
             task: Some(task),
