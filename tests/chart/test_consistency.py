@@ -331,9 +331,8 @@ def test_public_service_exposes_every_protocol(rendered: Rendered) -> None:
         assert port["targetPort"] == name
     for s in public:
         assert s["spec"]["type"] == rendered.values["service"]["type"]
-    # Clients send WebRTC media to the port in the origin's SDP answer.
-    if rendered.values["origin"]["enabled"]:
-        assert exposed["rtc"]["port"] == rendered.values["origin"]["ports"]["rtc"]
+    # Clients send WebRTC media to the port the proxy announces in its answers.
+    assert int(rendered.proxy_env()["PROXY_WEBRTC_PUBLIC_PORT"]) == exposed["rtc"]["port"]
     # The system API (register, metrics) is never public.
     assert "system" not in exposed
 
@@ -431,10 +430,17 @@ def test_notes_print_publish_and_play_commands(rendered: Rendered) -> None:
     assert f"$PROXY_HOST':{ports['srt']}?streamid=#!::r=live/livestream,m=publish" in notes
     assert f"$PROXY_HOST':{ports['srt']}?streamid=#!::r=live/livestream,m=request" in notes
     # Every publish command is self-contained: a generated source, no file.
-    assert notes.count("-f lavfi -i testsrc") == 2 and "input.mp4" not in notes
+    assert notes.count("-f lavfi -i testsrc") == 3 and "input.mp4" not in notes
     assert rendered.namespace in notes
-    if rendered.values["origin"]["candidate"] == "*":
-        assert "origin.candidate" in notes
+    api = ports["api"]
+    assert f"http://$PROXY_HOST:{api}/rtc/v1/whep/?app=live&stream=livestream" in notes
+    assert "-f whip" in notes and f"$PROXY_HOST':{api}/rtc/v1/whip/?app=live&stream=livestream" in notes
+    candidate = rendered.values["proxy"]["webrtc"]["candidate"]
+    if not candidate and rendered.values["origin"]["candidate"] == "*":
+        assert "--set proxy.webrtc.candidate=$PROXY_HOST" in notes
+    if candidate:
+        assert rendered.proxy_env()["PROXY_WEBRTC_CANDIDATE"] == candidate
+        assert "proxy.webrtc.candidate is not set" not in notes
 
 
 @pytest.mark.parametrize("component", ["proxy", "origin", "redis"])
