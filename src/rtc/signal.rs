@@ -175,7 +175,9 @@ async fn sdp_offer(state: &RtcState, req: Request<Incoming>, peer: SocketAddr) -
     }
     let target = path_and_query(&req);
     let (parts, body) = read_body(req, state.settings.max_sdp_bytes).await?;
-    let offer_ufrag = offer_ufrag(std::str::from_utf8(&body).unwrap_or(""))?;
+    let text =
+        std::str::from_utf8(&body).map_err(|_| HttpError::new(StatusCode::BAD_REQUEST, "offer is not UTF-8 text"))?;
+    let offer_ufrag = offer_ufrag(text)?;
     let (origin, answer) = send_offer(state, &key, &target, &parts.headers, body, peer).await?;
     if !answer.parts.status.is_success() {
         return Ok(relay_as_is(answer));
