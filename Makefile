@@ -4,14 +4,16 @@
 #   make test   run every test: Rust unit + integration tests, chart checks
 #
 # System packages the tests use (redis-server, ffmpeg, srt-tools for
-# srt-live-transmit, python3-venv) are
-# installed by `make deps` when missing and the user is root; otherwise it
-# prints the one apt line from the README.
+# srt-live-transmit, python3-venv, iproute2 for `ss`) are installed by
+# `make deps` when missing and the user is root; otherwise it prints the one
+# apt line from the README. `make bench` also wants nginx (the baseline) and
+# valgrind (instruction counts).
 
 CARGO ?= cargo
-APT_PACKAGES := redis-server ffmpeg srt-tools python3-venv
+APT_PACKAGES := redis-server ffmpeg srt-tools python3-venv iproute2
+BENCH_PACKAGES := nginx-light valgrind
 
-.PHONY: run build test test-rust deps bench fmt lint
+.PHONY: run build test test-rust deps bench bench-deps fmt lint
 
 run:
 	$(CARGO) run --release --bin srs-proxy
@@ -19,20 +21,27 @@ run:
 build:
 	$(CARGO) build --release --bin srs-proxy
 
+# Installs the packages in $$missing with apt when root, else says which;
+# $(1) is the full list for the message.
+define apt_missing
+if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing:$$missing — as root (or with sudo) run: apt-get install -y $(1)"; exit 1; \
+	  fi; \
+	fi
+endef
+
 deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v srt-live-transmit >/dev/null || missing="$$missing srt-tools"; \
+	command -v ss >/dev/null || missing="$$missing iproute2"; \
 	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else \
-	    echo "missing:$$missing — as root (or with sudo) run: apt-get install -y $(APT_PACKAGES)"; exit 1; \
-	  fi; \
-	fi
+	$(call apt_missing,$(APT_PACKAGES))
 
 test: deps test-rust $(if $(wildcard mk/chart.mk),chart-test)
 
@@ -43,8 +52,16 @@ test-rust:
 	  $(CARGO) test --workspace --no-fail-fast; \
 	fi
 
-bench:
+# The proxy is benchmarked as a release binary beside nginx; both are
+# started by the bench itself on loopback.
+bench: bench-deps
 	$(CARGO) bench
+
+bench-deps:
+	@missing=""; \
+	[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing="$$missing nginx-light"; \
+	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
+	$(call apt_missing,$(BENCH_PACKAGES))
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,64 +1,254 @@
-//! `make bench`: relay throughput and claim cost, as ratios against a
-//! baseline measured in the same run (absolute numbers vary by machine).
+//! `make bench`: the live data path against baselines measured in the same
+//! run, so the ratios mean something on any machine.
 //!
-//! * HTTP-FLV read straight from the fake origin vs. through the proxy.
-//! * Claims on the memory store: hit path vs. a bare map lookup baseline.
+//! A fast synthetic origin and the load clients run in this process on one
+//! core; the process under test (the proxy binary with one worker thread,
+//! or Debian's nginx with one worker, `proxy_buffering off`,
+//! `proxy_buffer_size 64k`) runs on the other. "direct" reads the origin
+//! itself. Printed:
+//!
+//! * resident memory per viewer with 1,000 viewers paced at 1 Mbit/s, and
+//!   at overload with 5,000 connecting at 2,500/s (and how many of those
+//!   connects failed);
+//! * bulk HTTP-FLV with 1/8/64 viewers: MB/s, and MB per CPU-second of
+//!   the process under test;
+//! * m3u8 and 500 KB segments at 1 and 64 connections: requests/s and the
+//!   p50 latency added over direct;
+//! * instructions per MB relayed (callgrind), for this build and, when
+//!   `BENCH_PROXY_BEFORE` names another proxy binary, for that one;
+//! * memory-store claims against a bare map lookup.
+//!
+//! `BENCH_ONLY=viewers,bulk,hls,callgrind,claims` runs a subset. The open
+//! file limit is raised to its hard limit at start (5,000 viewers need
+//! about 10,000 descriptors here and as many in the proxy).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "relay/load.rs"]
+mod load;
+#[path = "relay/process.rs"]
+mod process;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::Method;
-use http_body_util::BodyExt;
+use load::{p50, requests, Viewers};
+use process::Target;
 use srs_proxy::balance::Policy;
 use srs_proxy::store::{MemoryStore, Store};
 use srs_proxy::stream_key::StreamKey;
-use support::origin::FakeOrigin;
-use support::proxy::{test_config, TestProxy};
+use support::fast_origin::FastOrigin;
 
-const BYTES: usize = 256 * 1024 * 1024;
+/// 1 Mbit/s per paced viewer.
+const PACE: usize = 125_000;
+const SEGMENT: usize = 500_000;
+const BULK_SECONDS: u64 = 5;
 
-async fn read_stream(addr: std::net::SocketAddr, path: &str) -> Duration {
-    let start = Instant::now();
-    let resp = support::client::send(addr, Method::GET, path, &[], Bytes::new()).await;
-    let mut body = resp.into_body();
-    let mut n = 0;
-    while n < BYTES {
-        let frame = body.frame().await.expect("stream ended").expect("stream failed");
-        if let Ok(data) = frame.into_data() {
-            n += data.len();
+fn main() {
+    process::pin_self();
+    let nofile = process::raise_nofile();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(nofile));
+}
+
+fn wanted(section: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|s| s.trim() == section))
+}
+
+async fn run(nofile: u64) {
+    let origin = FastOrigin::start(PACE, SEGMENT).await;
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_srs-proxy"));
+    println!(
+        "data path: proxy and nginx on cpu {} (one worker), origin and load on cpu {}; open files {nofile}",
+        process::TARGET_CPU,
+        process::BENCH_CPU
+    );
+    let proxy = || process::proxy(&binary, origin.addr, &[], "srs-proxy");
+    let nginx = || process::nginx(origin.addr);
+    if process::nginx(origin.addr).is_none() {
+        println!("nginx not installed (apt-get install nginx-light): its columns are skipped");
+    }
+    if wanted("viewers") {
+        for (n, rate) in [(1000, 500.0), (5000, 2500.0)] {
+            for target in [Some(proxy()), nginx()].into_iter().flatten() {
+                paced_viewers(target, n, rate).await;
+            }
         }
     }
-    start.elapsed()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-#[tokio::main]
-async fn main() {
-    let proxy = TestProxy::start(test_config()).await;
-    let origin = FakeOrigin::start("bench").await;
-    origin.register(proxy.api).await;
-
-    let (mut direct, mut proxied) = (Vec::new(), Vec::new());
-    for i in 0..5 {
-        let path = format!("/live/bench{i}.flv");
-        direct.push(BYTES as f64 / read_stream(origin.addr, &path).await.as_secs_f64() / 1e6);
-        proxied.push(BYTES as f64 / read_stream(proxy.http, &path).await.as_secs_f64() / 1e6);
+    if wanted("bulk") {
+        for k in [1, 8, 64] {
+            let direct = bulk(origin.addr, None, k).await;
+            let p = proxy();
+            let ours = bulk(p.addr, Some(&p), k).await;
+            drop(p);
+            let mut line = format!(
+                "bulk flv, {k:>2} viewers: direct {:.0} MB/s; srs-proxy {:.0} MB/s ({:.2}x direct), {:.0} MB per CPU-s",
+                direct.0,
+                ours.0,
+                ours.0 / direct.0,
+                ours.1
+            );
+            if let Some(n) = nginx() {
+                let theirs = bulk(n.addr, Some(&n), k).await;
+                line += &format!(
+                    "; nginx {:.0} MB/s, {:.0} MB per CPU-s; srs-proxy/nginx per CPU-s {:.2}x",
+                    theirs.0,
+                    theirs.1,
+                    ours.1 / theirs.1
+                );
+            }
+            println!("{line}");
+        }
     }
-    let (d, p) = (median(direct), median(proxied));
-    println!(
-        "http-flv relay: direct {d:.0} MB/s, through proxy {p:.0} MB/s, ratio {:.2}",
-        p / d
-    );
+    if wanted("hls") {
+        let p = proxy();
+        let n = nginx();
+        for (what, path) in [("m3u8", "/live/hls.m3u8"), ("500 KB segment", "/live/hls-100.ts")] {
+            for conns in [1, 64] {
+                let (direct_rps, direct_p50) = hls(origin.addr, path, conns).await;
+                let (rps, ours) = hls(p.addr, path, conns).await;
+                let mut line = format!(
+                    "{what}, {conns:>2} conn: direct {direct_rps:.0} req/s p50 {:.0} us; srs-proxy {rps:.0} req/s, p50 +{:.0} us",
+                    micros(direct_p50),
+                    micros(ours.saturating_sub(direct_p50))
+                );
+                if let Some(n) = &n {
+                    let (rps, theirs) = hls(n.addr, path, conns).await;
+                    line += &format!(
+                        "; nginx {rps:.0} req/s, p50 +{:.0} us",
+                        micros(theirs.saturating_sub(direct_p50))
+                    );
+                }
+                println!("{line}");
+            }
+        }
+    }
+    if wanted("callgrind") {
+        callgrind(&binary, &origin).await;
+    }
+    if wanted("claims") {
+        claims().await;
+    }
+}
 
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Resident memory per viewer, and failed connects, for `n` paced viewers
+/// connecting at `rate` per second.
+async fn paced_viewers(target: Target, n: usize, rate: f64) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = target.rss();
+    let viewers = Viewers::open(target.addr, n, rate, |i| format!("/live/paced-{i}.flv")).await;
+    viewers.settle(n).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = target.rss();
+    let received = viewers.received.load(Ordering::Relaxed);
+    let playing = viewers.playing.load(Ordering::Relaxed);
+    let failed = viewers.failed.load(Ordering::Relaxed);
+    println!(
+        "{:<9} {n} paced viewers (1 Mbit/s, connecting at {rate:.0}/s): RSS {:.0} MiB, {:.1} KiB per viewer; playing {playing}, failed connects {failed}, received {:.0} MB",
+        target.name,
+        after as f64 / (1 << 20) as f64,
+        after.saturating_sub(before) as f64 / 1024.0 / n as f64,
+        received as f64 / 1e6
+    );
+    viewers.close().await;
+    target.stop();
+}
+
+/// `k` bulk viewers for a few seconds: MB/s, and MB per CPU-second of
+/// `target` when given.
+async fn bulk(addr: std::net::SocketAddr, target: Option<&Target>, k: usize) -> (f64, f64) {
+    let viewers = Viewers::open(addr, k, 1000.0, |i| format!("/live/bulk-{i}.flv")).await;
+    viewers.settle(k).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (b0, c0, t0) = (
+        viewers.received.load(Ordering::Relaxed),
+        target.map_or(0.0, Target::cpu_seconds),
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs(BULK_SECONDS)).await;
+    let (b1, c1, t1) = (
+        viewers.received.load(Ordering::Relaxed),
+        target.map_or(0.0, Target::cpu_seconds),
+        Instant::now(),
+    );
+    viewers.close().await;
+    let mb = (b1 - b0) as f64 / 1e6;
+    (mb / (t1 - t0).as_secs_f64(), mb / (c1 - c0).max(1e-9))
+}
+
+/// Requests/s and p50 latency for `path` over `conns` connections.
+async fn hls(addr: std::net::SocketAddr, path: &str, conns: usize) -> (f64, Duration) {
+    // Maps the stream (the proxy places it on the playlist's claim).
+    let _ = requests(addr, "/live/hls.m3u8", 1, Duration::from_millis(100)).await;
+    let seconds = 3;
+    let mut times = requests(addr, path, conns, Duration::from_secs(seconds)).await;
+    (times.len() as f64 / seconds as f64, p50(&mut times))
+}
+
+/// Instructions per MB relayed by one bulk viewer, from two runs under
+/// callgrind (the difference cancels start-up and shutdown).
+async fn callgrind(after: &Path, origin: &FastOrigin) {
+    if std::process::Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("callgrind: valgrind not installed (apt-get install valgrind); skipped");
+        return;
+    }
+    let mut runs = vec![("this build", after.to_path_buf())];
+    if let Ok(before) = std::env::var("BENCH_PROXY_BEFORE") {
+        runs.insert(0, ("before", PathBuf::from(before)));
+    }
+    let mut line = String::from("callgrind, instructions per MB relayed (1 bulk viewer):");
+    for (label, binary) in runs {
+        let small = instructions(&binary, origin, 8).await;
+        let large = instructions(&binary, origin, 40).await;
+        let per_mb = (large.saturating_sub(small)) as f64 / 32.0;
+        line += &format!(" {label} {:.2} M;", per_mb / 1e6);
+    }
+    println!("{}", line.trim_end_matches(';'));
+}
+
+async fn instructions(binary: &Path, origin: &FastOrigin, mb: u64) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("callgrind.out");
+    let arg = format!("--callgrind-out-file={}", out.display());
+    let target = process::proxy(
+        binary,
+        origin.addr,
+        &["valgrind", "--tool=callgrind", &arg],
+        "callgrind",
+    );
+    let viewers = Viewers::open(target.addr, 1, 1.0, |_| "/live/bulk-cg.flv".to_string()).await;
+    while viewers.received.load(Ordering::Relaxed) < mb * 1_000_000 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    viewers.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    target.stop();
+    let text = std::fs::read_to_string(&out).expect("callgrind output");
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("callgrind totals")
+}
+
+/// Memory-store claims of mapped streams against a bare map lookup.
+async fn claims() {
     let store = Store::Memory(MemoryStore::new());
-    let body = FakeOrigin::start("claims").await.register_body();
+    let body = support::origin::FakeOrigin::start("claims").await.register_body();
     let origin = srs_proxy::api::parse_register(body.as_bytes()).unwrap();
     store.upsert_origin(origin, None).await.unwrap();
     let keys: Vec<StreamKey> = (0..1000)

@@ -1,13 +1,13 @@
 # make fuzz — fuzz the RTMP chunk and AMF0 decoders, the SRT handshake and
-# stream id parsers, the STUN parser and the SDP answer rewriter with
-# cargo-fuzz.
+# stream id parsers, the STUN parser, the SDP answer rewriter and the
+# HTTP framing of origin responses with cargo-fuzz.
 #
 # Not part of `make test`: it needs `cargo install cargo-fuzz` and a nightly
 # toolchain (`rustup toolchain install nightly`), and it runs until
 # FUZZ_SECONDS per target have passed. Crashes land in fuzz/artifacts/.
 
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := rtmp_chunk rtmp_amf0 srt_handshake srt_stream_id rtc_stun rtc_sdp
+FUZZ_TARGETS := rtmp_chunk rtmp_amf0 srt_handshake srt_stream_id rtc_stun rtc_sdp http_framing
 
 .PHONY: fuzz
 

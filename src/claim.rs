@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::context::Context;
 use crate::error::{Failure, Fault};
 use crate::origin::{Origin, Protocol};
+use crate::shutdown::CancelWatch;
 use crate::store::{Claim, ClaimOutcome, StoreError};
 use crate::stream_key::StreamKey;
 
@@ -172,6 +173,11 @@ impl StreamLease {
     /// Resolves when the relay must stop: origin gone or proxy aborting.
     pub async fn lost(&self) {
         self.lost.cancelled().await
+    }
+
+    /// [`Self::lost`] for a loop that checks it on every wake.
+    pub fn lost_watch(&self) -> CancelWatch {
+        CancelWatch::new(self.lost.clone())
     }
 }
 

@@ -32,6 +32,7 @@ use tracing::Instrument;
 
 use crate::config::ListenAddr;
 use crate::context::Context;
+use crate::shutdown::until_cancelled;
 
 /// Backlog when the setting is 0 and the kernel allows more.
 pub const DEFAULT_BACKLOG: u32 = 4096;
@@ -130,9 +131,10 @@ pub async fn serve<H: Handler>(
             async move {
                 let _permit = permit;
                 open.inc();
-                tokio::select! {
-                    _ = handler.serve(tcp, peer) => {}
-                    _ = ctx.shutdown.aborted() => tracing::info!("proxy shutting down; connection cut"),
+                // Checked on every wake of a relay: an atomic load, not a lock.
+                let abort = ctx.shutdown.abort_watch();
+                if until_cancelled(handler.serve(tcp, peer), abort).await.is_none() {
+                    tracing::info!("proxy shutting down; connection cut");
                 }
                 open.dec();
             }

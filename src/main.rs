@@ -119,7 +119,11 @@ fn main() -> ExitCode {
         }
     }
     init_tracing(config.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        builder.worker_threads(config.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("srs-proxy: cannot start runtime: {e}");

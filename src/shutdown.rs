@@ -9,8 +9,10 @@
 //!   stops waiting for anything and returns at once.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Cloneable set of shutdown tokens.
 #[derive(Clone, Default)]
@@ -67,6 +69,62 @@ impl Shutdown {
     pub async fn forced(&self) {
         self.force.cancelled().await
     }
+
+    /// A cheap watch on the abort, for loops that poll it on every wake.
+    pub fn abort_watch(&self) -> CancelWatch {
+        CancelWatch::new(self.abort.clone())
+    }
+}
+
+/// Watches a token from inside a hot poll loop.
+///
+/// Polling `token.cancelled()` on every wake takes the token's lock each
+/// time. This registers the task's waker once (again only when the task's
+/// waker changes), and otherwise answers with one atomic load: the wake-up
+/// comes from the registration, the answer from the load.
+pub struct CancelWatch {
+    token: CancellationToken,
+    wait: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The waker the registration holds.
+    registered: Option<Waker>,
+}
+
+impl CancelWatch {
+    pub fn new(token: CancellationToken) -> Self {
+        Self {
+            wait: Box::pin(token.clone().cancelled_owned()),
+            token,
+            registered: None,
+        }
+    }
+
+    /// True once the token is cancelled; otherwise the task is woken when
+    /// it is.
+    pub fn poll_cancelled(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.token.is_cancelled() {
+            return true;
+        }
+        if !self.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            if self.wait.as_mut().poll(cx).is_ready() {
+                return true;
+            }
+            self.registered = Some(cx.waker().clone());
+        }
+        false
+    }
+}
+
+/// Runs `fut` until it finishes or `watch` fires, whichever is first;
+/// `None` when cut.
+pub async fn until_cancelled<F: Future>(fut: F, mut watch: CancelWatch) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(move |cx| {
+        if watch.poll_cancelled(cx) {
+            return Poll::Ready(None);
+        }
+        fut.as_mut().poll(cx).map(Some)
+    })
+    .await
 }
 
 /// The OS signals as the lifecycle wants them: resolves on the first
@@ -136,5 +194,22 @@ impl Signals {
         {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_watch_wakes_its_task_and_cuts_the_future() {
+        let token = CancellationToken::new();
+        let cancel = token.clone();
+        let waiter = tokio::spawn(until_cancelled(std::future::pending::<()>(), CancelWatch::new(token)));
+        tokio::task::yield_now().await;
+        cancel.cancel();
+        assert_eq!(waiter.await.unwrap(), None, "the pending future was cut");
+        let done = until_cancelled(async { 7 }, CancelWatch::new(CancellationToken::new())).await;
+        assert_eq!(done, Some(7));
     }
 }

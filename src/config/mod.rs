@@ -34,6 +34,10 @@ pub use self::webrtc::WebrtcConfig;
 use crate::balance::Policy;
 use crate::origin::{Origin, OriginSource, Ports};
 
+/// Smallest `relay_buffer_bytes`: hyper's HTTP/1 read buffer cannot be
+/// capped below this.
+pub const MIN_RELAY_BUFFER: usize = 8192;
+
 /// A configuration error. Display is the one line printed before exit 64.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -200,8 +204,11 @@ pub struct Config {
     /// Bound on an origin's response headers (and a whole playlist).
     #[serde(with = "duration_serde")]
     pub origin_response_timeout: Duration,
-    /// Bytes buffered per relayed connection (each direction).
+    /// Most bytes a live HTTP relay holds for one player, and the cap on
+    /// the read buffer of every HTTP connection to an origin.
     pub relay_buffer_bytes: usize,
+    /// Threads of the async runtime; 0 = one per core.
+    pub worker_threads: usize,
     /// Largest RTMP message accepted from either side.
     pub rtmp_max_message_bytes: usize,
     /// A client that has not finished the RTMP handshake by then is dropped.
@@ -251,6 +258,7 @@ impl Default for Config {
             origin_connect_timeout: Duration::from_secs(3),
             origin_response_timeout: Duration::from_secs(10),
             relay_buffer_bytes: 64 * 1024,
+            worker_threads: 0,
             rtmp_max_message_bytes: 8 * 1024 * 1024,
             rtmp_handshake_timeout: Duration::from_secs(10),
             srt_max_connections: 10_000,
@@ -347,6 +355,14 @@ impl Config {
                     reason: "must be greater than 0".into(),
                 });
             }
+        }
+        // hyper's HTTP/1 reader needs at least 8 KiB; past 16 MiB the
+        // bound stops meaning anything for a live stream.
+        if !(MIN_RELAY_BUFFER..=16 * 1024 * 1024).contains(&self.relay_buffer_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "relay_buffer_bytes",
+                reason: format!("{} is outside {MIN_RELAY_BUFFER}..=16777216", self.relay_buffer_bytes),
+            });
         }
         // The RTMP length field is 24 bits; below a few KiB not even a
         // connect command with its properties fits.

@@ -1,34 +1,36 @@
 //! Forwarding one HTTP request to an origin and relaying the response.
 //!
-//! One upstream connection per request (live streams hold it for their
-//! whole life, so pooling buys nothing). The response body is relayed frame
-//! by frame as hyper reads it: hyper only polls the upstream body when the
-//! client side can take more, so a slow client stalls the origin through
-//! TCP backpressure instead of filling memory.
+//! Short requests (playlists, segments) may reuse a kept-alive connection
+//! ([`super::pool`]); anything else gets a connection of its own. The
+//! response body is relayed frame by frame as hyper reads it: hyper only
+//! polls the upstream body when the client side can take more, so a slow
+//! client stalls the origin through TCP backpressure instead of filling
+//! memory. Live FLV/TS to HTTP/1.1 players skip hyper altogether
+//! ([`super::passthrough`]); this path serves the rest (HEAD, HTTP/1.0).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
+use super::pool::{ConnTask, KeepAlive, OriginConn};
 use super::{Body, BoxError, HttpError};
 use crate::claim::StreamLease;
+use crate::config::MIN_RELAY_BUFFER;
 use crate::context::Context;
 use crate::metrics::ConnectionGuard;
 use crate::origin::{Origin, Protocol};
+use crate::shutdown::CancelWatch;
 use crate::stream_key::StreamKey;
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
@@ -92,106 +94,73 @@ pub fn origin_target(key: &StreamKey, ext: &str, query: Option<&str>) -> String 
     out
 }
 
-/// Aborts the upstream connection task when the relay ends, whichever side
-/// ended it: the client went away (body dropped) or the origin did.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// An upstream response and the connection that carries it.
 pub struct Upstream {
     pub response: Response<Incoming>,
-    /// Drives the upstream connection; aborted with the relay, so the
-    /// origin connection never outlives the client's.
-    conn: AbortOnDrop,
+    /// Drives the upstream connection; aborted with the relay (unless it
+    /// goes back to the pool), so it never outlives the client's.
+    conn: ConnTask,
+    /// Where the connection goes back once the body has been read to its
+    /// end; `None` for connections used once.
+    reuse: Option<Reuse>,
 }
 
-/// Sends `method path_and_query` with the client's headers to `origin`'s
-/// HTTP port. The client's `Host` is kept: SRS reads the vhost from it.
-pub async fn send(
-    ctx: &Context,
-    origin: &Origin,
-    method: &Method,
-    path_and_query: &str,
-    client_headers: &HeaderMap,
-    peer: SocketAddr,
-) -> Result<Upstream, HttpError> {
-    let authority = origin.authority(Protocol::Http).ok_or_else(|| {
+/// A pooled connection's way back to its pool.
+struct Reuse {
+    /// Where it goes.
+    pool: KeepAlive,
+    /// The origin it is kept for.
+    authority: String,
+    /// Its request handle.
+    sender: SendRequest<Empty<Bytes>>,
+}
+
+impl Reuse {
+    fn give_back(self, task: ConnTask) {
+        self.pool.put(
+            &self.authority,
+            OriginConn {
+                sender: self.sender,
+                task,
+            },
+        );
+    }
+}
+
+/// `ip:port` of `origin`'s HTTP port, or a 502 when it has none.
+pub fn http_authority(origin: &Origin) -> Result<String, HttpError> {
+    origin.authority(Protocol::Http).ok_or_else(|| {
         HttpError::origin(
             StatusCode::BAD_GATEWAY,
             format!("origin {} has no HTTP port", origin.id),
             "no http port registered",
         )
-    })?;
+    })
+}
+
+/// Opens a TCP connection to `authority` (an origin's HTTP port) within
+/// the connect timeout. A connect that fails sent nothing anywhere, so
+/// its error says another origin may serve the request.
+pub async fn connect(ctx: &Context, origin: &Origin, authority: &str) -> Result<TcpStream, HttpError> {
     let timeout = ctx.config.origin_connect_timeout;
-    // A connect that fails sent nothing anywhere: another origin may serve.
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&authority)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            return Err(HttpError::origin(
-                StatusCode::BAD_GATEWAY,
-                format!("origin {} refused the connection", origin.id),
-                format!("connect to {authority}: {e}"),
-            )
-            .retryable())
+    match tokio::time::timeout(timeout, TcpStream::connect(authority)).await {
+        Ok(Ok(tcp)) => {
+            let _ = tcp.set_nodelay(true);
+            Ok(tcp)
         }
-        Err(_) => {
-            return Err(HttpError::origin(
-                StatusCode::BAD_GATEWAY,
-                format!("origin {} did not accept the connection in time", origin.id),
-                format!("connect to {authority}: no answer within {timeout:?}"),
-            )
-            .retryable())
-        }
-    };
-    let _ = tcp.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| {
-            HttpError::origin(
-                StatusCode::BAD_GATEWAY,
-                format!("origin {} failed", origin.id),
-                e.to_string(),
-            )
-        })?;
-    let conn = AbortOnDrop(tokio::spawn(async move {
-        let _ = conn.await;
-    }));
-
-    let uri: Uri = path_and_query
-        .parse()
-        .map_err(|_| HttpError::new(StatusCode::BAD_REQUEST, "request target cannot be forwarded"))?;
-    let mut headers = origin_request_headers(client_headers, &authority, peer);
-    // The forwarded request never has a body.
-    headers.remove(header::CONTENT_TYPE);
-    let mut req = Request::new(Empty::<Bytes>::new());
-    *req.method_mut() = method.clone();
-    *req.uri_mut() = uri;
-    *req.headers_mut() = headers;
-
-    let wait = ctx.config.origin_response_timeout;
-    let response = match tokio::time::timeout(wait, sender.send_request(req)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => {
-            return Err(HttpError::origin(
-                StatusCode::BAD_GATEWAY,
-                format!("origin {} failed before answering", origin.id),
-                format!("{authority}: {e}"),
-            ))
-        }
-        Err(_) => {
-            return Err(HttpError::origin(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("origin {} sent no response headers within {wait:?}", origin.id),
-                format!("{authority}: no response headers"),
-            ))
-        }
-    };
-    Ok(Upstream { response, conn })
+        Ok(Err(e)) => Err(HttpError::origin(
+            StatusCode::BAD_GATEWAY,
+            format!("origin {} refused the connection", origin.id),
+            format!("connect to {authority}: {e}"),
+        )
+        .retryable()),
+        Err(_) => Err(HttpError::origin(
+            StatusCode::BAD_GATEWAY,
+            format!("origin {} did not accept the connection in time", origin.id),
+            format!("connect to {authority}: no answer within {timeout:?}"),
+        )
+        .retryable()),
+    }
 }
 
 /// The client's headers as they go to an origin: hop-by-hop and body
@@ -219,6 +188,103 @@ pub fn origin_request_headers(client_headers: &HeaderMap, authority: &str, peer:
     headers
 }
 
+/// What a request without a body sends an origin.
+pub fn bodiless_request_headers(client_headers: &HeaderMap, authority: &str, peer: SocketAddr) -> HeaderMap {
+    let mut headers = origin_request_headers(client_headers, authority, peer);
+    headers.remove(header::CONTENT_TYPE);
+    headers
+}
+
+/// A new HTTP/1 connection to `origin`, its read buffer capped by
+/// `relay_buffer_bytes` (hyper's own cap grows to about 400 KiB).
+async fn open(ctx: &Context, origin: &Origin, authority: &str) -> Result<OriginConn, HttpError> {
+    let tcp = connect(ctx, origin, authority).await?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(ctx.config.relay_buffer_bytes.max(MIN_RELAY_BUFFER))
+        .handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| {
+            HttpError::origin(
+                StatusCode::BAD_GATEWAY,
+                format!("origin {} failed", origin.id),
+                e.to_string(),
+            )
+        })?;
+    let task = ConnTask(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    Ok(OriginConn { sender, task })
+}
+
+/// Sends `method path_and_query` with the client's headers to `origin`'s
+/// HTTP port. With `pool`, an idle connection to the origin is reused when
+/// there is one, and the connection goes back to the pool once the
+/// response has been read (short requests only: never a live stream).
+pub async fn send(
+    ctx: &Context,
+    origin: &Origin,
+    method: &Method,
+    path_and_query: &str,
+    client_headers: &HeaderMap,
+    peer: SocketAddr,
+    pool: Option<&KeepAlive>,
+) -> Result<Upstream, HttpError> {
+    let authority = http_authority(origin)?;
+    let uri: Uri = path_and_query
+        .parse()
+        .map_err(|_| HttpError::new(StatusCode::BAD_REQUEST, "request target cannot be forwarded"))?;
+    let headers = bodiless_request_headers(client_headers, &authority, peer);
+    let wait = ctx.config.origin_response_timeout;
+    let mut idle = pool;
+    loop {
+        let (mut conn, reused) = match idle.and_then(|p| p.take(&authority)) {
+            Some(conn) => (conn, true),
+            None => (open(ctx, origin, &authority).await?, false),
+        };
+        if reused && conn.sender.ready().await.is_err() {
+            continue;
+        }
+        let mut req = Request::new(Empty::<Bytes>::new());
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = uri.clone();
+        *req.headers_mut() = headers.clone();
+        match tokio::time::timeout(wait, conn.sender.send_request(req)).await {
+            Ok(Ok(response)) => {
+                let reuse = pool.map(|pool| Reuse {
+                    pool: pool.clone(),
+                    authority: authority.clone(),
+                    sender: conn.sender,
+                });
+                return Ok(Upstream {
+                    response,
+                    conn: conn.task,
+                    reuse,
+                });
+            }
+            // An idle connection the origin closed meanwhile: the request
+            // (GET or HEAD) is sent again once, on a new connection.
+            Ok(Err(e)) if reused => {
+                tracing::debug!(error = %e, "kept-alive origin connection failed; retrying on a new one");
+                idle = None;
+            }
+            Ok(Err(e)) => {
+                return Err(HttpError::origin(
+                    StatusCode::BAD_GATEWAY,
+                    format!("origin {} failed before answering", origin.id),
+                    format!("{authority}: {e}"),
+                ))
+            }
+            Err(_) => {
+                return Err(HttpError::origin(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("origin {} sent no response headers within {wait:?}", origin.id),
+                    format!("{authority}: no response headers"),
+                ))
+            }
+        }
+    }
+}
+
 /// Relays an upstream response to the client: status and headers intact
 /// (minus hop-by-hop), body streamed. The lease, if any, keeps the stream
 /// mapping alive and ends the body when the origin is gone.
@@ -232,25 +298,24 @@ pub fn relay(
     strip_hop_by_hop(&mut parts.headers);
     let (lost, watcher) = match lease {
         Some(lease) => {
-            let cut = CancellationToken::new();
-            let signal = cut.clone();
+            let lost = lease.lost_watch();
             let conn = upstream.conn.0.abort_handle();
-            let watcher = AbortOnDrop(tokio::spawn(async move {
+            let watcher = ConnTask(tokio::spawn(async move {
                 // Owning the lease keeps the stream mapping refreshed for as
                 // long as the body is alive.
                 lease.lost().await;
-                signal.cancel();
                 // Close the origin connection now, even when the client is
                 // stalled and hyper is not polling the body.
                 conn.abort();
             }));
-            (Some(cut.cancelled_owned().boxed()), Some(watcher))
+            (Some(lost), Some(watcher))
         }
         None => (None, None),
     };
     let body = RelayBody {
         inner: incoming,
-        _conn: upstream.conn,
+        conn: Some(upstream.conn),
+        reuse: upstream.reuse,
         _watcher: watcher,
         lost,
         bytes_out,
@@ -261,17 +326,29 @@ pub fn relay(
 
 /// The relayed body: upstream frames, counted, cut when the origin is gone.
 struct RelayBody {
+    /// The origin's body.
     inner: Incoming,
-    /// Keeps the upstream connection alive exactly as long as the body.
-    _conn: AbortOnDrop,
-    /// Watches the lease; ends the relay when the origin is gone.
-    _watcher: Option<AbortOnDrop>,
-    /// Resolves when the origin is gone: the body ends with an error.
-    lost: Option<BoxFuture<'static, ()>>,
+    /// Dropping it closes the origin connection, unless it went back to
+    /// the pool.
+    conn: Option<ConnTask>,
+    reuse: Option<Reuse>,
+    /// Watches the lease; closes the origin connection when it is lost.
+    _watcher: Option<ConnTask>,
+    /// Fires when the origin is gone: the body ends with an error.
+    lost: Option<CancelWatch>,
     /// Counts relayed bytes as frames pass.
     bytes_out: IntCounter,
     /// Keeps the player counted as connected while the body lives.
     _guard: Option<ConnectionGuard>,
+}
+
+impl RelayBody {
+    /// The body was read to its end: a pooled connection can be reused.
+    fn finished(&mut self) {
+        if let (Some(reuse), Some(conn)) = (self.reuse.take(), self.conn.take()) {
+            reuse.give_back(conn);
+        }
+    }
 }
 
 /// Ends a relayed body because the origin went away.
@@ -285,7 +362,7 @@ impl HttpBody for RelayBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(lost) = self.lost.as_mut() {
-            if lost.poll_unpin(cx).is_ready() {
+            if lost.poll_cancelled(cx) {
                 self.lost = None;
                 return Poll::Ready(Some(Err(Box::new(OriginLost))));
             }
@@ -295,10 +372,16 @@ impl HttpBody for RelayBody {
                 if let Some(data) = frame.data_ref() {
                     self.bytes_out.inc_by(data.len() as u64);
                 }
+                if self.inner.is_end_stream() {
+                    self.finished();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                self.finished();
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -342,7 +425,9 @@ pub async fn read_bounded(
             )
         }
     })?;
-    drop(upstream.conn);
+    if let Some(reuse) = upstream.reuse {
+        reuse.give_back(upstream.conn);
+    }
     Ok((parts, collected.to_bytes()))
 }
 

@@ -35,8 +35,8 @@ pub async fn by_token(
         return Ok(None);
     };
     let resp = match kind {
-        StreamKind::Playlist => fetch_playlist(&state.ctx, sr, &origin, Token::Existing(&token)).await?,
-        _ => from_origin(&state.ctx, sr, &origin, &session.key).await?,
+        StreamKind::Playlist => fetch_playlist(state, sr, &origin, Token::Existing(&token)).await?,
+        _ => from_origin(state, sr, &origin, &session.key).await?,
     };
     Ok(Some(resp))
 }
@@ -45,12 +45,12 @@ pub async fn by_token(
 /// mapped: served from that stream's origin. `None` when the name is not a
 /// segment's or its stream is not mapped (then it is a live HTTP-TS
 /// stream).
-pub async fn numbered_segment(ctx: &Context, sr: &StreamRequest<'_>) -> Result<Option<Response<Body>>, HttpError> {
+pub async fn numbered_segment(state: &HttpState, sr: &StreamRequest<'_>) -> Result<Option<Response<Body>>, HttpError> {
     let Some(base) = sr.key.without_segment_number() else {
         return Ok(None);
     };
-    match lookup(ctx, &base).await? {
-        Some(origin) => from_origin(ctx, sr, &origin, &base).await.map(Some),
+    match lookup(&state.ctx, &base).await? {
+        Some(origin) => from_origin(state, sr, &origin, &base).await.map(Some),
         None => Ok(None),
     }
 }
@@ -61,7 +61,7 @@ pub async fn playlist(state: &HttpState, sr: &StreamRequest<'_>) -> Result<Respo
     let ctx = &state.ctx;
     let (origin, outcome) = ctx.claim_origin(&sr.key, Protocol::Http).await?;
     fetch_playlist(
-        ctx,
+        state,
         sr,
         &origin,
         Token::New {
@@ -74,7 +74,8 @@ pub async fn playlist(state: &HttpState, sr: &StreamRequest<'_>) -> Result<Respo
 
 /// A segment (or other bounded resource) requested without a token: from
 /// the origin serving the stream its path names.
-pub async fn segment(ctx: &Context, sr: &StreamRequest<'_>) -> Result<Response<Body>, HttpError> {
+pub async fn segment(state: &HttpState, sr: &StreamRequest<'_>) -> Result<Response<Body>, HttpError> {
+    let ctx = &state.ctx;
     let key = &sr.key;
     let base = key.without_segment_number().unwrap_or_else(|| key.clone());
     let origin = match lookup(ctx, &base).await? {
@@ -83,7 +84,7 @@ pub async fn segment(ctx: &Context, sr: &StreamRequest<'_>) -> Result<Response<B
         None => None,
     };
     match origin {
-        Some(origin) => from_origin(ctx, sr, &origin, &base).await,
+        Some(origin) => from_origin(state, sr, &origin, &base).await,
         None => Err(HttpError::new(
             StatusCode::NOT_FOUND,
             format!("no origin serves stream {base}"),
@@ -95,16 +96,28 @@ async fn lookup(ctx: &Context, key: &StreamKey) -> Result<Option<Origin>, HttpEr
     Ok(ctx.store_op("lookup", ctx.store.lookup(key)).await?)
 }
 
-/// A segment from a known origin, relayed as it arrives.
+/// A segment from a known origin, relayed as it arrives, on a kept-alive
+/// connection.
 async fn from_origin(
-    ctx: &Context,
+    state: &HttpState,
     sr: &StreamRequest<'_>,
     origin: &Origin,
     key: &StreamKey,
 ) -> Result<Response<Body>, HttpError> {
+    let ctx = &state.ctx;
     tracing::Span::current().record("origin", tracing::field::display(&origin.id));
     tracing::debug!(stream = %key, origin = %origin.id, "segment");
-    let upstream = forward::send(ctx, origin, sr.req.method(), &sr.target, sr.req.headers(), sr.peer).await?;
+    let pool = Some(&state.keep_alive);
+    let upstream = forward::send(
+        ctx,
+        origin,
+        sr.req.method(),
+        &sr.target,
+        sr.req.headers(),
+        sr.peer,
+        pool,
+    )
+    .await?;
     let bytes = ctx.metrics.bytes_relayed_total.with_label_values(&["hls", "out"]);
     Ok(relay(upstream, None, bytes, None))
 }
@@ -123,13 +136,15 @@ enum Token<'a> {
 
 /// Fetches a playlist and rewrites it to carry the token.
 async fn fetch_playlist(
-    ctx: &Context,
+    state: &HttpState,
     sr: &StreamRequest<'_>,
     origin: &Origin,
     token: Token<'_>,
 ) -> Result<Response<Body>, HttpError> {
+    let ctx = &state.ctx;
     // Always GET upstream: a HEAD answer must carry the rewritten length.
-    let upstream = forward::send(ctx, origin, &Method::GET, &sr.target, sr.req.headers(), sr.peer).await?;
+    let pool = Some(&state.keep_alive);
+    let upstream = forward::send(ctx, origin, &Method::GET, &sr.target, sr.req.headers(), sr.peer, pool).await?;
     if !upstream.response.status().is_success() {
         if let Token::New { outcome, .. } = token {
             ctx.forget_claim(&sr.key, &origin.id, outcome).await;

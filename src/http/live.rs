@@ -1,10 +1,14 @@
 //! HTTP-FLV and HTTP-TS live streams: claim the stream, forward the request
 //! to its origin, relay the body for as long as both sides stay connected
 //! and the origin stays live.
+//!
+//! An HTTP/1.1 GET is relayed byte for byte on the raw connections
+//! ([`passthrough`]); HEAD and HTTP/1.0 go through hyper ([`forward`]).
 
 use http::Response;
 
 use super::forward::{self, relay};
+use super::passthrough;
 use super::request::{StreamKind, StreamRequest};
 use super::{Body, HttpError};
 use crate::context::Context;
@@ -16,13 +20,33 @@ pub async fn serve(ctx: &Context, kind: StreamKind, sr: &StreamRequest<'_>) -> R
     let lease = ctx.claim(key, Protocol::Http).await?;
     let origin = lease.origin().clone();
     let protocol = if kind == StreamKind::Flv { "http-flv" } else { "http-ts" };
-    let upstream = forward::send(ctx, &origin, sr.req.method(), &sr.target, sr.req.headers(), sr.peer).await?;
+    let bytes = ctx.metrics.bytes_relayed_total.with_label_values(&[protocol, "out"]);
+    if passthrough::eligible(sr.req) {
+        let upstream = passthrough::request(ctx, &origin, &sr.target, sr.req.headers(), sr.peer).await?;
+        let status = upstream.status();
+        tracing::info!(stream = %key, origin = %origin.id, status = status.as_u16(), "relaying {protocol}");
+        if !status.is_success() {
+            ctx.forget_claim(key, &origin.id, lease.outcome()).await;
+        }
+        let guard = status.is_success().then(|| ctx.metrics.connection(protocol, "player"));
+        let lease = status.is_success().then_some(lease);
+        return Ok(upstream.into_response(lease, bytes, guard, ctx.config.relay_buffer_bytes));
+    }
+    let upstream = forward::send(
+        ctx,
+        &origin,
+        sr.req.method(),
+        &sr.target,
+        sr.req.headers(),
+        sr.peer,
+        None,
+    )
+    .await?;
     let status = upstream.response.status();
     tracing::info!(stream = %key, origin = %origin.id, status = status.as_u16(), "relaying {protocol}");
     if !status.is_success() {
         ctx.forget_claim(key, &origin.id, lease.outcome()).await;
     }
     let guard = status.is_success().then(|| ctx.metrics.connection(protocol, "player"));
-    let bytes = ctx.metrics.bytes_relayed_total.with_label_values(&[protocol, "out"]);
     Ok(relay(upstream, status.is_success().then_some(lease), bytes, guard))
 }

@@ -8,18 +8,24 @@
 //! * [`route`] — classifies a request by path and method, parses its
 //!   [`StreamKey`](crate::stream_key::StreamKey) into a
 //!   [`request::StreamRequest`], counts it;
-//! * [`live`] — FLV/TS live streams: claim (`crate::claim`), forward, relay;
+//! * [`live`] — FLV/TS live streams: claim (`crate::claim`), then
+//!   [`passthrough`] (HTTP/1.1 GET: the origin's bytes as they are, on the
+//!   raw connection, framing walked by [`framing`]) or [`forward`];
 //! * [`hls`] — playlists (claim, fetch, rewrite) and segments, with
 //!   [`hls_session`] keeping the routing tokens;
-//! * [`forward`] — one request to an origin and the streamed response;
+//! * [`forward`] — one request to an origin through hyper and the streamed
+//!   response; [`pool`] keeps connections alive for playlists and segments;
 //! * [`static_files`] — everything that is not a stream.
 //!
 //! A failure becomes a response in one place, [`HttpError::into_response`].
 
 pub mod forward;
+pub mod framing;
 pub mod hls;
 pub mod hls_session;
 pub mod live;
+pub mod passthrough;
+pub mod pool;
 pub mod request;
 pub mod route;
 pub mod serve;

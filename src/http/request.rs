@@ -8,6 +8,7 @@ use http::Request;
 use hyper::body::Incoming;
 
 use super::hls_session::HlsSessions;
+use super::pool::KeepAlive;
 use crate::context::Context;
 use crate::stream_key::StreamKey;
 
@@ -55,6 +56,8 @@ pub struct HttpState {
     pub ctx: Context,
     /// HLS routing tokens handed out by this replica.
     pub sessions: HlsSessions,
+    /// Kept-alive origin connections for playlists and segments.
+    pub keep_alive: KeepAlive,
 }
 
 /// A stream request, parsed once for every handler.

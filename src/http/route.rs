@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use super::hls_session::HlsSessions;
+use super::pool::KeepAlive;
 use super::request::{classify, HttpState, StreamKind, StreamRequest};
 use super::serve::HttpServer;
 use super::{full, hls, live, static_files, versions, Body, HttpError};
@@ -31,6 +32,7 @@ pub async fn run(listener: TcpListener, ctx: Context) {
     let max = ctx.config.http_max_connections;
     let state = Arc::new(HttpState {
         sessions: HlsSessions::new(ctx.config.hls_session_ttl),
+        keep_alive: KeepAlive::default(),
         ctx: ctx.clone(),
     });
     let server = HttpServer::new(ctx.clone(), move |req, peer| {
@@ -95,12 +97,12 @@ async fn stream(
     }
     match kind {
         StreamKind::Flv => live::serve(&state.ctx, kind, &sr).await,
-        StreamKind::Ts => match hls::numbered_segment(&state.ctx, &sr).await? {
+        StreamKind::Ts => match hls::numbered_segment(state, &sr).await? {
             Some(resp) => Ok(resp),
             None => live::serve(&state.ctx, kind, &sr).await,
         },
         StreamKind::Playlist => hls::playlist(state, &sr).await,
-        StreamKind::Segment => hls::segment(&state.ctx, &sr).await,
+        StreamKind::Segment => hls::segment(state, &sr).await,
     }
 }
 

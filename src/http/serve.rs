@@ -3,12 +3,18 @@
 //! [`HttpServer`] is what the listener runs per connection: hyper serves
 //! the requests with a header-read deadline, finishes the response in
 //! flight when draining starts, and answers connections over the listener's
-//! cap with `503` and `Retry-After`.
+//! cap with `503` and `Retry-After`. A response carrying a [`Detach`] is
+//! not written by hyper: the connection leaves hyper and the detached
+//! handler writes the response on the socket itself (live relays).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::Notify;
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -50,22 +56,43 @@ where
 {
     async fn serve(&self, tcp: TcpStream, peer: SocketAddr) {
         let answer = self.answer.clone();
+        let handover = Arc::new(Handover::default());
+        let to_hand_over = handover.clone();
         let svc = service_fn(move |req| {
-            let answer = answer.clone();
-            async move { Ok::<_, Infallible>(answer(req, peer).await) }
+            let (answer, handover) = (answer.clone(), to_hand_over.clone());
+            async move {
+                let resp = answer(req, peer).await;
+                match resp.extensions().get::<Detach>().and_then(Detach::take) {
+                    Some(detached) => {
+                        handover.put(detached, resp.into_parts().0);
+                        // hyper writes nothing for this request; the
+                        // connection is taken from it below.
+                        std::future::pending().await
+                    }
+                    None => Ok::<_, Infallible>(resp),
+                }
+            }
         });
-        let conn = http1::Builder::new()
+        let mut conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .serve_connection(TokioIo::new(tcp), svc);
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = self.ctx.shutdown.draining() => {
-                // Finish the response in flight, take no new request; the
-                // listener cuts the connection at abort.
-                conn.as_mut().graceful_shutdown();
-                conn.as_mut().await
+        let mut draining = false;
+        let result = loop {
+            tokio::select! {
+                r = &mut conn => break r,
+                _ = handover.ready.notified() => {
+                    let Some((detached, head)) = handover.take() else { continue };
+                    let tcp = conn.into_parts().io.into_inner();
+                    detached(tcp, head).await;
+                    return;
+                }
+                _ = self.ctx.shutdown.draining(), if !draining => {
+                    // Finish the response in flight, take no new request;
+                    // the listener cuts the connection at abort.
+                    draining = true;
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                }
             }
         };
         if let Err(e) = result {
@@ -92,5 +119,43 @@ where
             .keep_alive(false)
             .serve_connection(TokioIo::new(tcp), svc)
             .await;
+    }
+}
+
+/// Writes a whole response, head included, on the raw connection.
+pub type Detached = Box<dyn FnOnce(TcpStream, http::response::Parts) -> BoxFuture<'static, ()> + Send>;
+
+/// A response extension: instead of hyper writing the response, the
+/// connection leaves hyper and this writes it, given the final head (after
+/// every header the router adds). The connection closes afterwards.
+#[derive(Clone)]
+pub struct Detach(Arc<Mutex<Option<Detached>>>);
+
+impl Detach {
+    pub fn new(f: impl FnOnce(TcpStream, http::response::Parts) -> BoxFuture<'static, ()> + Send + 'static) -> Self {
+        Self(Arc::new(Mutex::new(Some(Box::new(f)))))
+    }
+
+    fn take(&self) -> Option<Detached> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// From the request's task to the connection's: the detached handler and
+/// the head it is to write.
+#[derive(Default)]
+struct Handover {
+    slot: Mutex<Option<(Detached, http::response::Parts)>>,
+    ready: Notify,
+}
+
+impl Handover {
+    fn put(&self, detached: Detached, head: http::response::Parts) {
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((detached, head));
+        self.ready.notify_one();
+    }
+
+    fn take(&self) -> Option<(Detached, http::response::Parts)> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }

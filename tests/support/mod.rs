@@ -3,6 +3,8 @@
 //! * [`proxy`] — the proxy in-process with a chosen config and store.
 //! * [`origin`] — a fake SRS HTTP origin (FLV, TS, HLS) that registers itself
 //!   through the real register API.
+//! * [`fast_origin`] — a raw-TCP synthetic origin for memory tests and
+//!   benchmarks (bulk or paced streams, playlists, segments).
 //! * [`client`] — a minimal HTTP/1.1 client over hyper.
 //! * [`redis`] — a real redis-server on a free port.
 //! * [`rtmp_origin`] — a fake SRS RTMP origin (with HTTP-FLV of what was
@@ -12,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod fast_origin;
 pub mod kube;
 pub mod origin;
 pub mod proxy;

@@ -1,6 +1,7 @@
 //! A fake SRS origin: an HTTP server on 127.0.0.1:0 that serves
 //!
-//! * `/{app}/{stream}.flv` — an endless FLV stream (`video/x-flv`),
+//! * `/{app}/{stream}.flv` — an endless FLV stream (`video/x-flv`); for
+//!   stream names starting with `end`, [`FINITE_CHUNKS`] chunks and the end,
 //! * `/{app}/{stream}.ts` — an endless TS stream (`video/MP2T`),
 //! * `/{app}/{stream}.m3u8` — a live TS media playlist; under app `fmp4` an
 //!   fMP4 playlist with `EXT-X-MAP`; under app `vod` a master playlist,
@@ -8,7 +9,8 @@
 //!
 //! Bodies are deterministic per stream ([`expected_prefix`]) so a test can
 //! compare what the proxy delivered with what the origin sent. Every
-//! response names the origin in `X-Origin`. The origin counts the stream
+//! response names the origin in `X-Origin`. Connections are numbered, and
+//! each recorded request says which connection carried it. The origin counts the stream
 //! bytes it has handed to its socket and the streams it has open, and can be
 //! killed to simulate a dead pod.
 
@@ -34,6 +36,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 const CHUNK: usize = 16 * 1024;
+/// Chunks of a finite (`end…`) stream.
+pub const FINITE_CHUNKS: u64 = 8;
 const FLV_HEADER: &[u8] = b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00";
 
 /// One request the origin received.
@@ -42,10 +46,13 @@ pub struct Recorded {
     pub method: String,
     pub path_and_query: String,
     pub host: Option<String>,
+    /// Which connection (1, 2, …, in accept order) carried it.
+    pub conn: usize,
 }
 
 #[derive(Default)]
 struct Counters {
+    connections: AtomicUsize,
     produced: AtomicU64,
     open_streams: AtomicUsize,
     requests: Mutex<Vec<Recorded>>,
@@ -128,11 +135,20 @@ impl Drop for OpenStream {
     }
 }
 
-fn endless(counters: Arc<Counters>, kill: CancellationToken, ext: &'static str, stream: String) -> Body {
+fn endless(
+    counters: Arc<Counters>,
+    kill: CancellationToken,
+    ext: &'static str,
+    stream: String,
+    chunks: Option<u64>,
+) -> Body {
     counters.open_streams.fetch_add(1, Ordering::SeqCst);
     let guard = OpenStream(counters.clone());
     let state = (0u64, guard, kill, stream);
     let chunks = stream::unfold(state, move |(i, guard, kill, stream)| async move {
+        if chunks.is_some_and(|n| i >= n) {
+            return None;
+        }
         if kill.is_cancelled() {
             return Some((
                 Err::<Frame<Bytes>, BoxError>("origin killed".into()),
@@ -173,7 +189,13 @@ fn playlist(app: &str, stream: &str) -> String {
     }
 }
 
-fn handle(name: &str, counters: &Arc<Counters>, kill: &CancellationToken, req: &Request<Incoming>) -> Response<Body> {
+fn handle(
+    name: &str,
+    counters: &Arc<Counters>,
+    kill: &CancellationToken,
+    conn: usize,
+    req: &Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     counters.requests.lock().unwrap().push(Recorded {
         method: req.method().to_string(),
@@ -183,6 +205,7 @@ fn handle(name: &str, counters: &Arc<Counters>, kill: &CancellationToken, req: &
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .map(str::to_string),
+        conn,
     });
     let trimmed = path.trim_start_matches('/');
     let (dir, file) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
@@ -194,13 +217,19 @@ fn handle(name: &str, counters: &Arc<Counters>, kill: &CancellationToken, req: &
         "flv" if !stem.starts_with("missing") => (
             StatusCode::OK,
             "video/x-flv",
-            endless(counters.clone(), kill.clone(), "flv", stem.to_string()),
+            endless(
+                counters.clone(),
+                kill.clone(),
+                "flv",
+                stem.to_string(),
+                stem.starts_with("end").then_some(FINITE_CHUNKS),
+            ),
         ),
         "ts" if is_segment_number => (StatusCode::OK, "video/MP2T", full(segment_body(&path))),
         "ts" if !stem.starts_with("missing") => (
             StatusCode::OK,
             "video/MP2T",
-            endless(counters.clone(), kill.clone(), "ts", stem.to_string()),
+            endless(counters.clone(), kill.clone(), "ts", stem.to_string(), None),
         ),
         "m3u8" if !stem.starts_with("missing") => {
             let app = dir.split('/').next().unwrap_or("");
@@ -245,9 +274,10 @@ impl FakeOrigin {
                     _ = k.cancelled() => return,
                 };
                 let (c, k, n) = (c.clone(), k.clone(), n.clone());
+                let id = c.connections.fetch_add(1, Ordering::SeqCst) + 1;
                 tokio::spawn(async move {
                     let svc = service_fn(|req| {
-                        let resp = handle(&n, &c, &k, &req);
+                        let resp = handle(&n, &c, &k, id, &req);
                         async move { Ok::<_, Infallible>(resp) }
                     });
                     let conn = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
@@ -294,6 +324,11 @@ impl FakeOrigin {
     /// Stream bytes handed to the origin's sockets so far.
     pub fn produced(&self) -> u64 {
         self.counters.produced.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.counters.connections.load(Ordering::SeqCst)
     }
 
     /// Endless streams currently being served.

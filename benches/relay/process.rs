@@ -1,0 +1,196 @@
+//! The processes under test: the proxy binary and nginx, each started by
+//! the bench on loopback and pinned to one core, and what /proc says about
+//! them (resident memory, CPU time).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The core the process under test runs on; the bench (origin and load)
+/// takes the other.
+pub const TARGET_CPU: &str = "1";
+pub const BENCH_CPU: &str = "0";
+
+/// A free loopback port (bound, then released for the child to take).
+pub fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A child process under test; killed when dropped.
+pub struct Target {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub child: Child,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Target {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    }
+
+    /// User + system CPU seconds used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces).
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15; `rest` starts at field 3.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill").arg(self.pid().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn pinned(program: &Path) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c").arg(TARGET_CPU).arg(program);
+    cmd
+}
+
+/// Waits until something accepts connections on `addr`.
+pub fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The proxy binary on one worker thread, with `origin` as its static
+/// origin. `wrapper` runs it under another program (valgrind).
+pub fn proxy(binary: &Path, origin: SocketAddr, wrapper: &[&str], name: &'static str) -> Target {
+    let addr = free_port();
+    let mut cmd = if wrapper.is_empty() {
+        pinned(binary)
+    } else {
+        let mut c = pinned(Path::new(wrapper[0]));
+        c.args(&wrapper[1..]).arg(binary);
+        c
+    };
+    cmd.env_clear()
+        .env("PROXY_HTTP_SERVER", addr.to_string())
+        .env("PROXY_RTMP_SERVER", free_port().to_string())
+        .env("PROXY_SYSTEM_API", free_port().to_string())
+        .env("PROXY_DEFAULT_BACKEND_ENABLED", "on")
+        .env("PROXY_DEFAULT_BACKEND_IP", "127.0.0.1")
+        .env("PROXY_DEFAULT_BACKEND_HTTP", origin.port().to_string())
+        .env("PROXY_WORKER_THREADS", "1")
+        .env("PROXY_HTTP_MAX_CONNECTIONS", "0")
+        .env("PROXY_GRACE_QUIT_TIMEOUT", "1s")
+        .env("PROXY_FORCE_QUIT_TIMEOUT", "2s")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = cmd.spawn().expect("start the proxy");
+    wait_listening(addr);
+    Target {
+        name,
+        addr,
+        child,
+        _dir: None,
+    }
+}
+
+/// Debian's nginx as a plain reverse proxy: one worker, no master, no
+/// buffering of responses, 64 KiB buffers, kept-alive upstream
+/// connections; its files in a temporary directory.
+pub fn nginx(origin: SocketAddr) -> Option<Target> {
+    let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())?;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 30000;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log error;\n\
+events {{ worker_connections 20000; }}\n\
+http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
+  upstream origin {{ server {origin}; keepalive 64; }}\n\
+  server {{\n    listen {addr} backlog=4096;\n    location / {{\n      proxy_pass http://origin;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n      proxy_buffer_size 64k;\n    }}\n  }}\n}}\n",
+        dir = dir.path().display()
+    );
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let child = pinned(&binary)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    wait_listening(addr);
+    Some(Target {
+        name: "nginx",
+        addr,
+        child,
+        _dir: Some(dir),
+    })
+}
+
+/// Raises this process's open-file limit to its hard limit (children
+/// inherit it); returns the limit in force.
+pub fn raise_nofile() -> u64 {
+    let pid = std::process::id().to_string();
+    let _ = Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=unlimited:unlimited"])
+        .status();
+    let hard = Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile", "--noheadings", "--output=HARD"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if let Some(hard) = hard {
+        let _ = Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={hard}:{hard}")])
+            .status();
+    }
+    Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile", "--noheadings", "--output=SOFT"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Pins this process (the origin and the load) to the bench core.
+pub fn pin_self() {
+    let _ = Command::new("taskset")
+        .args(["-a", "-p", "-c", BENCH_CPU, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status();
+}

@@ -1,0 +1,482 @@
+//! HTTP/1.1 message framing as the live relay needs it, without decoding
+//! the body: an origin's response head, how its body ends, and a scanner
+//! that walks chunked framing to count payload bytes and find the last
+//! chunk while the bytes themselves pass through untouched.
+//!
+//! Pure functions over bytes; nothing here touches a socket.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+
+/// Largest response head accepted from an origin.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header lines in a response head.
+const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line (size, extensions) and trailer line.
+const MAX_LINE: u32 = 4096;
+/// Most bytes of trailer fields after the last chunk.
+const MAX_TRAILERS: u32 = 16 * 1024;
+
+/// How a response body ends (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (204, 304).
+    Empty,
+    /// `Transfer-Encoding: chunked`: ends with the last chunk.
+    Chunked,
+    /// `Content-Length`.
+    Length(u64),
+    /// Read until the origin closes.
+    Close,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// Bytes of the head, including the blank line.
+    pub len: usize,
+}
+
+/// Why a response head or chunked body is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    #[error("malformed response head: {0}")]
+    Head(String),
+    #[error("response head larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("interim {0} response where a final one was expected")]
+    Interim(u16),
+    #[error("invalid Content-Length")]
+    ContentLength,
+    #[error("invalid chunk size")]
+    ChunkSize,
+    #[error("chunk line longer than {MAX_LINE} bytes")]
+    ChunkLine,
+    #[error("chunk data not followed by CRLF")]
+    ChunkEnd,
+    #[error("trailer fields longer than {MAX_TRAILERS} bytes")]
+    Trailers,
+}
+
+/// Parses a response head from the start of `buf`; `Ok(None)` while it is
+/// incomplete.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FramingError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => return Err(FramingError::HeadTooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(FramingError::Head(e.to_string())),
+    };
+    if len > MAX_HEAD_BYTES {
+        return Err(FramingError::HeadTooLarge);
+    }
+    let code = resp.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| FramingError::Head(format!("status {code}")))?;
+    if status.is_informational() {
+        return Err(FramingError::Interim(code));
+    }
+    let version = if resp.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| FramingError::Head(format!("header name {:?}", h.name)))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| FramingError::Head(format!("value of {name}")))?;
+        headers.append(name, value);
+    }
+    let framing = framing(status, &headers)?;
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        framing,
+        len,
+    }))
+}
+
+/// How the body of a response to a GET ends.
+fn framing(status: StatusCode, headers: &HeaderMap) -> Result<Framing, FramingError> {
+    if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Empty);
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Chunked must be the last coding; anything else is read to the
+        // close (and Content-Length is ignored, as RFC 9112 says).
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|c| !c.is_empty());
+        return Ok(match last {
+            Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked,
+            _ => Framing::Close,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.to_str().map_err(|_| FramingError::ContentLength)?.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(FramingError::ContentLength);
+            }
+            let n: u64 = part.parse().map_err(|_| FramingError::ContentLength)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(FramingError::ContentLength);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Framing::Close, Framing::Length))
+}
+
+/// What one call to [`ChunkScanner::scan`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scanned {
+    /// Payload bytes (chunk data) among the bytes scanned.
+    pub payload: u64,
+    /// The last chunk and its trailers ended after this many bytes of the
+    /// input; what follows is not part of the body.
+    pub end: Option<usize>,
+}
+
+/// Walks a chunked body as it passes: counts chunk data, finds the end.
+/// Chunk data is skipped in one step; only the few framing bytes are
+/// looked at one by one.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkScanner {
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum State {
+    /// Reading hex digits of a chunk size.
+    #[default]
+    SizeStart,
+    Size {
+        size: u64,
+        line: u32,
+    },
+    /// After the size: extensions up to CR.
+    Extension {
+        size: u64,
+        line: u32,
+    },
+    SizeLf {
+        size: u64,
+    },
+    Data {
+        left: u64,
+    },
+    DataCr,
+    DataLf,
+    /// After the last chunk's line: a trailer line or the final CRLF.
+    TrailerStart {
+        total: u32,
+    },
+    Trailer {
+        total: u32,
+    },
+    TrailerLf {
+        total: u32,
+    },
+    FinalLf,
+    Done,
+}
+
+impl ChunkScanner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True once the last chunk and its trailers have passed.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Scans the next bytes of the body.
+    pub fn scan(&mut self, bytes: &[u8]) -> Result<Scanned, FramingError> {
+        let mut payload = 0u64;
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            self.state = match self.state {
+                State::Data { left } => {
+                    let n = left.min((bytes.len() - i) as u64);
+                    payload += n;
+                    i += n as usize;
+                    self.state = if n == left {
+                        State::DataCr
+                    } else {
+                        State::Data { left: left - n }
+                    };
+                    continue;
+                }
+                State::SizeStart => match hex(b) {
+                    Some(d) => State::Size { size: d, line: 1 },
+                    None => return Err(FramingError::ChunkSize),
+                },
+                State::Size { size, line } => match hex(b) {
+                    Some(d) => {
+                        if size >> 60 != 0 {
+                            return Err(FramingError::ChunkSize);
+                        }
+                        State::Size {
+                            size: size << 4 | d,
+                            line: next_line(line)?,
+                        }
+                    }
+                    None if b == b'\r' => State::SizeLf { size },
+                    None if matches!(b, b';' | b' ' | b'\t') => State::Extension {
+                        size,
+                        line: next_line(line)?,
+                    },
+                    None => return Err(FramingError::ChunkSize),
+                },
+                State::Extension { size, line } => match b {
+                    b'\r' => State::SizeLf { size },
+                    b'\n' => return Err(FramingError::ChunkSize),
+                    _ => State::Extension {
+                        size,
+                        line: next_line(line)?,
+                    },
+                },
+                State::SizeLf { size } => match b {
+                    b'\n' if size == 0 => State::TrailerStart { total: 0 },
+                    b'\n' => State::Data { left: size },
+                    _ => return Err(FramingError::ChunkSize),
+                },
+                State::DataCr => match b {
+                    b'\r' => State::DataLf,
+                    _ => return Err(FramingError::ChunkEnd),
+                },
+                State::DataLf => match b {
+                    b'\n' => State::SizeStart,
+                    _ => return Err(FramingError::ChunkEnd),
+                },
+                State::TrailerStart { total } => match b {
+                    b'\r' => State::FinalLf,
+                    _ => State::Trailer {
+                        total: next_trailer(total)?,
+                    },
+                },
+                State::Trailer { total } => match b {
+                    b'\r' => State::TrailerLf { total },
+                    _ => State::Trailer {
+                        total: next_trailer(total)?,
+                    },
+                },
+                State::TrailerLf { total } => match b {
+                    b'\n' => State::TrailerStart { total },
+                    _ => return Err(FramingError::Trailers),
+                },
+                State::FinalLf => match b {
+                    b'\n' => {
+                        self.state = State::Done;
+                        return Ok(Scanned {
+                            payload,
+                            end: Some(i + 1),
+                        });
+                    }
+                    _ => return Err(FramingError::Trailers),
+                },
+                State::Done => {
+                    return Ok(Scanned { payload, end: Some(i) });
+                }
+            };
+            i += 1;
+        }
+        let end = (self.state == State::Done).then_some(bytes.len());
+        Ok(Scanned { payload, end })
+    }
+}
+
+fn hex(b: u8) -> Option<u64> {
+    (b as char).to_digit(16).map(u64::from)
+}
+
+fn next_line(line: u32) -> Result<u32, FramingError> {
+    if line >= MAX_LINE {
+        return Err(FramingError::ChunkLine);
+    }
+    Ok(line + 1)
+}
+
+fn next_trailer(total: u32) -> Result<u32, FramingError> {
+    if total >= MAX_TRAILERS {
+        return Err(FramingError::Trailers);
+    }
+    Ok(total + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn chunked(parts: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in parts {
+            out.extend(format!("{:x}\r\n", p.len()).bytes());
+            out.extend_from_slice(p);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        out
+    }
+
+    #[test]
+    fn a_head_gives_status_headers_and_framing() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Type: video/x-flv\r\nTransfer-Encoding: chunked\r\n\r\nbody";
+        let head = parse_head(raw).unwrap().unwrap();
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.headers["content-type"], "video/x-flv");
+        assert_eq!(head.framing, Framing::Chunked);
+        assert_eq!(&raw[head.len..], b"body");
+        assert!(parse_head(&raw[..20]).unwrap().is_none(), "incomplete");
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let frame = |extra: &str| {
+            let raw = format!("HTTP/1.1 200 OK\r\n{extra}\r\n");
+            parse_head(raw.as_bytes()).map(|h| h.unwrap().framing)
+        };
+        assert_eq!(frame("Content-Length: 12\r\n"), Ok(Framing::Length(12)));
+        assert_eq!(frame("Content-Length: 12, 12\r\n"), Ok(Framing::Length(12)));
+        assert_eq!(
+            frame("Content-Length: 12\r\nContent-Length: 13\r\n"),
+            Err(FramingError::ContentLength)
+        );
+        assert_eq!(frame("Content-Length: -1\r\n"), Err(FramingError::ContentLength));
+        assert_eq!(
+            frame("Content-Length: 99999999999999999999999\r\n"),
+            Err(FramingError::ContentLength)
+        );
+        assert_eq!(frame(""), Ok(Framing::Close));
+        assert_eq!(frame("Transfer-Encoding: gzip, chunked\r\n"), Ok(Framing::Chunked));
+        assert_eq!(frame("Transfer-Encoding: chunked, gzip\r\n"), Ok(Framing::Close));
+        assert_eq!(
+            frame("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n"),
+            Ok(Framing::Chunked),
+            "TE wins over CL"
+        );
+        let no_content = parse_head(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap().unwrap();
+        assert_eq!(no_content.framing, Framing::Empty);
+        assert_eq!(
+            parse_head(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap_err(),
+            FramingError::Interim(100)
+        );
+    }
+
+    #[test]
+    fn nasty_heads_are_refused() {
+        for bad in [
+            &b"HTTP/1.1 2000 OK\r\n\r\n"[..],
+            b"SRS/1.1 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n\r\n",
+        ] {
+            assert!(parse_head(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut huge = b"HTTP/1.1 200 OK\r\n".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', MAX_HEAD_BYTES));
+        assert_eq!(parse_head(&huge).unwrap_err(), FramingError::HeadTooLarge);
+    }
+
+    #[test]
+    fn the_scanner_counts_payload_and_finds_the_end() {
+        let body = chunked(&[&b"hello"[..], &b"world!"[..]]);
+        let mut s = ChunkScanner::new();
+        let got = s.scan(&body).unwrap();
+        assert_eq!(
+            got,
+            Scanned {
+                payload: 11,
+                end: Some(body.len())
+            }
+        );
+        assert!(s.is_done());
+
+        let with_ext = b"5;name=value\r\nhello\r\n0;x\r\nTrailer: 1\r\n\r\nNEXT";
+        let mut s = ChunkScanner::new();
+        assert_eq!(
+            s.scan(with_ext).unwrap(),
+            Scanned {
+                payload: 5,
+                end: Some(with_ext.len() - 4)
+            }
+        );
+    }
+
+    #[test]
+    fn broken_framing_is_an_error() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloX\r\n",
+            b"5\nhello\r\n",
+            b"11111111111111111\r\n",
+            b"\r\n",
+            b"5;\n",
+            b"0\r\nTrailer\rX",
+        ] {
+            let mut s = ChunkScanner::new();
+            assert!(s.scan(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut s = ChunkScanner::new();
+        let mut long = b"5;".to_vec();
+        long.extend(std::iter::repeat_n(b'e', MAX_LINE as usize));
+        assert_eq!(s.scan(&long).unwrap_err(), FramingError::ChunkLine);
+    }
+
+    proptest! {
+        /// However the bytes are split, the scanner counts every payload
+        /// byte once and ends exactly at the last chunk.
+        #[test]
+        fn any_split_gives_the_same_count(
+            parts in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 0..8),
+            cuts in prop::collection::vec(0usize..2000, 0..6),
+            trailing in prop::collection::vec(any::<u8>(), 0..20),
+        ) {
+            let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).filter(|p| !p.is_empty()).collect();
+            let body = chunked(&parts);
+            let mut all = body.clone();
+            all.extend_from_slice(&trailing);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (all.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut bounds = vec![0];
+            bounds.extend(cuts);
+            bounds.push(all.len());
+            let mut s = ChunkScanner::new();
+            let (mut payload, mut end) = (0, None);
+            for w in bounds.windows(2) {
+                if end.is_some() {
+                    break;
+                }
+                let got = s.scan(&all[w[0]..w[1]]).unwrap();
+                payload += got.payload;
+                end = got.end.map(|e| w[0] + e);
+            }
+            let expected: usize = parts.iter().map(|p| p.len()).sum();
+            prop_assert_eq!(payload, expected as u64);
+            prop_assert_eq!(end, Some(body.len()));
+        }
+
+        /// Garbage never panics the scanner or the head parser.
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = ChunkScanner::new().scan(&bytes);
+            let _ = parse_head(&bytes);
+        }
+    }
+}
