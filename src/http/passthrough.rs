@@ -219,6 +219,21 @@ enum End {
     Lost,
 }
 
+impl End {
+    /// Ends that are part of a stream's life (a player hanging up mid-write
+    /// shows as a reset or a broken pipe), not failures.
+    fn is_normal(&self) -> bool {
+        match self {
+            End::Done | End::ClientClosed | End::Lost => true,
+            End::Client(e) => matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+            ),
+            _ => false,
+        }
+    }
+}
+
 impl LiveRelay {
     async fn run(self, client: TcpStream, parts: Parts) {
         let LiveRelay {
@@ -251,11 +266,10 @@ impl LiveRelay {
             Err(e) => End::Framing(e),
         };
         pump.flush();
-        match &end {
-            End::Done | End::ClientClosed | End::Lost => {
-                tracing::info!(reason = %end, bytes = pump.total, "relay ended")
-            }
-            _ => tracing::warn!(reason = %end, bytes = pump.total, "relay ended"),
+        if end.is_normal() {
+            tracing::info!(reason = %end, bytes = pump.total, "relay ended");
+        } else {
+            tracing::warn!(reason = %end, bytes = pump.total, "relay ended");
         }
         // The lease goes last: the mapping stays refreshed until the end.
         drop(pump);
