@@ -2,6 +2,8 @@
 #
 #   make run    build and start the proxy (memory store, default ports)
 #   make test   run every test: Rust unit + integration tests, chart checks
+#               (it first builds the Kubernetes control plane the tests run
+#               against, once: see mk/kube.mk)
 #
 # System packages the tests use (redis-server, ffmpeg, srt-tools for
 # srt-live-transmit, python3-venv, iproute2 for `ss`) are installed by
@@ -10,7 +12,7 @@
 # valgrind (instruction counts).
 
 CARGO ?= cargo
-APT_PACKAGES := redis-server ffmpeg srt-tools python3-venv iproute2
+APT_PACKAGES := redis-server ffmpeg srt-tools python3-venv iproute2 util-linux
 BENCH_PACKAGES := nginx-light valgrind
 
 .PHONY: run build test test-rust deps bench bench-deps fmt lint
@@ -40,12 +42,15 @@ deps:
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v srt-live-transmit >/dev/null || missing="$$missing srt-tools"; \
 	command -v ss >/dev/null || missing="$$missing iproute2"; \
+	command -v unshare >/dev/null || missing="$$missing util-linux"; \
 	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	$(call apt_missing,$(APT_PACKAGES))
 
 test: deps test-rust $(if $(wildcard mk/chart.mk),chart-test)
 
-test-rust:
+# The Kubernetes tests need the control plane (kube-bin) and render the
+# chart with the chart's Python environment (chart-venv).
+test-rust: kube-bin chart-venv
 	@if command -v cargo-nextest >/dev/null; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
@@ -54,7 +59,7 @@ test-rust:
 
 # The proxy is benchmarked as a release binary beside nginx; both are
 # started by the bench itself on loopback.
-bench: bench-deps
+bench: bench-deps kube-bin
 	$(CARGO) bench
 
 bench-deps:
