@@ -6,16 +6,21 @@
 //! * [`fast_origin`] — a raw-TCP synthetic origin for memory tests and
 //!   benchmarks (bulk or paced streams, playlists, segments).
 //! * [`client`] — a minimal HTTP/1.1 client over hyper.
+//! * [`discovery`] — what discovery tests check through the proxy.
 //! * [`redis`] — a real redis-server on a free port.
 //! * [`rtmp_origin`] — a fake SRS RTMP origin (with HTTP-FLV of what was
 //!   published), built on the proxy's RTMP codec.
 //! * [`kube`] — a fake Kubernetes API server (list/watch, status, leases).
+//! * [`kube_cluster`] — a real control plane (etcd, kube-apiserver,
+//!   kube-controller-manager) built by `make kube-bin`.
 //! * [`srt`] — libsrt's `srt-live-transmit` as SRT origins and clients.
 #![allow(dead_code)]
 
 pub mod client;
+pub mod discovery;
 pub mod fast_origin;
 pub mod kube;
+pub mod kube_cluster;
 pub mod origin;
 pub mod proxy;
 pub mod redis;
