@@ -19,6 +19,8 @@
 //!   metrics, shutdown, what discovery says.
 //! * [`error`] — where a failure came from and whether another origin
 //!   could serve; [`metrics`] — the Prometheus registry.
+//! * [`logging`] — log lines that no input can forge and no closed stderr
+//!   can turn into a panic.
 //!
 //! Routing (the control plane the data plane asks through [`claim`]):
 //!
@@ -97,6 +99,7 @@ pub mod error;
 pub mod hls;
 pub mod http;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod origin;
 pub mod rtc;

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use srs_proxy::config::{self, LogFormat};
+use srs_proxy::config;
 use srs_proxy::context::Context;
+use srs_proxy::logging::{self, report};
 use srs_proxy::server::{self, Stopped};
 use srs_proxy::shutdown;
 
@@ -75,18 +76,6 @@ impl Args {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     // As the Go proxy does: variables from ./.env, never over the real env.
@@ -95,30 +84,31 @@ fn main() -> ExitCode {
     let overrides = match args.overrides() {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("srs-proxy: configuration error: {e}");
+            report(&format!("srs-proxy: configuration error: {e}"));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     let config = match config::load(args.config.as_deref(), &env, &overrides) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("srs-proxy: configuration error: {e}");
+            report(&format!("srs-proxy: configuration error: {e}"));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     if args.check_config {
         match serde_yaml::to_string(&config::redacted(&config)) {
             Ok(yaml) => {
-                print!("{yaml}");
+                // `--check-config | head` closes stdout early: not an error.
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), yaml.as_bytes());
                 return ExitCode::SUCCESS;
             }
             Err(e) => {
-                eprintln!("srs-proxy: cannot print configuration: {e}");
+                report(&format!("srs-proxy: cannot print configuration: {e}"));
                 return ExitCode::FAILURE;
             }
         }
     }
-    init_tracing(config.log_format);
+    logging::init(config.log_format);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {
         builder.worker_threads(config.worker_threads);
@@ -126,7 +116,7 @@ fn main() -> ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("srs-proxy: cannot start runtime: {e}");
+            report(&format!("srs-proxy: cannot start runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
