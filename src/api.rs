@@ -21,9 +21,10 @@ use crate::context::Context;
 use crate::error::{Fault, NO_FAULT};
 use crate::http::serve::HttpServer;
 pub use crate::http::versions::versions;
-use crate::http::versions::{json_response, PATH as VERSIONS};
+use crate::http::versions::{json_response, versions_with_detail, PATH as VERSIONS};
 use crate::http::{full, Body};
 use crate::origin::{parse_endpoint_port, Origin, OriginSource, Ports};
+use crate::store::STORE_UNAVAILABLE;
 
 /// Largest register body accepted (SRS sends well under 4 KiB).
 pub const MAX_REGISTER_BODY: usize = 64 * 1024;
@@ -39,6 +40,13 @@ pub async fn run(listener: TcpListener, ctx: Context) {
     crate::listener::serve(listener, ctx, "system-api", max, server).await
 }
 
+/// A store failure: the client is told so; the error (which may name the
+/// store's address) goes to the log.
+fn store_failed(e: &crate::store::StoreError) -> Response<Body> {
+    tracing::warn!(error = %e, "system API: store failed");
+    error(StatusCode::SERVICE_UNAVAILABLE, STORE_UNAVAILABLE)
+}
+
 fn error(status: StatusCode, reason: &str) -> Response<Body> {
     tracing::info!(status = status.as_u16(), %reason, "system API request rejected");
     json_response(status, &json!({"code": status.as_u16(), "error": reason}))
@@ -47,7 +55,7 @@ fn error(status: StatusCode, reason: &str) -> Response<Body> {
 async fn route(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let (class, resp) = match (req.method(), path.as_str()) {
-        (&Method::GET | &Method::HEAD, VERSIONS) => ("versions", versions(ctx).await),
+        (&Method::GET | &Method::HEAD, VERSIONS) => ("versions", versions_with_detail(ctx).await),
         (&Method::POST, "/api/v1/srs/register") => ("register", register(ctx, req, peer).await),
         (&Method::GET, "/metrics") => ("metrics", metrics(ctx).await),
         (&Method::GET, "/api/v1/origins") => ("origins", origins(ctx).await),
@@ -114,14 +122,14 @@ async fn refresh_gauges(ctx: &Context) {
 async fn origins(ctx: &Context) -> Response<Body> {
     match ctx.store_op("list_origins", ctx.store.list_origins()).await {
         Ok(list) => json_response(StatusCode::OK, &json!({"code": 0, "origins": list})),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => store_failed(&e),
     }
 }
 
 async fn streams(ctx: &Context) -> Response<Body> {
     match ctx.store_op("list_streams", ctx.store.list_streams()).await {
         Ok(list) => json_response(StatusCode::OK, &json!({"code": 0, "streams": list})),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => store_failed(&e),
     }
 }
 
@@ -255,7 +263,10 @@ async fn register_inner(ctx: &Context, req: Request<Incoming>, peer: SocketAddr)
     let known = ctx
         .store_op("origin", ctx.store.origin(&origin.id))
         .await
-        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        .map_err(|e| {
+            tracing::warn!(error = %e, "registration: store failed");
+            (StatusCode::SERVICE_UNAVAILABLE, STORE_UNAVAILABLE.to_string())
+        })?;
     // A heartbeat may refresh its own registration, never take over an
     // origin that config or Kubernetes discovery owns.
     if let Some(owner) = known.as_ref().filter(|k| k.source != OriginSource::Heartbeat) {
@@ -275,7 +286,10 @@ async fn register_inner(ctx: &Context, req: Request<Incoming>, peer: SocketAddr)
             .upsert_origin(origin.clone(), Some(ctx.config.registration_ttl)),
     )
     .await
-    .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    .map_err(|e| {
+        tracing::warn!(error = %e, "registration: store failed");
+        (StatusCode::SERVICE_UNAVAILABLE, STORE_UNAVAILABLE.to_string())
+    })?;
     if changed {
         ctx.metrics
             .discovery_events_total

@@ -129,18 +129,23 @@ impl Failure for HttpError {
 
 impl From<ClaimError> for HttpError {
     fn from(e: ClaimError) -> Self {
-        Self {
-            fault: e.fault(),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        match e {
+            ClaimError::Store(e) => e.into(),
+            e => Self {
+                fault: e.fault(),
+                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            },
         }
     }
 }
 
 impl From<StoreError> for HttpError {
+    /// The client learns that the store failed, not where it is or how.
     fn from(e: StoreError) -> Self {
         Self {
             fault: Fault::Store,
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            detail: Some(e.to_string()),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, crate::store::STORE_UNAVAILABLE)
         }
     }
 }

@@ -60,11 +60,9 @@ pub fn resolve(root: &Path, url_path: &str) -> Result<PathBuf, HttpError> {
     if decoded.contains('\0') {
         return Err(HttpError::new(StatusCode::BAD_REQUEST, "path contains NUL"));
     }
-    let root = root.canonicalize().map_err(|e| {
-        HttpError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("static directory unusable: {e}"),
-        )
+    let root = root.canonicalize().map_err(|e| HttpError {
+        detail: Some(format!("{}: {e}", root.display())),
+        ..HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "static directory unusable")
     })?;
     let mut candidate = root.join(relative);
     if candidate.is_dir() {

@@ -23,8 +23,20 @@ pub fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     resp
 }
 
-/// The versions API, also the readiness probe.
+/// The versions API, also the readiness probe, as any client may see it:
+/// why the proxy is not ready in a word ("draining", "store unavailable"),
+/// not the store's address or error.
 pub async fn versions(ctx: &Context) -> Response<Body> {
+    answer(ctx, false).await
+}
+
+/// [`versions`] with the whole reason, for the system API (the operator's
+/// port).
+pub async fn versions_with_detail(ctx: &Context) -> Response<Body> {
+    answer(ctx, true).await
+}
+
+async fn answer(ctx: &Context, detail: bool) -> Response<Body> {
     let mut parts = crate::VERSION.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor, revision) = (
         parts.next().unwrap_or(0),
@@ -38,9 +50,17 @@ pub async fn versions(ctx: &Context) -> Response<Body> {
     let pid = std::process::id().to_string();
     match ctx.ready().await {
         Ok(()) => json_response(StatusCode::OK, &json!({"code": 0, "pid": pid, "data": data})),
-        Err(reason) => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"code": 503, "pid": pid, "data": data, "error": reason}),
-        ),
+        Err(reason) => {
+            // Reasons read "what: detail"; the first part says it in a word.
+            let shown = if detail {
+                reason.as_str()
+            } else {
+                reason.split(':').next().unwrap_or_default()
+            };
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"code": 503, "pid": pid, "data": data, "error": shown}),
+            )
+        }
     }
 }

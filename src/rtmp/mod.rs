@@ -135,12 +135,32 @@ fn verb(role: Role) -> &'static str {
 }
 
 impl RtmpError {
+    /// The description a client reads: the whole error for its own
+    /// mistakes and for an origin's own refusal, one short line for
+    /// failures inside the cluster — never an address or an OS error (the
+    /// log has those).
+    pub fn client_reason(&self) -> String {
+        match self {
+            RtmpError::Claim(ClaimError::Store(_)) => crate::store::STORE_UNAVAILABLE.to_string(),
+            RtmpError::NoRtmpPort(id) => format!("origin {id} serves no RTMP"),
+            RtmpError::OriginConnect(..) => "origin unreachable".to_string(),
+            RtmpError::OriginTimeout(_) => "origin did not answer in time".to_string(),
+            RtmpError::OriginHandshake(_)
+            | RtmpError::Origin(_)
+            | RtmpError::OriginClosed
+            | RtmpError::OriginBadReply(_) => "origin failed".to_string(),
+            other => other.to_string(),
+        }
+    }
+
     /// What the client is told before the connection closes, if anything.
     /// Protocol violations get nothing: a peer that cannot frame messages
     /// cannot read a reply either.
     pub fn reply(&self, request: Option<&Request>) -> Option<Message> {
         if let RtmpError::NotConnected { transaction_id, .. } = self {
-            return Some(Command::error(*transaction_id, "NetConnection.Call.Failed", &self.to_string()).to_message(0));
+            return Some(
+                Command::error(*transaction_id, "NetConnection.Call.Failed", &self.client_reason()).to_message(0),
+            );
         }
         let request = request?;
         let code = match (self, request.role) {
@@ -148,7 +168,7 @@ impl RtmpError {
             (_, Role::Publisher) => status::PUBLISH_REJECTED,
             (_, Role::Player) => status::PLAY_FAILED,
         };
-        Some(Command::on_status(status::LEVEL_ERROR, code, &self.to_string()).to_message(request.client_stream_id))
+        Some(Command::on_status(status::LEVEL_ERROR, code, &self.client_reason()).to_message(request.client_stream_id))
     }
 }
 
@@ -393,6 +413,29 @@ mod tests {
         let (_, code, description) = status_of(e.reply(Some(&request(Role::Publisher))));
         assert_eq!(code.as_deref(), Some("NetConnection.Connect.Rejected"));
         assert!(description.contains("auth failed"), "{description}");
+    }
+
+    #[test]
+    fn origin_failures_reach_the_client_without_addresses_or_os_errors() {
+        let leaky = [
+            RtmpError::OriginConnect("127.0.0.1:22".into(), "Connection refused (os error 111)".into()),
+            RtmpError::Origin(ConnError::Io(std::io::Error::other("10.1.2.3:1935 reset"))),
+            RtmpError::OriginHandshake(handshake::HandshakeError::Io(std::io::Error::other(
+                "10.1.2.3:1935 broken pipe (os error 32)",
+            ))),
+            RtmpError::Claim(ClaimError::Store(crate::store::StoreError::Unavailable(
+                "redis: 10.9.9.9:6379 connection refused".into(),
+            ))),
+        ];
+        for e in leaky {
+            for role in [Role::Publisher, Role::Player] {
+                let (_, _, description) = status_of(e.reply(Some(&request(role))));
+                assert!(
+                    !description.contains("os error") && !description.contains(':') && !description.contains("10."),
+                    "{e}: {description}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -27,6 +27,10 @@ use crate::stream_key::StreamKey;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
+/// What a client is told when the store fails; the error itself (which
+/// may name the store's address) goes to the log only.
+pub const STORE_UNAVAILABLE: &str = "store unavailable";
+
 /// A store failure. Expected outcomes (no origin, unknown session) are
 /// values, not errors.
 #[derive(Debug, Clone, thiserror::Error)]
