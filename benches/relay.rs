@@ -249,7 +249,7 @@ async fn instructions(binary: &Path, origin: &FastOrigin, mb: u64) -> u64 {
 async fn claims() {
     let store = Store::Memory(MemoryStore::new());
     let body = support::origin::FakeOrigin::start("claims").await.register_body();
-    let origin = srs_proxy::api::parse_register(body.as_bytes()).unwrap();
+    let origin = srs_proxy::discovery::heartbeat::parse_register(body.as_bytes()).unwrap();
     store.upsert_origin(origin, None).await.unwrap();
     let keys: Vec<StreamKey> = (0..1000)
         .map(|i| StreamKey::new("v.example.com", "live", &format!("s{i}")).unwrap())

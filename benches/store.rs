@@ -54,6 +54,7 @@ async fn measure(store: &Store) -> [f64; 4] {
             weight: 1,
             max_streams: 0,
             pool: None,
+            registered_by: None,
         };
         store.upsert_origin(origin, None).await.unwrap();
     }

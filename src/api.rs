@@ -2,42 +2,59 @@
 //! metrics and the admin listings.
 //!
 //! * `GET /api/v1/versions` — 200 while serving, 503 while draining or when
-//!   the store is unusable (the readiness probe).
-//! * `POST /api/v1/srs/register` — SRS `heartbeat { ports on; }` body.
-//! * `GET /metrics` — Prometheus text format.
-//! * `GET /api/v1/origins`, `GET /api/v1/streams` — what the store holds.
+//!   the store is unusable (the readiness probe). Always open.
+//! * `POST /api/v1/srs/register` — SRS `heartbeat { ports on; }` body
+//!   ([`crate::discovery::heartbeat`] decides what it may register).
+//! * `GET /metrics` — Prometheus text format; open unless
+//!   `http_api_auth.metrics` is on.
+//! * `GET /api/v1/origins`, `GET /api/v1/streams` — what the store holds,
+//!   a page at a time (`?limit=&cursor=`).
 //!
-//! Every request gets exactly one response.
+//! With `PROXY_HTTP_API_AUTH_ENABLED` every endpoint but versions (and
+//! metrics, unless protected) needs `Authorization: Bearer <token>`; a
+//! request without it gets 401 with `WWW-Authenticate: Bearer` and its body
+//! is never read. Every request gets exactly one response.
 
 use std::net::SocketAddr;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::auth;
+use crate::config::DiscoveryMode;
 use crate::context::Context;
+use crate::discovery::heartbeat::{self, Registered};
 use crate::error::{Fault, NO_FAULT};
 use crate::http::serve::HttpServer;
 pub use crate::http::versions::versions;
 use crate::http::versions::{json_response, versions_with_detail, PATH as VERSIONS};
 use crate::http::{full, Body};
-use crate::origin::{parse_endpoint_port, Origin, OriginSource, Ports};
 use crate::store::STORE_UNAVAILABLE;
+use crate::stream_key::StreamKey;
 
-/// Largest register body accepted (SRS sends well under 4 KiB).
-pub const MAX_REGISTER_BODY: usize = 64 * 1024;
+/// Items on a page of `/api/v1/origins` or `/api/v1/streams` unless
+/// `?limit=` says otherwise.
+pub const DEFAULT_PAGE: usize = 100;
+/// The largest `?limit=`.
+pub const MAX_PAGE: usize = 1000;
+
+/// The system API listener's name in metrics.
+pub const LISTENER_NAME: &str = "system-api";
 
 /// Runs the system API until the drain has stopped it.
 pub async fn run(listener: TcpListener, ctx: Context) {
     let max = ctx.config.system_api_max_connections;
     let handler_ctx = ctx.clone();
-    let server = HttpServer::new(ctx.clone(), move |req, peer| {
+    let server = HttpServer::new(ctx.clone(), LISTENER_NAME, move |req, peer| {
         let ctx = handler_ctx.clone();
         async move { route(&ctx, req, peer).await }
-    });
-    crate::listener::serve(listener, ctx, "system-api", max, server).await
+    })
+    .json_errors();
+    crate::listener::serve(listener, ctx, LISTENER_NAME, max, server).await
 }
 
 /// A store failure: the client is told so; the error (which may name the
@@ -54,12 +71,22 @@ fn error(status: StatusCode, reason: &str) -> Response<Body> {
 
 async fn route(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path().trim_end_matches('/').to_string();
+    let query = req.uri().query().map(str::to_string);
     let (class, resp) = match (req.method(), path.as_str()) {
         (&Method::GET | &Method::HEAD, VERSIONS) => ("versions", versions_with_detail(ctx).await),
         (&Method::POST, "/api/v1/srs/register") => ("register", register(ctx, req, peer).await),
-        (&Method::GET, "/metrics") => ("metrics", metrics(ctx).await),
-        (&Method::GET, "/api/v1/origins") => ("origins", origins(ctx).await),
-        (&Method::GET, "/api/v1/streams") => ("streams", streams(ctx).await),
+        (&Method::GET, "/metrics") => match guard(ctx, &req, ctx.config.http_api_auth.metrics) {
+            Some(refused) => ("metrics", refused),
+            None => ("metrics", metrics(ctx).await),
+        },
+        (&Method::GET, "/api/v1/origins") => match guard(ctx, &req, true) {
+            Some(refused) => ("origins", refused),
+            None => ("origins", origins(ctx, query.as_deref()).await),
+        },
+        (&Method::GET, "/api/v1/streams") => match guard(ctx, &req, true) {
+            Some(refused) => ("streams", refused),
+            None => ("streams", streams(ctx, query.as_deref()).await),
+        },
         (_, VERSIONS | "/api/v1/srs/register" | "/metrics" | "/api/v1/origins" | "/api/v1/streams") => (
             "other",
             error(
@@ -67,7 +94,7 @@ async fn route(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Respo
                 &format!("method {} not allowed here", req.method()),
             ),
         ),
-        _ => ("other", error(StatusCode::NOT_FOUND, &format!("no such API: {path}"))),
+        _ => ("other", error(StatusCode::NOT_FOUND, "no such API")),
     };
     // Every 5xx here comes from the store, but a not-ready probe.
     let status = resp.status();
@@ -82,6 +109,23 @@ async fn route(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Respo
         .with_label_values(&[class, status.as_str(), fault])
         .inc();
     resp
+}
+
+/// The 401 for a request without the token, when `protected`; `None`
+/// lets it through.
+fn guard<B>(ctx: &Context, req: &Request<B>, protected: bool) -> Option<Response<Body>> {
+    if !protected {
+        return None;
+    }
+    let e = auth::check(&ctx.config.http_api_auth, req.headers()).err()?;
+    ctx.metrics
+        .listener_refused_total
+        .with_label_values(&[LISTENER_NAME, "unauthorized"])
+        .inc();
+    let mut resp = error(StatusCode::UNAUTHORIZED, &e.to_string());
+    let (name, value) = auth::challenge();
+    resp.headers_mut().insert(name, value);
+    Some(resp)
 }
 
 async fn metrics(ctx: &Context) -> Response<Body> {
@@ -119,267 +163,210 @@ async fn refresh_gauges(ctx: &Context) {
     ctx.metrics.streams_active.set(i64::from(streams));
 }
 
-async fn origins(ctx: &Context) -> Response<Body> {
-    match ctx.store_op("list_origins", ctx.store.list_origins()).await {
-        Ok(list) => json_response(StatusCode::OK, &json!({"code": 0, "origins": list})),
-        Err(e) => store_failed(&e),
-    }
+/// One page of a listing: `?limit=` items (default [`DEFAULT_PAGE`], at
+/// most [`MAX_PAGE`]) after `?cursor=` (the `next_cursor` of the previous
+/// page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub limit: usize,
+    pub cursor: Option<String>,
 }
 
-async fn streams(ctx: &Context) -> Response<Body> {
-    match ctx.store_op("list_streams", ctx.store.list_streams()).await {
-        Ok(list) => json_response(StatusCode::OK, &json!({"code": 0, "streams": list})),
-        Err(e) => store_failed(&e),
-    }
-}
-
-/// Why a register body was refused.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RegisterError {
-    #[error("body is not a JSON object: {0}")]
-    Json(String),
-    #[error("missing or empty field {0:?}")]
-    Missing(&'static str),
-    #[error("field {0:?} has the wrong type")]
-    Type(&'static str),
-    #[error("field \"ip\" is not an IP address or host name: {0:?}")]
-    Ip(String),
-    #[error("field {field:?}: {reason}")]
-    Endpoint { field: &'static str, reason: String },
-    #[error("no usable rtmp or http endpoint")]
-    NoPort,
-}
-
-/// Parses an SRS heartbeat body into an origin. Unknown fields (and the
-/// `summaries` object SRS may add) are ignored.
-pub fn parse_register(body: &[u8]) -> Result<Origin, RegisterError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| RegisterError::Json(e.to_string()))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| RegisterError::Json("not an object".into()))?;
-    let text = |field: &'static str| -> Result<String, RegisterError> {
-        match obj.get(field) {
-            None | Some(Value::Null) => Err(RegisterError::Missing(field)),
-            Some(Value::String(s)) if s.trim().is_empty() => Err(RegisterError::Missing(field)),
-            Some(Value::String(s)) => Ok(s.trim().to_string()),
-            Some(Value::Number(n)) => Ok(n.to_string()),
-            Some(_) => Err(RegisterError::Type(field)),
-        }
-    };
-    let ip = text("ip")?;
-    let server = text("server")?;
-    text("service")?;
-    text("pid")?;
-    let valid_host = ip.parse::<std::net::IpAddr>().is_ok()
-        || (ip.len() <= 253
-            && ip
-                .split('.')
-                .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')));
-    if !valid_host {
-        return Err(RegisterError::Ip(ip));
-    }
-    let port = |field: &'static str| -> Result<Option<u16>, RegisterError> {
-        let endpoints: Vec<String> = match obj.get(field) {
-            None | Some(Value::Null) => return Ok(None),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| match v {
-                    Value::String(s) => Ok(s.clone()),
-                    Value::Number(n) => Ok(n.to_string()),
-                    _ => Err(RegisterError::Type(field)),
-                })
-                .collect::<Result<_, _>>()?,
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Number(n)) => vec![n.to_string()],
-            Some(_) => return Err(RegisterError::Type(field)),
+impl Page {
+    pub fn from_query(query: Option<&str>) -> Result<Self, String> {
+        let mut page = Page {
+            limit: DEFAULT_PAGE,
+            cursor: None,
         };
-        if endpoints.is_empty() {
-            return Ok(None);
-        }
-        // SRS may listen on several endpoints; any of them reaches it.
-        let mut last_err = None;
-        for e in &endpoints {
-            match parse_endpoint_port(e) {
-                Ok(p) => return Ok(Some(p)),
-                Err(err) => last_err = Some(err),
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "limit" => {
+                    page.limit = match v.parse::<usize>() {
+                        Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+                        _ => return Err(format!("limit must be 1..={MAX_PAGE}")),
+                    }
+                }
+                "cursor" if !v.is_empty() => page.cursor = Some(v.into_owned()),
+                _ => {}
             }
         }
-        Err(RegisterError::Endpoint {
-            field,
-            reason: last_err.map(|e| e.to_string()).unwrap_or_default(),
-        })
-    };
-    let ports = Ports {
-        rtmp: port("rtmp")?,
-        http: port("http")?,
-        api: port("api")?,
-        srt: port("srt")?,
-        rtc: port("rtc")?,
-    };
-    if ports.rtmp.is_none() && ports.http.is_none() {
-        return Err(RegisterError::NoPort);
+        Ok(page)
     }
-    Ok(Origin {
-        id: server,
-        ip,
-        ports,
-        source: OriginSource::Heartbeat,
-        weight: 1,
-        max_streams: 0,
-        pool: None,
+
+    /// The items after the cursor, at most `limit` of them, and the cursor
+    /// of the next page when there are more. `items` must be sorted by
+    /// `key`.
+    pub fn take<T, K: Ord>(
+        &self,
+        items: Vec<T>,
+        key: impl Fn(&T) -> K,
+        cursor_key: Option<K>,
+        show: impl Fn(&T) -> String,
+    ) -> (Vec<T>, Option<String>) {
+        let mut rest: Vec<T> = match cursor_key {
+            Some(after) => items.into_iter().filter(|i| key(i) > after).collect(),
+            None => items,
+        };
+        let next = (rest.len() > self.limit).then(|| show(&rest[self.limit - 1]));
+        rest.truncate(self.limit);
+        (rest, next)
+    }
+}
+
+/// A stream key as a cursor: `vhost/app/stream` (the app may hold
+/// slashes; vhost and stream never do).
+fn stream_cursor(key: &StreamKey) -> String {
+    format!("{}/{}/{}", key.vhost, key.app, key.stream)
+}
+
+fn parse_stream_cursor(cursor: &str) -> Option<StreamKey> {
+    let (vhost, rest) = cursor.split_once('/')?;
+    let (app, stream) = rest.rsplit_once('/')?;
+    Some(StreamKey {
+        vhost: vhost.to_string(),
+        app: app.to_string(),
+        stream: stream.to_string(),
     })
 }
 
-async fn register(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let result = register_inner(ctx, req, peer).await;
-    let label = if result.is_ok() { "ok" } else { "rejected" };
-    ctx.metrics.registrations_total.with_label_values(&[label]).inc();
-    match result {
-        Ok(()) => json_response(
-            StatusCode::OK,
-            &json!({"code": 0, "pid": std::process::id().to_string()}),
-        ),
-        Err((status, reason)) => {
-            tracing::warn!(%peer, %reason, "registration refused");
-            json_response(status, &json!({"code": status.as_u16(), "error": reason}))
+fn listing<T: Serialize>(name: &str, items: Vec<T>, next: Option<String>) -> Response<Body> {
+    json_response(StatusCode::OK, &json!({"code": 0, name: items, "next_cursor": next}))
+}
+
+async fn origins(ctx: &Context, query: Option<&str>) -> Response<Body> {
+    let page = match Page::from_query(query) {
+        Ok(p) => p,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
+    };
+    match ctx.store_op("list_origins", ctx.store.list_origins()).await {
+        Ok(mut list) => {
+            list.sort_by(|a, b| a.origin.id.cmp(&b.origin.id));
+            let after = page.cursor.clone();
+            let (items, next) = page.take(list, |o| o.origin.id.clone(), after, |o| o.origin.id.clone());
+            listing("origins", items, next)
         }
+        Err(e) => store_failed(&e),
     }
 }
 
-async fn register_inner(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Result<(), (StatusCode, String)> {
-    let bad = |reason: String| (StatusCode::BAD_REQUEST, reason);
-    let body = Limited::new(req.into_body(), MAX_REGISTER_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                bad(format!("body larger than {MAX_REGISTER_BODY} bytes"))
-            } else {
-                bad(format!("could not read body: {e}"))
+async fn streams(ctx: &Context, query: Option<&str>) -> Response<Body> {
+    let page = match Page::from_query(query) {
+        Ok(p) => p,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
+    };
+    let after = match page.cursor.as_deref().map(parse_stream_cursor) {
+        Some(None) => return error(StatusCode::BAD_REQUEST, "cursor is not vhost/app/stream"),
+        Some(key) => key,
+        None => None,
+    };
+    match ctx.store_op("list_streams", ctx.store.list_streams()).await {
+        Ok(mut list) => {
+            list.sort_by(|a, b| a.key.cmp(&b.key));
+            let (items, next) = page.take(list, |s| s.key.clone(), after, |s| stream_cursor(&s.key));
+            listing("streams", items, next)
+        }
+        Err(e) => store_failed(&e),
+    }
+}
+
+async fn register(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let (label, resp) = match register_inner(ctx, req, peer).await {
+        Ok(registered) => {
+            match registered {
+                Registered::Changed(origin) => {
+                    ctx.metrics
+                        .discovery_events_total
+                        .with_label_values(&["origin_registered"])
+                        .inc();
+                    tracing::info!(origin = %origin.id, ip = %origin.ip, ?origin.ports, %peer, "origin registered by heartbeat");
+                }
+                Registered::Refreshed => tracing::debug!(%peer, "heartbeat"),
             }
-        })?
-        .to_bytes();
-    let origin = parse_register(&body).map_err(|e| bad(e.to_string()))?;
-    let known = ctx
-        .store_op("origin", ctx.store.origin(&origin.id))
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "registration: store failed");
-            (StatusCode::SERVICE_UNAVAILABLE, STORE_UNAVAILABLE.to_string())
-        })?;
-    // A heartbeat may refresh its own registration, never take over an
-    // origin that config or Kubernetes discovery owns.
-    if let Some(owner) = known.as_ref().filter(|k| k.source != OriginSource::Heartbeat) {
-        return Err((
-            StatusCode::CONFLICT,
-            format!(
-                "origin id {:?} is registered by {} discovery; heartbeat refused",
-                owner.id,
-                owner.source.as_str()
-            ),
-        ));
+            let body = json!({"code": 0, "pid": std::process::id().to_string()});
+            ("ok", json_response(StatusCode::OK, &body))
+        }
+        Err((label, resp)) => (label, resp),
+    };
+    ctx.metrics.registrations_total.with_label_values(&[label]).inc();
+    resp
+}
+
+/// A refusal: its metric label and the response.
+type Refused = (&'static str, Response<Body>);
+
+async fn register_inner(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Result<Registered, Refused> {
+    if let Some(refused) = guard(ctx, &req, true) {
+        tracing::warn!(%peer, "registration refused: no valid token");
+        return Err(("unauthorized", refused));
     }
-    let changed = known.as_ref() != Some(&origin);
-    ctx.store_op(
-        "upsert_origin",
-        ctx.store
-            .upsert_origin(origin.clone(), Some(ctx.config.registration_ttl)),
-    )
-    .await
-    .map_err(|e| {
-        tracing::warn!(error = %e, "registration: store failed");
-        (StatusCode::SERVICE_UNAVAILABLE, STORE_UNAVAILABLE.to_string())
-    })?;
-    if changed {
-        ctx.metrics
-            .discovery_events_total
-            .with_label_values(&["origin_registered"])
-            .inc();
-        tracing::info!(origin = %origin.id, ip = %origin.ip, ?origin.ports, %peer, "origin registered by heartbeat");
-    } else {
-        tracing::debug!(origin = %origin.id, "heartbeat");
+    let watching = ctx
+        .discovery
+        .watching(ctx.config.kubernetes.discovery != DiscoveryMode::Off);
+    if !ctx.config.register_enabled(watching) {
+        let reason = "registration is off: origins come from Kubernetes discovery (PROXY_REGISTER_ENABLED=on allows heartbeats too)";
+        return Err(("disabled", error(StatusCode::FORBIDDEN, reason)));
     }
-    Ok(())
+    let limit = ctx.config.http_max_body_bytes;
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            let reason = format!("body larger than {limit} bytes");
+            tracing::warn!(%peer, %reason, "registration refused");
+            return Err(("invalid", error(StatusCode::PAYLOAD_TOO_LARGE, &reason)));
+        }
+        Err(e) => {
+            let reason = format!("could not read body: {e}");
+            tracing::warn!(%peer, %reason, "registration refused");
+            return Err(("invalid", error(StatusCode::BAD_REQUEST, &reason)));
+        }
+    };
+    heartbeat::register(ctx, &body, peer).await.map_err(|refusal| {
+        let reason = refusal.to_string();
+        match &refusal {
+            heartbeat::Refusal::Store(e) => tracing::warn!(%peer, error = %e, "registration: store failed"),
+            _ => tracing::warn!(%peer, %reason, "registration refused"),
+        }
+        (refusal.metric_label(), error(refusal.status(), &reason))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SRS_BODY: &str = r#"{"device_id":"origin2","ip":"10.78.122.184","server":"vid-46p14mm","service":"z2s3w865","pid":"42583","rtmp":["19352"],"http":["8082"],"api":["19853"],"srt":["10082"],"rtc":["udp://0.0.0.0:8001"],"summaries":{"ok":true,"data":{"pid":1,"cpu":0.5}}}"#;
-
     #[test]
-    fn srs_heartbeat_body() {
-        let o = parse_register(SRS_BODY.as_bytes()).unwrap();
-        assert_eq!(o.id, "vid-46p14mm");
-        assert_eq!(o.ip, "10.78.122.184");
+    fn pages() {
         assert_eq!(
-            o.ports,
-            Ports {
-                rtmp: Some(19352),
-                http: Some(8082),
-                api: Some(19853),
-                srt: Some(10082),
-                rtc: Some(8001)
+            Page::from_query(None).unwrap(),
+            Page {
+                limit: DEFAULT_PAGE,
+                cursor: None
             }
         );
-    }
-
-    #[test]
-    fn rejects_with_a_reason() {
-        let cases: &[(&str, &str)] = &[
-            ("not json", "JSON"),
-            ("[1,2]", "object"),
-            (r#"{"server":"s","service":"x","pid":"1","rtmp":["1935"]}"#, "\"ip\""),
-            (
-                r#"{"ip":"1.2.3.4","service":"x","pid":"1","rtmp":["1935"]}"#,
-                "\"server\"",
-            ),
-            (
-                r#"{"ip":"1.2.3.4","server":"s","pid":"1","rtmp":["1935"]}"#,
-                "\"service\"",
-            ),
-            (
-                r#"{"ip":"1.2.3.4","server":"s","service":"x","rtmp":["1935"]}"#,
-                "\"pid\"",
-            ),
-            (r#"{"ip":"1.2.3.4","server":"s","service":"x","pid":"1"}"#, "no usable"),
-            (
-                r#"{"ip":"1.2.3.4","server":"s","service":"x","pid":"1","rtmp":["abc"]}"#,
-                "\"rtmp\"",
-            ),
-            (
-                r#"{"ip":"1.2.3.4","server":"s","service":"x","pid":"1","rtmp":[{}]}"#,
-                "\"rtmp\"",
-            ),
-            (
-                r#"{"ip":"a b","server":"s","service":"x","pid":"1","rtmp":["1935"]}"#,
-                "\"ip\"",
-            ),
-            (
-                r#"{"ip":["x"],"server":"s","service":"x","pid":"1","rtmp":["1935"]}"#,
-                "\"ip\"",
-            ),
-            (
-                r#"{"ip":"1.2.3.4","server":"","service":"x","pid":"1","rtmp":["1935"]}"#,
-                "\"server\"",
-            ),
-        ];
-        for (body, needle) in cases {
-            let err = parse_register(body.as_bytes()).unwrap_err().to_string();
-            assert!(err.contains(needle), "{body}: {err}");
+        let p = Page::from_query(Some("limit=2&cursor=b")).unwrap();
+        assert_eq!(p.limit, 2);
+        for bad in ["limit=0", "limit=1001", "limit=x", "limit=-1"] {
+            assert!(Page::from_query(Some(bad)).is_err(), "{bad}");
         }
+        let items = vec!["a", "b", "c", "d", "e"];
+        let show = |s: &&str| s.to_string();
+        let first = Page::from_query(Some("limit=2")).unwrap();
+        assert_eq!(
+            first.take(items.clone(), |s| *s, None, show),
+            (vec!["a", "b"], Some("b".into()))
+        );
+        assert_eq!(
+            p.take(items.clone(), |s| *s, Some("b"), show),
+            (vec!["c", "d"], Some("d".into()))
+        );
+        assert_eq!(p.take(items.clone(), |s| *s, Some("d"), show), (vec!["e"], None));
+        assert_eq!(p.take(items, |s| *s, Some("z"), show), (vec![], None));
     }
 
     #[test]
-    fn http_only_and_number_forms() {
-        let o =
-            parse_register(br#"{"ip":"srs-0.srs","server":"s","service":"x","pid":12,"http":8080,"rtmp":[]}"#).unwrap();
-        assert_eq!(o.ports.http, Some(8080));
-        assert_eq!(o.ports.rtmp, None);
-        let o =
-            parse_register(br#"{"ip":"::1","server":"s","service":"x","pid":"1","rtmp":["bad","tcp://0.0.0.0:1936"]}"#)
-                .unwrap();
-        assert_eq!(o.ports.rtmp, Some(1936));
+    fn stream_cursors_round_trip_with_nested_apps() {
+        let key = StreamKey::new("v.example.com", "a/b", "s").unwrap();
+        assert_eq!(parse_stream_cursor(&stream_cursor(&key)), Some(key));
+        assert_eq!(parse_stream_cursor("nope"), None);
     }
 }

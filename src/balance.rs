@@ -168,6 +168,7 @@ mod tests {
             weight,
             max_streams,
             pool: None,
+            registered_by: None,
         }
     }
 

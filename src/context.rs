@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::balance::Policy;
 use crate::config::Config;
+use crate::discovery::heartbeat::Registrar;
 use crate::discovery_state::DiscoveryState;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -23,6 +24,8 @@ pub struct Context {
     pub shutdown: Shutdown,
     /// Kubernetes discovery's health (readiness) and pool-level policy.
     pub discovery: DiscoveryState,
+    /// What heartbeat registration needs to know about this process.
+    pub registrar: Registrar,
 }
 
 impl Context {
@@ -33,6 +36,7 @@ impl Context {
             metrics: Metrics::new(),
             shutdown: Shutdown::new(),
             discovery: DiscoveryState::default(),
+            registrar: Registrar::default(),
         }
     }
 

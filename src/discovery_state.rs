@@ -22,6 +22,9 @@ struct Inner {
     broken: Option<String>,
     /// The policy the OriginPools ask for, when they agree.
     policy: Option<Policy>,
+    /// Discovery was asked for but found no cluster to watch: heartbeats
+    /// and static origins are then the sources, as with discovery off.
+    no_cluster: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +64,17 @@ impl DiscoveryState {
 
     pub(crate) fn set_policy(&self, policy: Option<Policy>) {
         self.lock().policy = policy;
+    }
+
+    /// Whether Kubernetes discovery is asked for and has not found out
+    /// that there is no cluster: while it is, heartbeat registration is
+    /// off unless explicitly enabled.
+    pub fn watching(&self, configured: bool) -> bool {
+        configured && !self.lock().no_cluster
+    }
+
+    pub(crate) fn set_no_cluster(&self) {
+        self.lock().no_cluster = true;
     }
 
     pub(crate) fn set_broken(&self, reason: String) {

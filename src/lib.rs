@@ -88,6 +88,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod balance;
 pub mod claim;
 pub mod config;

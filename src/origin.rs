@@ -7,6 +7,7 @@
 //! always ignored, because the origin's reachable address is its `ip`.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +84,10 @@ pub struct Origin {
     /// The `OriginPool` that discovered it, for status and metrics.
     #[serde(default)]
     pub pool: Option<String>,
+    /// For a heartbeat registration: the address it came from. Only that
+    /// peer may refresh or change the id; it counts against that peer's cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_by: Option<IpAddr>,
 }
 
 impl Origin {
@@ -230,6 +235,7 @@ mod tests {
             weight: 1,
             max_streams: 0,
             pool: None,
+            registered_by: None,
         };
         assert_eq!(o.authority(Protocol::Http).unwrap(), "[fd00::1]:8080");
         assert_eq!(o.authority(Protocol::Rtmp), None);

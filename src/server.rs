@@ -96,6 +96,12 @@ pub async fn run(ctx: Context, listeners: Listeners, signal: impl Future<Output 
     let srt = listeners.srt.local_addr().ok();
     let http_api = listeners.http_api.local_addr().ok();
     let webrtc = listeners.webrtc.local_addr().ok();
+    // No origin may be registered at one of these: a request loop.
+    let own = [http, rtmp, system_api, srt, http_api, webrtc]
+        .into_iter()
+        .flatten()
+        .collect();
+    ctx.registrar.set_own_addrs(own);
     tracing::info!(
         http = ?http,
         rtmp = ?rtmp,

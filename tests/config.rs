@@ -99,3 +99,74 @@ fn a_bad_value_stops_start_up_naming_key_and_value() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nonsense"));
 }
+
+#[test]
+fn bearer_settings_are_checked_like_the_go_proxy_and_the_token_is_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = proxy();
+        cmd.current_dir(dir.path()).arg("--check-config");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    for (env, needle) in [
+        (vec![("PROXY_HTTP_API_AUTH_ENABLED", "on")], "PROXY_HTTP_API_AUTH_TYPE"),
+        (
+            vec![
+                ("PROXY_HTTP_API_AUTH_ENABLED", "on"),
+                ("PROXY_HTTP_API_AUTH_TYPE", "bearer"),
+            ],
+            "PROXY_HTTP_API_AUTH_TOKEN",
+        ),
+        (
+            vec![
+                ("PROXY_HTTP_API_AUTH_ENABLED", "on"),
+                ("PROXY_HTTP_API_AUTH_TYPE", "basic"),
+                ("PROXY_HTTP_API_AUTH_TOKEN", "t"),
+            ],
+            "only supports bearer",
+        ),
+        (
+            vec![
+                ("PROXY_HTTP_API_AUTH_ENABLED", "on"),
+                ("PROXY_HTTP_API_AUTH_TYPE", "bearer"),
+                ("PROXY_HTTP_API_AUTH_TOKEN_FILE", "/nonexistent/token"),
+            ],
+            "http_api_auth.token_file",
+        ),
+    ] {
+        let out = run(&env);
+        assert_eq!(out.status.code(), Some(64), "{env:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{env:?}: {stderr}");
+    }
+
+    let secret = "tok-3f1e9c2b7d";
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    for env in [
+        vec![
+            ("PROXY_HTTP_API_AUTH_ENABLED", "on"),
+            ("PROXY_HTTP_API_AUTH_TYPE", "bearer"),
+            ("PROXY_HTTP_API_AUTH_TOKEN", secret),
+        ],
+        vec![
+            ("PROXY_HTTP_API_AUTH_ENABLED", "on"),
+            ("PROXY_HTTP_API_AUTH_TYPE", "Bearer"),
+            ("PROXY_HTTP_API_AUTH_TOKEN_FILE", file.to_str().unwrap()),
+        ],
+    ] {
+        let out = run(&env);
+        let c = effective(&out);
+        assert_eq!(c["http_api_auth"]["enabled"], true);
+        assert_eq!(c["http_api_auth"]["token"], "***");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!all.contains(secret), "the token was printed: {all}");
+    }
+}

@@ -412,6 +412,11 @@ async fn register_api_answers_once_with_a_reason() {
     let cases: Vec<(&str, String, &str)> = vec![
         ("bad json", "{not json".into(), "JSON"),
         (
+            "bad origin id",
+            r#"{"ip":"10.0.0.1","server":"a b","service":"v","pid":"1","rtmp":["1935"]}"#.into(),
+            "may only hold",
+        ),
+        (
             "missing ip",
             r#"{"server":"s","service":"v","pid":"1","rtmp":["1935"]}"#.into(),
             "ip",
@@ -435,11 +440,16 @@ async fn register_api_answers_once_with_a_reason() {
     ];
     for (what, body, needle) in cases {
         let r = client::post(proxy.api, "/api/v1/srs/register", body).await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{what}");
+        let status = if what == "oversized" {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        assert_eq!(r.status, status, "{what}");
         // Exactly one JSON document in the body.
         let json = r.json();
         assert!(json["error"].as_str().unwrap().contains(needle), "{what}: {json}");
-        assert_eq!(json["code"], 400);
+        assert_eq!(json["code"], status.as_u16());
     }
     let r = request(proxy.api, Method::GET, "/api/v1/srs/register", &[], Bytes::new()).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);

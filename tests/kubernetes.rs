@@ -54,6 +54,8 @@ async fn cluster(discovery: DiscoveryMode) -> Cluster {
 
 async fn proxy_for(discovery: DiscoveryMode, kubeconfig: String) -> TestProxy {
     let mut config = test_config();
+    // Some tests also register heartbeat origins beside discovery.
+    config.register.enabled = srs_proxy::config::RegisterMode::On;
     config.kubernetes = KubernetesConfig {
         discovery,
         namespace: NS.into(),
@@ -286,7 +288,8 @@ async fn an_unreachable_cluster_is_not_ready_until_it_answers() {
     let error = failing.expect("readiness reports the failing watch");
     assert!(error.contains("kubernetes discovery"), "{error}");
     assert!(counter(&proxy, "watch_error") >= 1);
-    // The rest of the proxy keeps working: heartbeats still register.
+    // The rest of the proxy keeps working: heartbeats (allowed beside
+    // discovery here) still register.
     let origin = FakeOrigin::start("heartbeat").await;
     origin.register(proxy.api).await;
 

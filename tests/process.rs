@@ -141,3 +141,31 @@ fn a_second_signal_quits_at_once_while_the_first_is_draining() {
     assert!(!status.success(), "a forced quit is not a clean exit: {status:?}");
     drop(held);
 }
+#[test]
+fn text_logs_in_a_file_have_no_colour_and_one_line_per_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.log");
+    let file = std::fs::File::create(&path).unwrap();
+    let mut proxy = Proxy::start(Stdio::from(file), &[("PROXY_LOG_FORMAT", "text")]);
+    // Untrusted text that reaches the log: a register body with a forged
+    // line in its origin id.
+    let body = "{\"ip\":\"10.0.0.1\",\"server\":\"evil\\n\\u001b[31mFAKE LOG LINE\",\"service\":\"s\",\"pid\":\"1\",\"rtmp\":[\"1935\"]}";
+    let mut tcp = TcpStream::connect(proxy.api).unwrap();
+    write!(
+        tcp,
+        "POST /api/v1/srs/register HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    proxy.signal("TERM");
+    proxy.wait_exit(Duration::from_secs(30)).expect("exit");
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert!(log.contains("registration refused"), "{log}");
+    assert!(!log.contains('\u{1b}'), "no escape sequence in a file: {log}");
+    for line in log.lines() {
+        assert!(!line.trim_start().starts_with("FAKE"), "a forged line: {line:?}");
+    }
+}

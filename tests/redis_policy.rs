@@ -26,6 +26,7 @@ fn origin(id: String, weight: u32, max_streams: u32) -> Origin {
         weight,
         max_streams,
         pool: None,
+        registered_by: None,
     }
 }
 

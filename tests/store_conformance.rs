@@ -91,6 +91,7 @@ fn origin(id: &str) -> Origin {
         weight: 1,
         max_streams: 0,
         pool: None,
+        registered_by: None,
     }
 }
 

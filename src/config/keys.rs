@@ -40,6 +40,11 @@ fn dir(v: &str) -> Result<Option<PathBuf>, String> {
     Ok(Some(v.trim()).filter(|v| !v.is_empty()).map(PathBuf::from))
 }
 
+/// A secret, untrimmed (a token is compared byte for byte).
+fn secret(v: &str) -> Result<super::Secret, String> {
+    Ok(super::Secret(v.to_string()))
+}
+
 /// Every env/flag key.
 #[rustfmt::skip]
 pub const KEYS: &[Key] = &[
@@ -54,6 +59,21 @@ pub const KEYS: &[Key] = &[
     key!("rtmp_max_connections", "PROXY_RTMP_MAX_CONNECTIONS", rtmp_max_connections, parsed),
     key!("system_api_max_connections", "PROXY_SYSTEM_API_MAX_CONNECTIONS", system_api_max_connections, parsed),
     key!("http_api_max_connections", "PROXY_HTTP_API_MAX_CONNECTIONS", http_api_max_connections, parsed),
+    key!("http_header_timeout", "PROXY_HTTP_HEADER_TIMEOUT", http_header_timeout, parse_duration),
+    key!("http_max_header_bytes", "PROXY_HTTP_MAX_HEADER_BYTES", http_max_header_bytes, positive),
+    key!("http_max_headers", "PROXY_HTTP_MAX_HEADERS", http_max_headers, positive),
+    key!("http_max_url_bytes", "PROXY_HTTP_MAX_URL_BYTES", http_max_url_bytes, positive),
+    key!("http_max_body_bytes", "PROXY_HTTP_MAX_BODY_BYTES", http_max_body_bytes, positive),
+    key!("http_api_auth.enabled", "PROXY_HTTP_API_AUTH_ENABLED", http_api_auth.enabled, parse_bool),
+    key!("http_api_auth.type", "PROXY_HTTP_API_AUTH_TYPE", http_api_auth.kind, text),
+    key!("http_api_auth.token", "PROXY_HTTP_API_AUTH_TOKEN", http_api_auth.token, secret),
+    key!("http_api_auth.token_file", "PROXY_HTTP_API_AUTH_TOKEN_FILE", http_api_auth.token_file, dir),
+    key!("http_api_auth.metrics", "PROXY_HTTP_API_AUTH_METRICS", http_api_auth.metrics, parse_bool),
+    key!("register.enabled", "PROXY_REGISTER_ENABLED", register.enabled, parsed),
+    key!("register.allow_cidrs", "PROXY_REGISTER_ALLOW_CIDRS", register.allow_cidrs, parsed),
+    key!("register.require_peer_ip", "PROXY_REGISTER_REQUIRE_PEER_IP", register.require_peer_ip, parse_bool),
+    key!("register.max_origins", "PROXY_REGISTER_MAX_ORIGINS", register.max_origins, parsed),
+    key!("register.max_origins_per_peer", "PROXY_REGISTER_MAX_ORIGINS_PER_PEER", register.max_origins_per_peer, parsed),
     key!("static_files", "PROXY_STATIC_FILES", static_files, dir),
     key!("load_balancer_type", "PROXY_LOAD_BALANCER_TYPE", load_balancer_type, parsed),
     key!("balance_policy", "PROXY_BALANCE_POLICY", balance_policy, parsed),
@@ -81,6 +101,8 @@ pub const KEYS: &[Key] = &[
     key!("stream_ttl", "PROXY_STREAM_TTL", stream_ttl, parse_duration),
     key!("hls_session_ttl", "PROXY_HLS_SESSION_TTL", hls_session_ttl, parse_duration),
     key!("max_playlist_bytes", "PROXY_MAX_PLAYLIST_BYTES", max_playlist_bytes, positive),
+    key!("hls_max_playlist_uris", "PROXY_HLS_MAX_PLAYLIST_URIS", hls_max_playlist_uris, positive),
+    key!("hls_max_rewrites", "PROXY_HLS_MAX_REWRITES", hls_max_rewrites, positive),
     key!("origin_connect_timeout", "PROXY_ORIGIN_CONNECT_TIMEOUT", origin_connect_timeout, parse_duration),
     key!("origin_response_timeout", "PROXY_ORIGIN_RESPONSE_TIMEOUT", origin_response_timeout, parse_duration),
     key!("relay_buffer_bytes", "PROXY_RELAY_BUFFER_BYTES", relay_buffer_bytes, positive),
@@ -96,5 +118,6 @@ pub const KEYS: &[Key] = &[
     key!("webrtc.max_sessions", "PROXY_WEBRTC_MAX_SESSIONS", webrtc.max_sessions, positive),
     key!("webrtc.lookup_rate", "PROXY_WEBRTC_LOOKUP_RATE", webrtc.lookup_rate, positive),
     key!("webrtc.max_sdp_bytes", "PROXY_WEBRTC_MAX_SDP_BYTES", webrtc.max_sdp_bytes, positive),
+    key!("rtmp_setup_timeout", "PROXY_RTMP_SETUP_TIMEOUT", rtmp_setup_timeout, parse_duration),
     key!("log_format", "PROXY_LOG_FORMAT", log_format, parsed),
 ];

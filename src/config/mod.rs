@@ -7,12 +7,13 @@
 //! file is read with serde (`deny_unknown_fields`), so a misspelt key is an
 //! error too.
 //!
-//! This module only parses and validates; it never opens sockets or files
-//! other than the config file itself.
+//! This module only parses and validates; it never opens sockets, and the
+//! only files it reads are the config file and the API token file it names.
 
 mod keys;
 mod origins;
 mod redis;
+mod security;
 pub mod value;
 mod webrtc;
 
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 pub use self::keys::{Key, KEYS};
 pub use self::origins::{DefaultBackend, StaticOrigin};
 pub use self::redis::{check_redis_url, redact_url, RedisConfig};
+pub use self::security::{AuthConfig, Cidr, CidrList, RegisterConfig, RegisterMode, Secret};
 use self::value::{duration_serde, format_duration};
 pub use self::value::{parse_bool, parse_duration, ListenAddr};
 pub use self::webrtc::WebrtcConfig;
@@ -172,6 +174,22 @@ pub struct Config {
     pub system_api_max_connections: usize,
     /// Open connections on the WebRTC signalling listener; 0 = unlimited.
     pub http_api_max_connections: usize,
+    /// A request head must arrive within this long (slowloris); it is also
+    /// how long an idle keep-alive connection waits for its next request.
+    #[serde(with = "duration_serde")]
+    pub http_header_timeout: Duration,
+    /// Largest request head (request line and headers); 431 over it.
+    pub http_max_header_bytes: usize,
+    /// Most header fields in a request; 431 over it.
+    pub http_max_headers: usize,
+    /// Longest request target (path and query); 414 over it.
+    pub http_max_url_bytes: usize,
+    /// Largest request body any endpoint reads; 413 over it.
+    pub http_max_body_bytes: usize,
+    /// Bearer token on the system API's admin side.
+    pub http_api_auth: AuthConfig,
+    /// What the register API accepts.
+    pub register: RegisterConfig,
     /// Directory served for paths that are not streams; unset = off.
     pub static_files: Option<PathBuf>,
     pub load_balancer_type: StoreKind,
@@ -198,6 +216,11 @@ pub struct Config {
     pub hls_session_ttl: Duration,
     /// Largest m3u8 the proxy reads from an origin.
     pub max_playlist_bytes: usize,
+    /// Most URIs a playlist may carry (each gets a routing token, so this
+    /// bounds the rewritten size); 502 over it.
+    pub hls_max_playlist_uris: usize,
+    /// Playlists fetched and rewritten at once; more wait, then get 503.
+    pub hls_max_rewrites: usize,
     /// Bound on connecting to an origin.
     #[serde(with = "duration_serde")]
     pub origin_connect_timeout: Duration,
@@ -223,6 +246,9 @@ pub struct Config {
     /// Bound on the proxy's SRT handshake with an origin.
     #[serde(with = "duration_serde")]
     pub srt_handshake_timeout: Duration,
+    /// From accept to publish/play, whatever the client sends meanwhile.
+    #[serde(with = "duration_serde")]
+    pub rtmp_setup_timeout: Duration,
     pub log_format: LogFormat,
 }
 
@@ -241,6 +267,13 @@ impl Default for Config {
             rtmp_max_connections: 10_000,
             system_api_max_connections: 1_000,
             http_api_max_connections: 10_000,
+            http_header_timeout: Duration::from_secs(10),
+            http_max_header_bytes: 16 * 1024,
+            http_max_headers: 64,
+            http_max_url_bytes: 4096,
+            http_max_body_bytes: 64 * 1024,
+            http_api_auth: AuthConfig::default(),
+            register: RegisterConfig::default(),
             static_files: None,
             load_balancer_type: StoreKind::Memory,
             balance_policy: Policy::LeastStreams,
@@ -255,6 +288,8 @@ impl Default for Config {
             stream_ttl: Duration::from_secs(60),
             hls_session_ttl: Duration::from_secs(120),
             max_playlist_bytes: 1024 * 1024,
+            hls_max_playlist_uris: 10_000,
+            hls_max_rewrites: 64,
             origin_connect_timeout: Duration::from_secs(3),
             origin_response_timeout: Duration::from_secs(10),
             relay_buffer_bytes: 64 * 1024,
@@ -264,6 +299,7 @@ impl Default for Config {
             srt_max_connections: 10_000,
             srt_idle_timeout: Duration::from_secs(10),
             srt_handshake_timeout: Duration::from_secs(1),
+            rtmp_setup_timeout: Duration::from_secs(30),
             log_format: LogFormat::Text,
         }
     }
@@ -347,6 +383,8 @@ impl Config {
             ("srt_idle_timeout", self.srt_idle_timeout),
             ("srt_handshake_timeout", self.srt_handshake_timeout),
             ("webrtc.idle_timeout", self.webrtc.idle_timeout),
+            ("rtmp_setup_timeout", self.rtmp_setup_timeout),
+            ("http_header_timeout", self.http_header_timeout),
         ];
         for (key, d) in positive {
             if d.is_zero() {
@@ -375,6 +413,14 @@ impl Config {
                 ),
             });
         }
+        // hyper needs room for a request line and a few headers.
+        if self.http_max_header_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "http_max_header_bytes",
+                reason: format!("{} is below 1024", self.http_max_header_bytes),
+            });
+        }
+        self.validate_auth()?;
         if self.force_quit_timeout < self.grace_quit_timeout {
             return Err(ConfigError::Invalid {
                 key: "force_quit_timeout",
@@ -419,6 +465,78 @@ impl Config {
         }
     }
 
+    /// The Go proxy's start-up checks of its Bearer settings, with its
+    /// variable names in the messages.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let auth = &self.http_api_auth;
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        if !auth.enabled {
+            if auth.metrics {
+                return invalid(
+                    "http_api_auth.metrics",
+                    "protecting /metrics needs PROXY_HTTP_API_AUTH_ENABLED=on",
+                );
+            }
+            return Ok(());
+        }
+        match auth.kind.trim().to_ascii_lowercase().as_str() {
+            "" => invalid(
+                "http_api_auth.type",
+                "PROXY_HTTP_API_AUTH_TYPE is required when PROXY_HTTP_API_AUTH_ENABLED is on",
+            ),
+            "bearer" if auth.token.expose().trim().is_empty() && auth.token_file.is_none() => invalid(
+                "http_api_auth.token",
+                "PROXY_HTTP_API_AUTH_TOKEN (or PROXY_HTTP_API_AUTH_TOKEN_FILE) is required with bearer authentication",
+            ),
+            "bearer" => Ok(()),
+            _ => invalid(
+                "http_api_auth.type",
+                "srs-proxy only supports bearer authentication (PROXY_HTTP_API_AUTH_TYPE=bearer)",
+            ),
+        }
+    }
+
+    /// Reads the API token from `http_api_auth.token_file` when no token
+    /// is given directly.
+    fn load_token_file(&mut self) -> Result<(), ConfigError> {
+        let auth = &mut self.http_api_auth;
+        let Some(path) = auth
+            .token_file
+            .as_ref()
+            .filter(|_| auth.enabled && auth.token.is_empty())
+        else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+            key: "http_api_auth.token_file",
+            reason: format!("cannot read {}: {e}", path.display()),
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "http_api_auth.token_file",
+                reason: format!("{} is empty", path.display()),
+            });
+        }
+        auth.token = Secret(token.to_string());
+        Ok(())
+    }
+
+    /// Whether the register API takes heartbeats, given whether Kubernetes
+    /// discovery is watching a cluster (`auto`: only when it is not).
+    pub fn register_enabled(&self, discovery_watching: bool) -> bool {
+        match self.register.enabled {
+            RegisterMode::On => true,
+            RegisterMode::Off => false,
+            RegisterMode::Auto => !discovery_watching,
+        }
+    }
+
     /// The origins configured statically (default backend and `origins:`).
     pub fn static_origins(&self) -> Vec<Origin> {
         let mut out: Vec<Origin> = self.origins.iter().map(StaticOrigin::to_origin).collect();
@@ -438,6 +556,7 @@ impl Config {
                 weight: 1,
                 max_streams: 0,
                 pool: None,
+                registered_by: None,
             });
         }
         out
@@ -465,17 +584,22 @@ pub fn load(
         config.kubernetes.discovery = DiscoveryMode::Service;
     }
     config.validate()?;
+    config.load_token_file()?;
     Ok(config)
 }
 
 /// The config with secrets masked, for printing (`--check-config`, logs):
-/// the Redis password and the password in a Redis URL become `***`.
+/// the Redis password, the password in a Redis URL and the API token
+/// become `***`.
 pub fn redacted(config: &Config) -> Config {
     let mut shown = config.clone();
     if !shown.redis.password.is_empty() {
         shown.redis.password = "***".into();
     }
     shown.redis.url = redact_url(&shown.redis.url);
+    if !shown.http_api_auth.token.is_empty() {
+        shown.http_api_auth.token = Secret("***".into());
+    }
     shown
 }
 
@@ -615,6 +739,54 @@ mod tests {
             let err = load(None, &env(&[(var, value)]), &[]).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains(value), "{var}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn the_token_file_is_read_once_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  abc\n").unwrap();
+        let path = file.to_str().unwrap();
+        fn with(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+            let mut pairs = vec![
+                ("PROXY_HTTP_API_AUTH_ENABLED", "on"),
+                ("PROXY_HTTP_API_AUTH_TYPE", "bearer"),
+            ];
+            pairs.extend_from_slice(extra);
+            env(&pairs)
+        }
+        let c = load(None, &with(&[("PROXY_HTTP_API_AUTH_TOKEN_FILE", path)]), &[]).unwrap();
+        assert_eq!(c.http_api_auth.token.expose(), "abc");
+        let c = load(
+            None,
+            &with(&[
+                ("PROXY_HTTP_API_AUTH_TOKEN_FILE", path),
+                ("PROXY_HTTP_API_AUTH_TOKEN", "direct"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.http_api_auth.token.expose(), "direct", "a token given directly wins");
+        std::fs::write(&file, "\n").unwrap();
+        let err = load(None, &with(&[("PROXY_HTTP_API_AUTH_TOKEN_FILE", path)]), &[]).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        let err = load(None, &env(&[("PROXY_HTTP_API_AUTH_METRICS", "on")]), &[]).unwrap_err();
+        assert!(err.to_string().contains("http_api_auth.metrics"), "{err}");
+        assert!(!format!("{:?}", redacted(&c)).contains("direct"));
+    }
+
+    #[test]
+    fn registration_is_off_under_kubernetes_discovery_unless_enabled() {
+        let c = load(None, &env(&[]), &[]).unwrap();
+        assert!(c.register_enabled(false));
+        assert!(!c.register_enabled(true));
+        let c = load(None, &env(&[("PROXY_REGISTER_ENABLED", "on")]), &[]).unwrap();
+        assert!(c.register_enabled(true));
+        let c = load(None, &env(&[("PROXY_REGISTER_ENABLED", "off")]), &[]).unwrap();
+        assert!(!c.register_enabled(false));
+        let c = Config::from_yaml_str("register:\n  enabled: on\n  allow_cidrs: 10.0.0.0/8\n").unwrap();
+        assert_eq!(c.register.enabled, RegisterMode::On);
+        assert!(c.register.allow_cidrs.contains("10.1.1.1".parse().unwrap()));
     }
 
     #[test]

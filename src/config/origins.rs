@@ -89,6 +89,7 @@ impl StaticOrigin {
             weight: self.weight.max(1),
             max_streams: self.max_streams,
             pool: None,
+            registered_by: None,
         }
     }
 }

@@ -138,6 +138,7 @@ pub fn pool_view<'a>(
                         weight: u32::try_from(spec.weight).unwrap_or(1).max(1),
                         max_streams: u32::try_from(spec.max_streams).unwrap_or(0),
                         pool: Some(pool.to_string()),
+                        registered_by: None,
                     },
                 );
             } else {

@@ -106,6 +106,7 @@ pub async fn run(ctx: Context) {
                 %reason,
                 "no Kubernetes cluster config (not in a pod, no kubeconfig): Kubernetes discovery is off; origins come from the register API and static config"
             );
+            ctx.discovery.set_no_cluster();
             return;
         }
         Err(e) => {
@@ -700,6 +701,7 @@ mod tests {
             weight: 1,
             max_streams: 0,
             pool: Some("pool".into()),
+            registered_by: None,
         }
     }
 

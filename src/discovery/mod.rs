@@ -2,11 +2,13 @@
 //!
 //! The proxy watches EndpointSlices and writes each ready origin pod into
 //! the store as an [`Origin`](crate::origin::Origin), the same value the
-//! heartbeat API (in [`crate::api`]) and static config produce. Which
+//! heartbeat API ([`heartbeat`]) and static config produce. Which
 //! Service, which port names and which policy come from `OriginPool`
 //! resources ([`crate::crd`]), or, without the CRD, from
 //! `PROXY_K8S_SERVICE`.
 //!
+//! * [`heartbeat`] — origins that register themselves, and the checks a
+//!   registration must pass.
 //! * [`endpoints`] — slices → origins (pure).
 //! * [`status`] — view → OriginPool status and conditions (pure).
 //! * [`kubernetes`] — the watchers and the registration writer.
@@ -18,6 +20,7 @@
 //! ends the relays to it.
 
 pub mod endpoints;
+pub mod heartbeat;
 pub mod kubernetes;
 pub mod lease;
 pub mod status;

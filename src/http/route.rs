@@ -27,6 +27,9 @@ use super::{full, hls, live, static_files, versions, Body, HttpError};
 use crate::context::Context;
 use crate::stream_key::StreamKey;
 
+/// The streaming listener's name in metrics.
+pub const LISTENER_NAME: &str = "http";
+
 /// Runs the streaming server until the drain has stopped it.
 pub async fn run(listener: TcpListener, ctx: Context) {
     let max = ctx.config.http_max_connections;
@@ -35,11 +38,11 @@ pub async fn run(listener: TcpListener, ctx: Context) {
         keep_alive: KeepAlive::default(),
         ctx: ctx.clone(),
     });
-    let server = HttpServer::new(ctx.clone(), move |req, peer| {
+    let server = HttpServer::new(ctx.clone(), LISTENER_NAME, move |req, peer| {
         let state = state.clone();
         async move { route(&state, req, peer).await }
     });
-    crate::listener::serve(listener, ctx, "http", max, server).await
+    crate::listener::serve(listener, ctx, LISTENER_NAME, max, server).await
 }
 
 /// Classifies a request and answers it; counts it by route and status.

@@ -1,22 +1,37 @@
 //! One HTTP/1.1 connection, for every HTTP listener (streaming, system API).
 //!
 //! [`HttpServer`] is what the listener runs per connection: hyper serves
-//! the requests with a header-read deadline, finishes the response in
+//! the requests under the configured limits, finishes the response in
 //! flight when draining starts, and answers connections over the listener's
 //! cap with `503` and `Retry-After`. A response carrying a [`Detach`] is
 //! not written by hyper: the connection leaves hyper and the detached
 //! handler writes the response on the socket itself (live relays).
+//!
+//! # Limits
+//!
+//! * The request head must arrive within `http_header_timeout` (slowloris);
+//!   hyper starts that clock when it starts waiting for a head, so it also
+//!   closes a keep-alive connection that stays idle that long.
+//! * A head over `http_max_header_bytes`, or with more than
+//!   `http_max_headers` fields, gets 431 from hyper.
+//! * [`check_request`] answers before any handler runs: 414 for a target
+//!   over `http_max_url_bytes`, 413 for a declared body over
+//!   `http_max_body_bytes`, 400 for two `Host` headers or an HTTP/1.1
+//!   request without one (RFC 9112 §3.2).
+//!
+//! Every refusal counts in `srs_proxy_listener_refused_total` with its
+//! reason.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -24,17 +39,19 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::{full, server_header, Body};
+use crate::config::Config;
 use crate::context::Context;
 use crate::listener::Handler;
-
-/// A client must send its request head within this long (slowloris).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves HTTP/1.1 on each connection, calling `answer` per request.
 #[derive(Clone)]
 pub struct HttpServer<A> {
-    /// For the drain signal.
+    /// Config, metrics and the drain signal.
     ctx: Context,
+    /// The listener's name in metrics.
+    name: &'static str,
+    /// Refusals as `{"code":…,"error":…}` (an API) instead of a text line.
+    json: bool,
     /// Answers one request.
     answer: A,
 }
@@ -44,9 +61,104 @@ where
     A: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    pub fn new(ctx: Context, answer: A) -> Self {
-        Self { ctx, answer }
+    pub fn new(ctx: Context, name: &'static str, answer: A) -> Self {
+        Self {
+            ctx,
+            name,
+            json: false,
+            answer,
+        }
     }
+
+    /// Refusals in the JSON shape of an API's other errors.
+    pub fn json_errors(mut self) -> Self {
+        self.json = true;
+        self
+    }
+
+    fn refused(&self, reason: &str) {
+        self.ctx
+            .metrics
+            .listener_refused_total
+            .with_label_values(&[self.name, reason])
+            .inc();
+    }
+
+    /// The answer to a request the limits refuse (see [`check_request`]),
+    /// counted and logged; `None` lets it through to the handler.
+    fn refusal<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
+        let (status, reason, metric) = check_request(&self.ctx.config, req)?;
+        self.refused(metric);
+        tracing::info!(status = status.as_u16(), %reason, "request refused");
+        Some(if self.json {
+            let body = serde_json::json!({"code": status.as_u16(), "error": reason});
+            super::versions::json_response(status, &body)
+        } else {
+            plain(status, &reason)
+        })
+    }
+}
+
+/// hyper's connection settings from the config.
+fn builder(config: &Config) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(config.http_header_timeout)
+        .max_headers(config.http_max_headers)
+        .max_header_size(config.http_max_header_bytes)
+        // hyper's floor; a head over the header limit is refused first.
+        .max_buf_size(config.http_max_header_bytes.max(8192));
+    b
+}
+
+/// A request the limits refuse, answered before any handler sees it:
+/// the status, the one-line reason and the metric reason.
+pub fn check_request<B>(config: &Config, req: &Request<B>) -> Option<(StatusCode, String, &'static str)> {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+        + req.uri().authority().map_or(0, |a| a.as_str().len());
+    if target > config.http_max_url_bytes {
+        return Some((
+            StatusCode::URI_TOO_LONG,
+            format!("request target longer than {} bytes", config.http_max_url_bytes),
+            "uri_too_long",
+        ));
+    }
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Some((StatusCode::BAD_REQUEST, "more than one Host header".into(), "bad_host"));
+    }
+    if hosts == 0 && req.version() == Version::HTTP_11 {
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "HTTP/1.1 request without Host".into(),
+            "bad_host",
+        ));
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > config.http_max_body_bytes as u64) {
+        return Some((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {} bytes", config.http_max_body_bytes),
+            "body_too_large",
+        ));
+    }
+    None
+}
+
+fn plain(status: StatusCode, reason: &str) -> Response<Body> {
+    let mut resp = Response::new(full(format!("{reason}\n")));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::SERVER, server_header());
+    resp
 }
 
 impl<A, F> Handler for HttpServer<A>
@@ -55,13 +167,21 @@ where
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     async fn serve(&self, tcp: TcpStream, peer: SocketAddr) {
-        let answer = self.answer.clone();
         let handover = Arc::new(Handover::default());
         let to_hand_over = handover.clone();
-        let svc = service_fn(move |req| {
-            let (answer, handover) = (answer.clone(), to_hand_over.clone());
+        // A header timeout before any request is a slowloris; after one,
+        // an idle keep-alive connection closing as it should.
+        let served = Arc::new(AtomicBool::new(false));
+        let this = self.clone();
+        let saw_request = served.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let (this, handover) = (this.clone(), to_hand_over.clone());
+            saw_request.store(true, Ordering::Relaxed);
             async move {
-                let resp = answer(req, peer).await;
+                if let Some(refusal) = this.refusal(&req) {
+                    return Ok::<_, Infallible>(refusal);
+                }
+                let resp = (this.answer)(req, peer).await;
                 match resp.extensions().get::<Detach>().and_then(Detach::take) {
                     Some(detached) => {
                         handover.put(detached, resp.into_parts().0);
@@ -73,10 +193,7 @@ where
                 }
             }
         });
-        let mut conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(tcp), svc);
+        let mut conn = builder(&self.ctx.config).serve_connection(TokioIo::new(tcp), svc);
         let mut draining = false;
         let result = loop {
             tokio::select! {
@@ -95,27 +212,31 @@ where
                 }
             }
         };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "connection ended with an error");
+        match result {
+            Err(e) if e.is_timeout() && !served.load(Ordering::Relaxed) => {
+                self.refused("header_timeout");
+                tracing::info!("no request head within the header timeout; closed");
+            }
+            Err(e) if e.is_parse_too_large() => {
+                self.refused("header_too_large");
+                tracing::info!(error = %e, "request head over the limits; answered 431");
+            }
+            Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
+            Ok(()) => {}
         }
     }
 
     async fn refuse(&self, tcp: TcpStream, _peer: SocketAddr) {
         let svc = service_fn(|_req| async {
-            let mut resp = Response::new(full("server is at its connection limit; retry later\n"));
-            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            let h = resp.headers_mut();
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
+            let mut resp = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server is at its connection limit; retry later",
             );
-            h.insert(header::SERVER, server_header());
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             Ok::<_, Infallible>(resp)
         });
-        let _ = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+        let _ = builder(&self.ctx.config)
             .keep_alive(false)
             .serve_connection(TokioIo::new(tcp), svc)
             .await;
@@ -157,5 +278,55 @@ impl Handover {
 
     fn take(&self) -> Option<(Detached, http::response::Parts)> {
         self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(target: &str, version: Version, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().uri(target).version(version);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn limits_and_host_rules() {
+        let c = Config::default();
+        let status = |r: Request<()>| check_request(&c, &r).map(|(s, _, m)| (s.as_u16(), m));
+        assert_eq!(status(req("/live/a.flv", Version::HTTP_11, &[("host", "x")])), None);
+        assert_eq!(
+            status(req("/live/a.flv", Version::HTTP_10, &[])),
+            None,
+            "HTTP/1.0 may omit Host"
+        );
+        assert_eq!(
+            status(req("/live/a.flv", Version::HTTP_11, &[])),
+            Some((400, "bad_host"))
+        );
+        assert_eq!(
+            status(req("/live/a.flv", Version::HTTP_11, &[("host", "a"), ("host", "b")])),
+            Some((400, "bad_host"))
+        );
+        let long = format!("/live/a.flv?x={}", "y".repeat(c.http_max_url_bytes));
+        assert_eq!(
+            status(req(&long, Version::HTTP_11, &[("host", "x")])),
+            Some((414, "uri_too_long"))
+        );
+        assert_eq!(
+            status(req(
+                "/r",
+                Version::HTTP_11,
+                &[("host", "x"), ("content-length", "99999999")]
+            )),
+            Some((413, "body_too_large"))
+        );
+        assert_eq!(
+            status(req("/r", Version::HTTP_11, &[("host", "x"), ("content-length", "100")])),
+            None
+        );
     }
 }

@@ -84,7 +84,7 @@ impl Endpoint {
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<RtcState>) {
     let ctx = state.ctx.clone();
     let max = ctx.config.http_api_max_connections;
-    let server = HttpServer::new(ctx.clone(), move |req, peer| {
+    let server = HttpServer::new(ctx.clone(), "http_api", move |req, peer| {
         let state = state.clone();
         async move { route(&state, req, peer).await }
     });

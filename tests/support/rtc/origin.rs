@@ -204,6 +204,7 @@ impl RtcOrigin {
             weight: 1,
             max_streams: 0,
             pool: None,
+            registered_by: None,
         }
     }
 
