@@ -1069,3 +1069,77 @@ async fn a_refused_second_publisher_leaves_the_first_ones_mapping() {
     .await;
     assert!(left.is_some(), "a claim the refused request created is released");
 }
+
+#[tokio::test]
+async fn a_client_that_keeps_talking_but_never_publishes_is_dropped_at_the_setup_deadline() {
+    let config = srs_proxy::config::Config {
+        // Each wait for a command is bounded by 10 s; the whole setup by 1 s.
+        rtmp_handshake_timeout: Duration::from_secs(10),
+        rtmp_setup_timeout: Duration::from_secs(1),
+        ..test_config()
+    };
+    let proxy = TestProxy::start(config).await;
+    let mut c = RawClient::connect(proxy.rtmp).await;
+    c.rtmp_connect("rtmp://127.0.0.1/live", "live").await;
+    // Never idle: a ping every 100 ms, far inside the per-command timeout.
+    let mut writer = c.writer;
+    let chatter = tokio::spawn(async move {
+        let ping = Control::User(srs_proxy::rtmp::message::UserControl::PingRequest(1)).to_message();
+        while writer.send(&ping).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut buf = [0u8; 4096];
+    let io = c.reader.get_mut();
+    let closed = tokio::time::timeout(BOUND, async {
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a chatting client was never dropped");
+    chatter.abort();
+    let refused = proxy
+        .ctx
+        .metrics
+        .listener_refused_total
+        .with_label_values(&["rtmp", "setup_timeout"])
+        .get();
+    assert_eq!(refused, 1);
+}
+
+#[tokio::test]
+async fn before_publishing_a_client_cannot_make_the_proxy_hold_large_messages() {
+    let (proxy, _origins) = proxy_with_origins(1).await;
+    // A 100 KB "command" before publish: over the setup message limit.
+    let mut c = RawClient::connect(proxy.rtmp).await;
+    c.rtmp_connect("rtmp://127.0.0.1/live", "live").await;
+    let padding = "x".repeat(100_000);
+    let big = command_bytes(&[
+        Value::from("FCPublish"),
+        Value::Number(3.0),
+        Value::Null,
+        Value::from(padding.as_str()),
+    ]);
+    c.send(&raw_message(type_id::COMMAND_AMF0, 0, big)).await;
+    assert!(c.closed().await, "a 100 KB setup message was accepted");
+    // Many small commands that add up: over the setup budget.
+    let mut c = RawClient::connect(proxy.rtmp).await;
+    c.rtmp_connect("rtmp://127.0.0.1/live", "live").await;
+    let chunk = "y".repeat(30_000);
+    for i in 0..6 {
+        let m = command_bytes(&[
+            Value::from("FCPublish"),
+            Value::Number(f64::from(3 + i)),
+            Value::Null,
+            Value::from(chunk.as_str()),
+        ]);
+        c.send(&raw_message(type_id::COMMAND_AMF0, 0, m)).await;
+    }
+    assert!(c.closed().await, "180 KB of setup commands were kept");
+    // After publish the full message limit applies again: the 200 KB
+    // keyframe of `publish_through_the_proxy_reaches_the_origin_intact`.
+}

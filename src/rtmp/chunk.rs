@@ -7,8 +7,9 @@
 //! chunk, which may already be sitting in the read buffer; every other
 //! message is opaque here. Memory per connection is bounded: message
 //! lengths are checked against a limit before any payload is buffered, the
-//! bytes held in unfinished messages are capped, and so is the number of
-//! chunk streams a peer may open.
+//! memory held by every chunk stream's reassembly buffer (its capacity,
+//! not only the bytes in it) is counted against one cap, and so is the
+//! number of chunk streams a peer may open.
 
 use std::collections::HashMap;
 
@@ -129,12 +130,11 @@ struct InChunk {
 pub struct ChunkDecoder {
     chunk_size: u32,
     max_message_size: u32,
-    /// Cap on payload bytes held across all unfinished messages: a peer can
-    /// legitimately interleave a large video frame with audio, but not keep
-    /// dozens of large messages half-sent.
+    /// Cap on the memory of every chunk stream's reassembly buffer: a peer
+    /// can legitimately interleave a large video frame with audio, but not
+    /// keep dozens of large messages half-sent.
     max_buffered: usize,
-    /// Payload bytes held in unfinished messages now (bounded by
-    /// `max_buffered`).
+    /// The sum of the capacities of the reassembly buffers.
     buffered: usize,
     /// Per chunk stream id: the header state deltas build on.
     streams: HashMap<u32, ChunkStream>,
@@ -147,15 +147,29 @@ impl ChunkDecoder {
     /// `max_message_size` bounds every message's declared length; it is
     /// clamped to what the 24-bit length field can express.
     pub fn new(max_message_size: u32) -> Self {
-        let max_message_size = max_message_size.min(MAX_MESSAGE_LENGTH);
-        ChunkDecoder {
+        let mut decoder = ChunkDecoder {
             chunk_size: DEFAULT_CHUNK_SIZE,
-            max_message_size,
-            max_buffered: (max_message_size as usize).saturating_mul(2),
+            max_message_size: 0,
+            max_buffered: 0,
             buffered: 0,
             streams: HashMap::new(),
             in_chunk: None,
-        }
+        };
+        decoder.set_max_message_size(max_message_size);
+        decoder
+    }
+
+    /// Changes the message limit (and the buffer cap, twice the limit) for
+    /// messages whose header has not been read yet; e.g. small while a
+    /// client is still setting up, larger once it streams.
+    pub fn set_max_message_size(&mut self, max_message_size: u32) {
+        self.max_message_size = max_message_size.min(MAX_MESSAGE_LENGTH);
+        self.max_buffered = (self.max_message_size as usize).saturating_mul(2);
+    }
+
+    /// Memory held by the reassembly buffers now.
+    pub fn buffered(&self) -> usize {
+        self.buffered
     }
 
     /// The peer's current outgoing chunk size.
@@ -172,15 +186,25 @@ impl ChunkDecoder {
                 if n == 0 {
                     return Ok(None);
                 }
-                if self.buffered + n > self.max_buffered {
-                    return Err(ChunkError::TooMuchBuffered {
-                        limit: self.max_buffered,
-                    });
+                let limit = self.max_buffered;
+                let stream = self.stream_mut(at.csid);
+                let before = stream.partial.capacity();
+                if stream.partial.len() + n > before {
+                    // Grow by doubling, but never past the whole message.
+                    let want = (before * 2).max(stream.partial.len() + n).min(stream.length as usize);
+                    let growth = want.saturating_sub(before);
+                    if self.buffered + growth > limit {
+                        return Err(ChunkError::TooMuchBuffered { limit });
+                    }
                 }
                 let stream = self.stream_mut(at.csid);
                 stream.partial.extend_from_slice(&buf[..n]);
+                let after = stream.partial.capacity();
                 buf.advance(n);
-                self.buffered += n;
+                self.buffered = self.buffered + after - before;
+                if self.buffered > limit {
+                    return Err(ChunkError::TooMuchBuffered { limit });
+                }
                 at.remaining -= n;
                 if at.remaining > 0 {
                     self.in_chunk = Some(at);
@@ -332,7 +356,6 @@ impl ChunkDecoder {
             stream.extended = extended;
         }
         stream.in_progress = true;
-        stream.partial.reserve((stream.length as usize).min(64 * 1024));
         Ok(Some(csid))
     }
 
@@ -343,7 +366,11 @@ impl ChunkDecoder {
             return Ok(None);
         }
         stream.in_progress = false;
+        let before = stream.partial.capacity();
+        // The payload leaves with its allocation; what capacity is left
+        // (none, or the spare end of a grown buffer) stays counted.
         let payload = stream.partial.split().freeze();
+        let after = stream.partial.capacity();
         let message = Message {
             csid,
             timestamp: stream.timestamp,
@@ -351,15 +378,15 @@ impl ChunkDecoder {
             stream_id: stream.stream_id,
             payload,
         };
-        self.buffered -= message.payload.len();
+        self.buffered -= before - after;
         match message.type_id {
             type_id::SET_CHUNK_SIZE => self.chunk_size = parse_chunk_size(&message.payload)?,
             type_id::ABORT => {
                 let aborted = read_u32(&message.payload, "Abort")?;
                 if let Some(s) = self.streams.get_mut(&aborted) {
                     if s.in_progress {
-                        self.buffered -= s.partial.len();
-                        s.partial.clear();
+                        self.buffered -= s.partial.capacity();
+                        s.partial = BytesMut::new();
                         s.in_progress = false;
                     }
                 }
@@ -854,6 +881,41 @@ mod tests {
             }
         };
         assert_eq!(result, Err(ChunkError::TooMuchBuffered { limit: 2000 }));
+    }
+
+    #[test]
+    fn every_chunk_streams_buffer_counts_by_its_capacity_and_is_released() {
+        // 200 chunk streams each declaring a 60 KB message and sending one
+        // 128-byte chunk of it: little payload, but each buffer is real
+        // memory. Nothing is reserved ahead of the data, so 200 × 128 bytes
+        // (rounded up by the allocator's growth) is what is held.
+        let mut decoder = ChunkDecoder::new(64 * 1024);
+        let mut bytes = BytesMut::new();
+        for csid in 64..264u32 {
+            // Two-byte basic header: fmt 0, id 0, then id - 64.
+            bytes.put_u8(0);
+            bytes.put_u8((csid - 64) as u8);
+            bytes.extend_from_slice(&[0, 0, 0]);
+            bytes.put_uint(60_000, 3);
+            bytes.extend_from_slice(&[9, 1, 0, 0, 0]);
+            bytes.extend_from_slice(&[7; 128]);
+        }
+        let mut buf = bytes;
+        while !buf.is_empty() {
+            assert_eq!(decoder.decode(&mut buf), Ok(None));
+        }
+        let held = decoder.buffered();
+        let real: usize = decoder.streams.values().map(|s| s.partial.capacity()).sum();
+        assert_eq!(held, real, "the count is the buffers' capacity");
+        assert!((200 * 128..=200 * 256).contains(&held), "{held}");
+
+        // Finishing a message hands its memory to the message.
+        let mut decoder = ChunkDecoder::new(1 << 20);
+        let big = msg(5, 0, 9, 1, &vec![1; 300_000]);
+        let mut wire = encode_all(&mut ChunkEncoder::new(), std::slice::from_ref(&big));
+        assert_eq!(decoder.decode(&mut wire), Ok(Some(big)));
+        let real: usize = decoder.streams.values().map(|s| s.partial.capacity()).sum();
+        assert_eq!(decoder.buffered(), real);
     }
 
     #[test]

@@ -104,6 +104,12 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         owed
     }
 
+    /// Changes the largest message accepted from now on (see
+    /// [`ChunkDecoder::set_max_message_size`]).
+    pub fn set_max_message_size(&mut self, max_message_size: u32) {
+        self.decoder.set_max_message_size(max_message_size);
+    }
+
     /// Bytes read so far.
     pub fn received(&self) -> u64 {
         self.received

@@ -60,11 +60,17 @@ pub const CHUNK_SIZE: u32 = 60_000;
 /// The acknowledgement window the proxy announces, SRS's value.
 pub const WINDOW_ACK_SIZE: u32 = 2_500_000;
 
+/// Largest message a client may send before it publishes or plays: its
+/// commands are a few hundred bytes; media only flows afterwards.
+pub const SETUP_MAX_MESSAGE: u32 = 64 * 1024;
+
 /// The limits a connection runs under, from the config.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Largest message accepted from either side (`rtmp_max_message_bytes`).
     pub max_message_size: u32,
+    /// From accept to publish/play, whatever the client sends meanwhile.
+    pub setup_timeout: Duration,
     /// Bounds the handshake, each wait for a client command before it
     /// publishes or plays, and the origin's answers to the replayed setup.
     pub handshake_timeout: Duration,
@@ -76,6 +82,7 @@ impl Settings {
     pub fn from_context(ctx: &Context) -> Self {
         Settings {
             max_message_size: u32::try_from(ctx.config.rtmp_max_message_bytes).unwrap_or(u32::MAX),
+            setup_timeout: ctx.config.rtmp_setup_timeout,
             handshake_timeout: ctx.config.rtmp_handshake_timeout,
             connect_timeout: ctx.config.origin_connect_timeout,
         }
@@ -101,6 +108,10 @@ pub enum RtmpError {
     ClientLeft,
     #[error("client sent nothing for {0:?} before publishing or playing")]
     ClientIdle(Duration),
+    #[error("client did not publish or play within {0:?}")]
+    SetupTimeout(Duration),
+    #[error("client's setup messages exceed {0} bytes")]
+    SetupTooLarge(usize),
     #[error("invalid stream name: {0}")]
     BadStream(StreamKeyError),
     #[error("{0}")]
@@ -234,6 +245,9 @@ impl Handler for RtmpServer {
     }
 }
 
+/// The RTMP listener's name in metrics.
+pub const LISTENER_NAME: &str = "rtmp";
+
 /// Accepts RTMP clients until draining starts, then waits for open relays
 /// (which end at the latest when the proxy aborts them).
 pub async fn run(listener: TcpListener, ctx: Context) {
@@ -242,28 +256,47 @@ pub async fn run(listener: TcpListener, ctx: Context) {
         ctx: ctx.clone(),
     };
     let max = ctx.config.rtmp_max_connections;
-    crate::listener::serve(listener, ctx, "rtmp", max, server).await
+    crate::listener::serve(listener, ctx, LISTENER_NAME, max, server).await
 }
 
 /// One client connection, start to end.
 async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Context, settings: Settings) {
     let _ = tcp.set_nodelay(true);
-    let kind = match handshake::accept(&mut tcp, settings.handshake_timeout).await {
-        Ok(kind) => kind,
-        Err(e) => {
+    // One deadline for everything before publish/play: a client that keeps
+    // sending pings never reaches an idle timeout, but reaches this.
+    let setup_deadline = tokio::time::Instant::now() + settings.setup_timeout;
+    let setup_timed_out = || {
+        ctx.metrics
+            .listener_refused_total
+            .with_label_values(&[LISTENER_NAME, "setup_timeout"])
+            .inc();
+        RtmpError::SetupTimeout(settings.setup_timeout)
+    };
+    let handshake = handshake::accept(&mut tcp, settings.handshake_timeout);
+    let kind = match tokio::time::timeout_at(setup_deadline, handshake).await {
+        Ok(Ok(kind)) => kind,
+        Ok(Err(e)) => {
             tracing::info!(error = %e, "closing RTMP connection");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(error = %setup_timed_out(), "closing RTMP connection");
             return;
         }
     };
     tracing::debug!(?kind, "handshake done");
     let (r, w) = tcp.into_split();
-    let mut reader = MessageReader::new(r, settings.max_message_size);
+    // Small messages until the client publishes or plays.
+    let mut reader = MessageReader::new(r, SETUP_MAX_MESSAGE.min(settings.max_message_size));
     let mut writer = MessageWriter::new(w);
 
-    let request = match session::accept(&mut reader, &mut writer, &settings).await {
-        Ok(request) => request,
-        Err(e) => return refuse(&mut writer, &mut reader, None, e).await,
+    let setup = session::accept(&mut reader, &mut writer, &settings);
+    let request = match tokio::time::timeout_at(setup_deadline, setup).await {
+        Ok(Ok(request)) => request,
+        Ok(Err(e)) => return refuse(&mut writer, &mut reader, None, e).await,
+        Err(_) => return refuse(&mut writer, &mut reader, None, setup_timed_out()).await,
     };
+    reader.set_max_message_size(settings.max_message_size);
     let span = tracing::Span::current();
     span.record("role", request.role.as_str());
     span.record("stream", request.stream_name.as_str());

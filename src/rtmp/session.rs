@@ -21,6 +21,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// Calls replayed to the origin before `createStream` (releaseStream,
 /// FCPublish). Clients send one of each; more is not a real client.
 const MAX_PRELUDE: usize = 8;
+/// The client's commands before publish/play (connect, prelude and
+/// createStream among them, kept for the replay) may hold this many bytes
+/// together.
+pub const MAX_KEPT_BYTES: usize = 128 * 1024;
 
 /// What the client asked for, and its messages to replay to the origin.
 #[derive(Debug)]
@@ -89,10 +93,15 @@ where
     let mut prelude = Vec::new();
     let mut create_stream = None;
     let mut next_stream_id: u32 = 1;
+    let mut kept = connect_message.payload.len();
     loop {
         let Some((command, message)) = next_command(reader, writer, settings, &mut buffer_millis).await? else {
             continue;
         };
+        kept += message.payload.len();
+        if kept > MAX_KEPT_BYTES {
+            return Err(RtmpError::SetupTooLarge(MAX_KEPT_BYTES));
+        }
         let (role, stream_name) = match command {
             Command::Publish { stream_name, .. } => (Role::Publisher, stream_name),
             Command::Play { stream_name, .. } => (Role::Player, stream_name),
@@ -273,6 +282,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             max_message_size: 1 << 20,
+            setup_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
         }
