@@ -8,7 +8,12 @@
 //! lines and `URI="…"` attributes), never by searching for `.ts`.
 //!
 //! URIs with a scheme (`http://`, `skd://`, `data:`) are left alone: they do
-//! not come back through the proxy's path space.
+//! not come back through the proxy's path space, and the proxy never
+//! fetches them.
+//!
+//! Every rewritten URI grows by the token, so a playlist of many tiny URIs
+//! would grow many times over; the URI count is bounded, which bounds the
+//! output to the input plus `max_uris` tokens.
 
 /// Query parameter that carries the routing token.
 pub const TOKEN_PARAM: &str = "spbhid";
@@ -20,25 +25,33 @@ pub enum PlaylistError {
     NotUtf8,
     #[error("playlist does not start with #EXTM3U")]
     NoHeader,
+    #[error("playlist has more than {0} URIs")]
+    TooManyUris(usize),
 }
 
-/// Rewrites every URI of `playlist` to carry `token`.
-pub fn rewrite_playlist(playlist: &[u8], token: &str) -> Result<String, PlaylistError> {
+/// Rewrites every URI of `playlist` to carry `token`; more than `max_uris`
+/// URIs (of any kind) is an error.
+pub fn rewrite_playlist(playlist: &[u8], token: &str, max_uris: usize) -> Result<String, PlaylistError> {
     let text = std::str::from_utf8(playlist).map_err(|_| PlaylistError::NotUtf8)?;
     let body = text.strip_prefix('\u{feff}').unwrap_or(text);
     if !body.trim_start().starts_with("#EXTM3U") {
         return Err(PlaylistError::NoHeader);
     }
     let mut out = String::with_capacity(body.len() + 64);
+    let mut uris = 0;
     for line in body.split_inclusive('\n') {
         let (content, ending) = split_line_ending(line);
         let trimmed = content.trim();
         if trimmed.is_empty() {
             out.push_str(content);
         } else if trimmed.starts_with('#') {
-            out.push_str(&rewrite_tag(content, token));
+            out.push_str(&rewrite_tag(content, token, &mut uris));
         } else {
+            uris += 1;
             out.push_str(&with_token(trimmed, token));
+        }
+        if uris > max_uris {
+            return Err(PlaylistError::TooManyUris(max_uris));
         }
         out.push_str(ending);
     }
@@ -56,8 +69,9 @@ fn split_line_ending(line: &str) -> (&str, &str) {
 }
 
 /// Rewrites the `URI="…"` attribute of a tag line, wherever it stands in
-/// the attribute list; other tags pass through unchanged.
-fn rewrite_tag(line: &str, token: &str) -> String {
+/// the attribute list, counting it in `uris`; other tags pass through
+/// unchanged.
+fn rewrite_tag(line: &str, token: &str, uris: &mut usize) -> String {
     let Some(colon) = line.find(':') else {
         return line.to_string();
     };
@@ -88,6 +102,7 @@ fn rewrite_tag(line: &str, token: &str) -> String {
             (&after[..end], &after[end..])
         };
         if name.trim() == "URI" && value.len() >= 2 && value.starts_with('"') && value.ends_with('"') {
+            *uris += 1;
             out.push('"');
             out.push_str(&with_token(&value[1..value.len() - 1], token));
             out.push('"');
@@ -174,11 +189,37 @@ mod tests {
     use super::*;
 
     const T: &str = "0123456789abcdef0123456789abcdef";
+    const MAX: usize = 10_000;
+
+    #[test]
+    fn the_output_is_bounded_by_the_uri_count() {
+        // The amplification attack: a megabyte of one-character URIs.
+        let mut p = String::from("#EXTM3U\n");
+        while p.len() < 1024 * 1024 {
+            p.push_str("a\n");
+        }
+        assert_eq!(
+            rewrite_playlist(p.as_bytes(), T, MAX),
+            Err(PlaylistError::TooManyUris(MAX))
+        );
+        // At the limit the output is the input plus one token per URI.
+        let mut p = String::from("#EXTM3U\n#EXT-X-MAP:URI=\"i.mp4\"\n");
+        for i in 0..MAX - 1 {
+            p.push_str(&format!("s{i}.m4s\n"));
+        }
+        let out = rewrite_playlist(p.as_bytes(), T, MAX).unwrap();
+        assert_eq!(out.len(), p.len() + MAX * format!("?{TOKEN_PARAM}={T}").len());
+        p.push_str("one-more.m4s\n");
+        assert_eq!(
+            rewrite_playlist(p.as_bytes(), T, MAX),
+            Err(PlaylistError::TooManyUris(MAX))
+        );
+    }
 
     #[test]
     fn media_playlist_ts() {
         let p = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:12\n#EXTINF:9.97, no desc\nlivestream-12.ts\n#EXTINF:10.0,\nlivestream-13.ts?foo=bar\n";
-        let out = rewrite_playlist(p.as_bytes(), T).unwrap();
+        let out = rewrite_playlist(p.as_bytes(), T, MAX).unwrap();
         assert!(out.contains(&format!("\nlivestream-12.ts?spbhid={T}\n")), "{out}");
         assert!(
             out.contains(&format!("\nlivestream-13.ts?foo=bar&spbhid={T}\n")),
@@ -201,7 +242,7 @@ mod tests {
             "segment.ts.backup-7.m4s\r\n",
             "#EXT-X-DATERANGE:ID=\"a\",X-COM-URI=\"URI=x\",START-DATE=\"2020-01-01T00:00:00Z\"\r\n",
         );
-        let out = rewrite_playlist(p.as_bytes(), T).unwrap();
+        let out = rewrite_playlist(p.as_bytes(), T, MAX).unwrap();
         assert!(
             out.contains(&format!(
                 "#EXT-X-MAP:URI=\"init.mp4?spbhid={T}\",BYTERANGE=\"720@0\"\r\n"
@@ -226,7 +267,7 @@ mod tests {
     #[test]
     fn master_playlist() {
         let p = "#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aud\",NAME=\"en\",URI=\"audio/en.m3u8\"\n#EXT-X-STREAM-INF:BANDWIDTH=1280000,CODECS=\"avc1.4d401f,mp4a.40.2\",AUDIO=\"aud\"\nlow/index.m3u8\n#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=86000,URI=\"low/iframe.m3u8\"\nhttps://cdn.example.com/high.m3u8\n";
-        let out = rewrite_playlist(p.as_bytes(), T).unwrap();
+        let out = rewrite_playlist(p.as_bytes(), T, MAX).unwrap();
         assert!(out.contains(&format!("URI=\"audio/en.m3u8?spbhid={T}\"")));
         assert!(out.contains(&format!("\nlow/index.m3u8?spbhid={T}\n")));
         assert!(out.contains(&format!("URI=\"low/iframe.m3u8?spbhid={T}\"")));
@@ -251,9 +292,9 @@ mod tests {
 
     #[test]
     fn rejects_non_playlists() {
-        assert_eq!(rewrite_playlist(b"<html>", T), Err(PlaylistError::NoHeader));
-        assert_eq!(rewrite_playlist(&[0xff, 0xfe], T), Err(PlaylistError::NotUtf8));
-        assert!(rewrite_playlist("\u{feff}#EXTM3U\n".as_bytes(), T).is_ok());
+        assert_eq!(rewrite_playlist(b"<html>", T, MAX), Err(PlaylistError::NoHeader));
+        assert_eq!(rewrite_playlist(&[0xff, 0xfe], T, MAX), Err(PlaylistError::NotUtf8));
+        assert!(rewrite_playlist("\u{feff}#EXTM3U\n".as_bytes(), T, MAX).is_ok());
     }
 
     #[test]
@@ -277,7 +318,7 @@ mod tests {
             "#:",
         ] {
             let p = format!("#EXTM3U\n{line}\n");
-            rewrite_playlist(p.as_bytes(), T).unwrap();
+            rewrite_playlist(p.as_bytes(), T, MAX).unwrap();
         }
     }
 }

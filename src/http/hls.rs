@@ -134,7 +134,9 @@ enum Token<'a> {
     },
 }
 
-/// Fetches a playlist and rewrites it to carry the token.
+/// Fetches a playlist and rewrites it to carry the token, at most
+/// `hls_max_rewrites` at once: a request that finds no slot within the
+/// origin response timeout gets 503.
 async fn fetch_playlist(
     state: &HttpState,
     sr: &StreamRequest<'_>,
@@ -142,6 +144,20 @@ async fn fetch_playlist(
     token: Token<'_>,
 ) -> Result<Response<Body>, HttpError> {
     let ctx = &state.ctx;
+    let wait = ctx.config.origin_response_timeout;
+    let Ok(Ok(_slot)) = tokio::time::timeout(wait, state.rewrites.acquire()).await else {
+        ctx.metrics
+            .listener_refused_total
+            .with_label_values(&[super::route::LISTENER_NAME, "hls_rewrites"])
+            .inc();
+        if let Token::New { outcome, .. } = token {
+            ctx.forget_claim(&sr.key, &origin.id, outcome).await;
+        }
+        return Err(HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many playlists in flight; retry",
+        ));
+    };
     // Always GET upstream: a HEAD answer must carry the rewritten length.
     let pool = Some(&state.keep_alive);
     let upstream = forward::send(ctx, origin, &Method::GET, &sr.target, sr.req.headers(), sr.peer, pool).await?;
@@ -158,17 +174,27 @@ async fn fetch_playlist(
         ctx.config.origin_response_timeout,
     )
     .await?;
-    let token = match token {
+    let token_text = match &token {
         Token::Existing(token) => token.to_string(),
-        Token::New { sessions, .. } => sessions.open(ctx, &sr.key, origin).await?,
+        Token::New { sessions, .. } => sessions.token_for(&sr.key, &origin.id),
     };
-    let rewritten = hls::rewrite_playlist(&body, &token).map_err(|e| {
-        HttpError::origin(
-            StatusCode::BAD_GATEWAY,
-            format!("origin {} sent a bad playlist", origin.id),
-            e.to_string(),
-        )
-    })?;
+    let rewritten = match hls::rewrite_playlist(&body, &token_text, ctx.config.hls_max_playlist_uris) {
+        Ok(rewritten) => rewritten,
+        Err(e) => {
+            if let Token::New { outcome, .. } = token {
+                ctx.forget_claim(&sr.key, &origin.id, outcome).await;
+            }
+            return Err(HttpError::origin(
+                StatusCode::BAD_GATEWAY,
+                format!("origin {} sent a bad playlist", origin.id),
+                e.to_string(),
+            ));
+        }
+    };
+    // Recorded only now: the origin answered with a playlist we can serve.
+    if let Token::New { sessions, .. } = token {
+        sessions.record(ctx, &token_text, &sr.key, origin).await?;
+    }
     let mut headers = response_headers(&parts);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
     headers.remove(header::ETAG);

@@ -41,7 +41,10 @@ impl HlsSessions {
         }
     }
 
-    fn token_for(&self, key: &StreamKey, origin_id: &str) -> String {
+    /// The token this replica hands out for `key` on `origin_id` (a new
+    /// one when there is none younger than the session TTL). Nothing is
+    /// stored until [`HlsSessions::record`].
+    pub fn token_for(&self, key: &StreamKey, origin_id: &str) -> String {
         let now = Instant::now();
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         // Prune when the map has doubled since the last prune, so a large
@@ -60,10 +63,9 @@ impl HlsSessions {
         entry.0.clone()
     }
 
-    /// The token for `key` on `origin`, recorded in the store (or its
-    /// record extended) for the session TTL.
-    pub async fn open(&self, ctx: &Context, key: &StreamKey, origin: &Origin) -> Result<String, HttpError> {
-        let token = self.token_for(key, &origin.id);
+    /// Records `token` for `key` on `origin` in the store (or extends its
+    /// record) for the session TTL.
+    pub async fn record(&self, ctx: &Context, token: &str, key: &StreamKey, origin: &Origin) -> Result<(), HttpError> {
         let session = Session {
             key: key.clone(),
             origin_id: origin.id.clone(),
@@ -71,10 +73,10 @@ impl HlsSessions {
         };
         ctx.store_op(
             "put_session",
-            ctx.store.put_session(SessionKind::Hls, &token, &session, self.ttl),
+            ctx.store.put_session(SessionKind::Hls, token, &session, self.ttl),
         )
         .await?;
-        Ok(token)
+        Ok(())
     }
 }
 

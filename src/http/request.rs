@@ -58,6 +58,9 @@ pub struct HttpState {
     pub sessions: HlsSessions,
     /// Kept-alive origin connections for playlists and segments.
     pub keep_alive: KeepAlive,
+    /// Playlists being fetched and rewritten at once (each may hold a
+    /// whole playlist and its rewrite in memory).
+    pub rewrites: tokio::sync::Semaphore,
 }
 
 /// A stream request, parsed once for every handler.

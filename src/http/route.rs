@@ -36,6 +36,7 @@ pub async fn run(listener: TcpListener, ctx: Context) {
     let state = Arc::new(HttpState {
         sessions: HlsSessions::new(ctx.config.hls_session_ttl),
         keep_alive: KeepAlive::default(),
+        rewrites: tokio::sync::Semaphore::new(ctx.config.hls_max_rewrites),
         ctx: ctx.clone(),
     });
     let server = HttpServer::new(ctx.clone(), LISTENER_NAME, move |req, peer| {
