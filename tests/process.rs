@@ -12,6 +12,15 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A UDP port nothing is bound to right now.
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 struct Proxy {
     child: Child,
     http: SocketAddr,
@@ -29,6 +38,9 @@ impl Proxy {
             .env("PROXY_HTTP_SERVER", format!("127.0.0.1:{http}"))
             .env("PROXY_RTMP_SERVER", format!("127.0.0.1:{rtmp}"))
             .env("PROXY_SYSTEM_API", format!("127.0.0.1:{api}"))
+            .env("PROXY_HTTP_API", format!("127.0.0.1:{}", free_port()))
+            .env("PROXY_WEBRTC_SERVER", format!("127.0.0.1:{}", free_udp_port()))
+            .env("PROXY_SRT_SERVER", format!("127.0.0.1:{}", free_udp_port()))
             .env("PROXY_GRACE_QUIT_TIMEOUT", "30s")
             .env("PROXY_FORCE_QUIT_TIMEOUT", "60s")
             .env("RUST_LOG", "debug")
