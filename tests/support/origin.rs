@@ -183,6 +183,20 @@ fn playlist(app: &str, stream: &str) -> String {
         "vod" => format!(
             "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000\n{stream}/low.m3u8\n#EXT-X-STREAM-INF:BANDWIDTH=2000000\n{stream}/high.m3u8\n"
         ),
+        // Segments somewhere else entirely (`/elsewhere/p<port>.m3u8`).
+        "elsewhere" => format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.000,\nhttp://127.0.0.1:{}/seg-1.ts\n",
+            stream.trim_start_matches('p')
+        ),
+        // A megabyte of one-character URIs: what a hostile origin sends to
+        // make the rewrite balloon.
+        "amplify" => {
+            let mut p = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:2\n");
+            while p.len() < 1024 * 1024 - 2 {
+                p.push_str("a\n");
+            }
+            p
+        }
         _ => format!(
             "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:100\n#EXTINF:2.000,\n{stream}-100.ts\n#EXTINF:2.000,\n{stream}-101.ts\n"
         ),
