@@ -125,6 +125,9 @@ Refuses value combinations that would deploy something broken.
 {{- if and (eq .Values.discovery.mode "service") (not .Values.origin.enabled) }}
 {{- fail "discovery.mode=service watches the chart's origin Service, but origin.enabled=false" }}
 {{- end }}
+{{- if and $p.apiAuth.protectMetrics (not $p.apiAuth.enabled) }}
+{{- fail "proxy.apiAuth.protectMetrics needs proxy.apiAuth.enabled=true: there is no token to protect /metrics with" }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -166,4 +169,24 @@ The proxy image reference.
 */}}
 {{- define "srs-proxy.image" -}}
 {{- printf "%s:%s" .Values.proxy.image.repository (default .Chart.AppVersion .Values.proxy.image.tag) }}
+{{- end }}
+
+{{/*
+The Secret holding the system API's bearer token, and its key: the one
+the chart creates, or proxy.apiAuth.existingSecret.
+*/}}
+{{- define "srs-proxy.apiTokenSecretName" -}}
+{{- if .Values.proxy.apiAuth.existingSecret }}
+{{- .Values.proxy.apiAuth.existingSecret }}
+{{- else }}
+{{- printf "%s-api-token" (include "srs-proxy.fullname" . | trunc 53 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+
+{{- define "srs-proxy.apiTokenSecretKey" -}}
+{{- if .Values.proxy.apiAuth.existingSecret }}
+{{- .Values.proxy.apiAuth.existingSecretKey }}
+{{- else }}
+{{- "token" }}
+{{- end }}
 {{- end }}
