@@ -147,6 +147,22 @@ fn refused(proxy: &TestProxy, listener: &str, reason: &str) -> u64 {
         .get()
 }
 
+/// `origin` as a static origin named `id` (static origins never expire,
+/// and no heartbeat may take their id).
+fn static_origin(id: &str, origin: &FakeOrigin) -> StaticOrigin {
+    StaticOrigin {
+        id: Some(id.into()),
+        ip: "127.0.0.1".into(),
+        rtmp: None,
+        http: Some(origin.addr.port()),
+        api: None,
+        srt: None,
+        rtc: None,
+        weight: 1,
+        max_streams: 0,
+    }
+}
+
 /// The proxy the registration and HTTP rows run against: a token on the
 /// system API, only 10.0.0.0/8 allowed for origins, a short header
 /// timeout; its one origin is static, at 127.0.0.1.
@@ -159,17 +175,7 @@ async fn guarded_proxy(origin: &FakeOrigin) -> TestProxy {
     config.http_header_timeout = Duration::from_secs(1);
     // No registration may lapse while 10,000 heartbeats are sent.
     config.registration_ttl = Duration::from_secs(3600);
-    config.origins = vec![StaticOrigin {
-        id: Some("static-a".into()),
-        ip: "127.0.0.1".into(),
-        rtmp: None,
-        http: Some(origin.addr.port()),
-        api: None,
-        srt: None,
-        rtc: None,
-        weight: 1,
-        max_streams: 0,
-    }];
+    config.origins = vec![static_origin("static-a", origin)];
     TestProxy::start(config).await
 }
 
@@ -430,17 +436,8 @@ async fn http_rows() {
     let r = client::get(http, "/api/v1/versions").await;
     assert_eq!(r.status, StatusCode::OK, "the proxy answers while 500 heads hang");
     for mut tcp in slow {
-        let mut buf = [0u8; 64];
-        let closed = tokio::time::timeout(BOUND, async {
-            loop {
-                match tcp.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
-        assert!(closed.is_ok(), "a slowloris connection was never closed");
+        let closed = client::closed_within(&mut tcp, BOUND).await;
+        assert!(closed, "a slowloris connection was never closed");
     }
     assert_eq!(refused(&proxy, "http", "header_timeout") - before, 500);
 
@@ -614,17 +611,7 @@ async fn unknown_names_leave_nothing(proxy: &TestProxy, count: impl Fn() -> usiz
 fn with_static_origin(origin: &FakeOrigin) -> Config {
     Config {
         stream_ttl: Duration::from_secs(1),
-        origins: vec![StaticOrigin {
-            id: Some("origin-a".into()),
-            ip: "127.0.0.1".into(),
-            rtmp: None,
-            http: Some(origin.addr.port()),
-            api: None,
-            srt: None,
-            rtc: None,
-            weight: 1,
-            max_streams: 0,
-        }],
+        origins: vec![static_origin("origin-a", origin)],
         ..test_config()
     }
 }

@@ -741,18 +741,7 @@ impl RawClient {
 
     /// Whether the proxy closes the connection.
     async fn closed(mut self) -> bool {
-        let mut buf = [0u8; 4096];
-        let io = self.reader.get_mut();
-        tokio::time::timeout(BOUND, async {
-            loop {
-                match io.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await
-        .is_ok()
+        client::closed_within(self.reader.get_mut(), BOUND).await
     }
 }
 
@@ -1089,18 +1078,8 @@ async fn a_client_that_keeps_talking_but_never_publishes_is_dropped_at_the_setup
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let mut buf = [0u8; 4096];
-    let io = c.reader.get_mut();
-    let closed = tokio::time::timeout(BOUND, async {
-        loop {
-            match io.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "a chatting client was never dropped");
+    let closed = client::closed_within(c.reader.get_mut(), BOUND).await;
+    assert!(closed, "a chatting client was never dropped");
     chatter.abort();
     let refused = proxy
         .ctx
