@@ -5,7 +5,9 @@
 //!   the store is unusable (the readiness probe).
 //! * `POST /api/v1/srs/register` — SRS `heartbeat { ports on; }` body.
 //! * `GET /metrics` — Prometheus text format.
-//! * `GET /api/v1/origins`, `GET /api/v1/streams` — what the store holds.
+//! * `GET /api/v1/origins`, `GET /api/v1/streams` — what the store holds
+//!   (streams a page at a time: `?limit=` and `?cursor=` from the previous
+//!   page's `next`).
 //!
 //! Every request gets exactly one response.
 
@@ -51,7 +53,7 @@ async fn route(ctx: &Context, req: Request<Incoming>, peer: SocketAddr) -> Respo
         (&Method::POST, "/api/v1/srs/register") => ("register", register(ctx, req, peer).await),
         (&Method::GET, "/metrics") => ("metrics", metrics(ctx).await),
         (&Method::GET, "/api/v1/origins") => ("origins", origins(ctx).await),
-        (&Method::GET, "/api/v1/streams") => ("streams", streams(ctx).await),
+        (&Method::GET, "/api/v1/streams") => ("streams", streams(ctx, req.uri().query()).await),
         (_, VERSIONS | "/api/v1/srs/register" | "/metrics" | "/api/v1/origins" | "/api/v1/streams") => (
             "other",
             error(
@@ -118,9 +120,38 @@ async fn origins(ctx: &Context) -> Response<Body> {
     }
 }
 
-async fn streams(ctx: &Context) -> Response<Body> {
-    match ctx.store_op("list_streams", ctx.store.list_streams()).await {
-        Ok(list) => json_response(StatusCode::OK, &json!({"code": 0, "streams": list})),
+/// Streams listed per page unless `?limit=` says otherwise.
+pub const STREAMS_PAGE: usize = 1000;
+/// The largest page `?limit=` may ask for.
+pub const STREAMS_PAGE_MAX: usize = 10_000;
+
+async fn streams(ctx: &Context, query: Option<&str>) -> Response<Body> {
+    let mut limit = STREAMS_PAGE;
+    let mut cursor = None;
+    for (name, value) in query.unwrap_or("").split('&').filter_map(|p| p.split_once('=')) {
+        match name {
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if (1..=STREAMS_PAGE_MAX).contains(&n) => limit = n,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("limit must be a number from 1 to {STREAMS_PAGE_MAX}"),
+                    )
+                }
+            },
+            "cursor" => cursor = Some(value.to_string()),
+            _ => {}
+        }
+    }
+    match ctx
+        .store_op("list_streams", ctx.store.list_streams(cursor.as_deref(), limit))
+        .await
+    {
+        Ok(page) => json_response(
+            StatusCode::OK,
+            &json!({"code": 0, "streams": page.streams, "next": page.next}),
+        ),
+        Err(e @ crate::store::StoreError::BadCursor) => error(StatusCode::BAD_REQUEST, &e.to_string()),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
