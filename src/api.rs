@@ -128,8 +128,8 @@ pub const STREAMS_PAGE_MAX: usize = 10_000;
 async fn streams(ctx: &Context, query: Option<&str>) -> Response<Body> {
     let mut limit = STREAMS_PAGE;
     let mut cursor = None;
-    for (name, value) in query.unwrap_or("").split('&').filter_map(|p| p.split_once('=')) {
-        match name {
+    for (name, value) in crate::stream_key::query_pairs(query.unwrap_or("")) {
+        match name.as_str() {
             "limit" => match value.parse::<usize>() {
                 Ok(n) if (1..=STREAMS_PAGE_MAX).contains(&n) => limit = n,
                 _ => {
@@ -139,7 +139,7 @@ async fn streams(ctx: &Context, query: Option<&str>) -> Response<Body> {
                     )
                 }
             },
-            "cursor" => cursor = Some(value.to_string()),
+            "cursor" => cursor = Some(value),
             _ => {}
         }
     }
