@@ -35,8 +35,8 @@ fn port(v: &str) -> Result<Option<u16>, String> {
     parse_endpoint_port(v).map(Some).map_err(|e| e.to_string())
 }
 
-/// A directory; empty means unset.
-fn dir(v: &str) -> Result<Option<PathBuf>, String> {
+/// A file or directory; empty means unset.
+fn path(v: &str) -> Result<Option<PathBuf>, String> {
     Ok(Some(v.trim()).filter(|v| !v.is_empty()).map(PathBuf::from))
 }
 
@@ -54,7 +54,7 @@ pub const KEYS: &[Key] = &[
     key!("rtmp_max_connections", "PROXY_RTMP_MAX_CONNECTIONS", rtmp_max_connections, parsed),
     key!("system_api_max_connections", "PROXY_SYSTEM_API_MAX_CONNECTIONS", system_api_max_connections, parsed),
     key!("http_api_max_connections", "PROXY_HTTP_API_MAX_CONNECTIONS", http_api_max_connections, parsed),
-    key!("static_files", "PROXY_STATIC_FILES", static_files, dir),
+    key!("static_files", "PROXY_STATIC_FILES", static_files, path),
     key!("load_balancer_type", "PROXY_LOAD_BALANCER_TYPE", load_balancer_type, parsed),
     key!("balance_policy", "PROXY_BALANCE_POLICY", balance_policy, parsed),
     key!("redis.host", "PROXY_REDIS_HOST", redis.host, text),
@@ -64,6 +64,9 @@ pub const KEYS: &[Key] = &[
     key!("redis.url", "PROXY_REDIS_URL", redis.url, text),
     key!("redis.prefix", "PROXY_REDIS_PREFIX", redis.prefix, raw),
     key!("redis.timeout", "PROXY_REDIS_TIMEOUT", redis.timeout, parse_duration),
+    key!("redis.tls_ca_file", "PROXY_REDIS_TLS_CA_FILE", redis.tls_ca_file, path),
+    key!("redis.tls_cert_file", "PROXY_REDIS_TLS_CERT_FILE", redis.tls_cert_file, path),
+    key!("redis.tls_key_file", "PROXY_REDIS_TLS_KEY_FILE", redis.tls_key_file, path),
     key!("default_backend.enabled", "PROXY_DEFAULT_BACKEND_ENABLED", default_backend.enabled, parse_bool),
     key!("default_backend.ip", "PROXY_DEFAULT_BACKEND_IP", default_backend.ip, text),
     key!("default_backend.rtmp", "PROXY_DEFAULT_BACKEND_RTMP", default_backend.rtmp, port),

@@ -157,7 +157,67 @@ pub fn fred_config(config: &RedisConfig) -> Result<FredConfig, String> {
     };
     // Keep trying when Redis is not there at start-up; readiness says so.
     fred.fail_fast = false;
+    if config.uses_tls() {
+        fred.tls = Some(tls_connector(config)?.into());
+    }
     Ok(fred)
+}
+
+/// TLS for a `rediss://` URL: the system's roots or `tls_ca_file`, and the
+/// client certificate when one is configured. Errors name the setting.
+fn tls_connector(config: &RedisConfig) -> Result<fred::types::config::TlsConnector, String> {
+    use fred::rustls::pki_types::pem::PemObject;
+    use fred::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use fred::rustls::{ClientConfig, RootCertStore};
+
+    let read_certs = |key: &str, path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{key}: cannot read certificates from {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{key}: no certificate in {}", path.display()));
+        }
+        Ok(certs)
+    };
+    let mut roots = RootCertStore::empty();
+    match &config.tls_ca_file {
+        Some(path) => {
+            for cert in read_certs("redis.tls_ca_file", path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("redis.tls_ca_file: {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let native = fred::rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                // A system certificate rustls cannot use is skipped, as
+                // every rustls client does.
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(fred::rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("redis TLS: {e}"))?
+        .with_root_certificates(roots);
+    let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = read_certs("redis.tls_cert_file", cert)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                format!(
+                    "redis.tls_key_file: cannot read a private key from {}: {e}",
+                    key.display()
+                )
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("redis.tls_cert_file: {e}"))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(tls.into())
 }
 
 /// SHA-1 of the script as hex: what EVALSHA names it by.
