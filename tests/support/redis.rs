@@ -393,8 +393,8 @@ impl Cluster {
     /// Starts the nodes, joins them with `redis-cli --cluster create` and
     /// waits until every slot is served and every replica is in sync.
     /// `node_timeout` is how long a primary may be silent before its
-    /// replica takes over.
-    pub fn start(primaries: usize, replicas: usize, node_timeout: Duration) -> Self {
+    /// replica takes over; `extra` are more arguments for every node.
+    pub fn start(primaries: usize, replicas: usize, node_timeout: Duration, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
             .map(|_| {
@@ -412,6 +412,7 @@ impl Cluster {
                 // Each node its own config file, named after its port below.
                 args.push("--cluster-config-file".into());
                 args.push(format!("nodes-{}.conf", rand::random::<u64>()));
+                args.extend(extra.iter().map(|a| a.to_string()));
                 RedisServer::start_on(free_cluster_port, args)
             })
             .collect();
