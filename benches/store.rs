@@ -54,19 +54,50 @@ fn origin(i: usize) -> Origin {
     }
 }
 
-/// Claims per second and p99 latency (µs) of `SAMPLES` claims in a row.
-async fn time_claims(store: &Store, policy: Policy, keys: impl Fn(usize) -> StreamKey) -> (f64, f64) {
+/// Claims per second, p50 and p99 latency (µs) of `SAMPLES` claims in a
+/// row.
+async fn time_claims(store: &Store, policy: Policy, keys: impl Fn(usize) -> StreamKey) -> Timing {
     let mut latencies = Vec::with_capacity(SAMPLES);
     let start = Instant::now();
     for i in 0..SAMPLES {
+        let key = keys(i);
         let t = Instant::now();
-        let claim = store.claim_for(&keys(i), policy, TTL, Some(Protocol::Http));
-        assert!(matches!(claim.await.unwrap(), Claim::Origin(..)));
+        let claim = store.claim_for(&key, policy, TTL, Some(Protocol::Http)).await;
+        assert!(matches!(claim.unwrap(), Claim::Origin(..)));
         latencies.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let rate = SAMPLES as f64 / start.elapsed().as_secs_f64();
     latencies.sort_by(f64::total_cmp);
-    (rate, latencies[latencies.len() * 99 / 100])
+    Timing {
+        rate,
+        p50: latencies[latencies.len() / 2],
+        p99: latencies[latencies.len() * 99 / 100],
+        commands: 0.0,
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Timing {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    /// Redis: data commands the script ran per claim (a count, so free of
+    /// the machine's noise).
+    commands: f64,
+}
+
+/// Data commands Redis has run (scripts' calls included), not counting the
+/// script calls themselves.
+fn commands_run(redis: Option<&RedisServer>) -> f64 {
+    let Some(redis) = redis else {
+        return 0.0;
+    };
+    let stats = redis.command(&["INFO", "commandstats"]).unwrap().concat();
+    stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_eval") && !l.starts_with("cmdstat_info"))
+        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Registers `origins` origins and maps `streams` streams, 64 at a time.
@@ -90,14 +121,25 @@ struct Row {
     policy: Policy,
     origins: usize,
     streams: usize,
-    new: (f64, f64),
-    hit: (f64, f64),
+    new: Timing,
+    hit: Timing,
 }
 
-async fn case(store: &Store, name: &'static str, policy: Policy, origins: usize, streams: usize) -> Row {
+async fn case(
+    store: &Store,
+    redis: Option<&RedisServer>,
+    name: &'static str,
+    policy: Policy,
+    origins: usize,
+    streams: usize,
+) -> Row {
     fill(store, origins, streams).await;
-    let new = time_claims(store, policy, |i| key("new", i)).await;
-    let hit = time_claims(store, policy, |i| key("mapped", (i * 7919) % streams)).await;
+    let before = commands_run(redis);
+    let mut new = time_claims(store, policy, |i| key("new", i)).await;
+    let between = commands_run(redis);
+    let mut hit = time_claims(store, policy, |i| key("mapped", (i * 7919) % streams)).await;
+    new.commands = (between - before) / SAMPLES as f64;
+    hit.commands = (commands_run(redis) - between) / SAMPLES as f64;
     Row {
         store: name,
         policy,
@@ -124,33 +166,73 @@ async fn claims_at_scale() {
         }
     }
     for (policy, origins, streams) in cases {
-        rows.push(case(&Store::Memory(MemoryStore::new()), "memory", policy, origins, streams).await);
+        rows.push(
+            case(
+                &Store::Memory(MemoryStore::new()),
+                None,
+                "memory",
+                policy,
+                origins,
+                streams,
+            )
+            .await,
+        );
         redis.command(&["FLUSHALL"]).unwrap();
+        redis.command(&["CONFIG", "RESETSTAT"]).unwrap();
+        let used = || -> f64 { redis.info("memory", "used_memory").unwrap().parse().unwrap() };
+        let empty = used();
         let store = Store::Redis(RedisStore::connect(&config).await.unwrap());
-        rows.push(case(&store, "redis", policy, origins, streams).await);
+        rows.push(case(&store, Some(&redis), "redis", policy, origins, streams).await);
+        if streams == 100_000 {
+            // What Redis holds per mapped stream (the case added 2 × SAMPLES).
+            let per_stream = (used() - empty) / (streams + SAMPLES) as f64;
+            println!("redis memory with {origins} origins: {per_stream:.0} bytes per mapped stream");
+        }
     }
-    println!("claims, one at a time (claims/s, p99 µs; ratio of the p99 to the 2-origin, 100-stream case)");
     println!(
-        "{:<7} {:<16} {:>7} {:>8} | {:>9} {:>8} {:>6} | {:>9} {:>8} {:>6}",
-        "store", "policy", "origins", "streams", "new/s", "p99", "ratio", "mapped/s", "p99", "ratio"
+        "claims, one at a time: claims/s, p50 and p99 µs, p99 ratio to the 2-origin 100-stream case, \
+         Redis data commands per claim"
+    );
+    println!(
+        "{:<7} {:<16} {:>7} {:>7} | {:>8} {:>7} {:>7} {:>6} {:>5} | {:>8} {:>7} {:>7} {:>6} {:>5}",
+        "store",
+        "policy",
+        "origins",
+        "streams",
+        "new/s",
+        "p50",
+        "p99",
+        "ratio",
+        "cmds",
+        "mapped/s",
+        "p50",
+        "p99",
+        "ratio",
+        "cmds"
     );
     for row in &rows {
         let base = rows
             .iter()
             .find(|b| b.store == row.store && b.origins == 2 && b.streams == 100)
             .unwrap();
+        let t = |t: Timing, b: Timing| {
+            format!(
+                "{:>8.0} {:>7.1} {:>7.1} {:>6.2} {:>5.1}",
+                t.rate,
+                t.p50,
+                t.p99,
+                t.p99 / b.p99,
+                t.commands
+            )
+        };
         println!(
-            "{:<7} {:<16} {:>7} {:>8} | {:>9.0} {:>8.1} {:>6.2} | {:>9.0} {:>8.1} {:>6.2}",
+            "{:<7} {:<16} {:>7} {:>7} | {} | {}",
             row.store,
             row.policy.as_str(),
             row.origins,
             row.streams,
-            row.new.0,
-            row.new.1,
-            row.new.1 / base.new.1,
-            row.hit.0,
-            row.hit.1,
-            row.hit.1 / base.hit.1,
+            t(row.new, base.new),
+            t(row.hit, base.hit),
         );
     }
 }

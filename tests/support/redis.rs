@@ -45,6 +45,9 @@ pub struct RedisServer {
     /// Everything after `redis-server` but the port, to start it again.
     args: Vec<String>,
     running: Mutex<Option<Running>>,
+    /// Its working directory: where a replica writes the RDB of its first
+    /// sync (never the source tree).
+    _dir: tempfile::TempDir,
 }
 
 fn free_port() -> u16 {
@@ -99,16 +102,28 @@ impl RedisServer {
         let mut args = base_args();
         args.extend(extra);
         for _ in 0..5 {
-            let server = Self {
-                port: port(),
-                args: args.clone(),
-                running: Mutex::new(None),
-            };
+            let server = Self::new(port(), args.clone());
             if server.launch() {
                 return server;
             }
         }
         panic!("redis-server did not start (is it installed? apt-get install redis-server)");
+    }
+
+    /// A server not yet started, working in a directory of its own.
+    fn new(port: u16, mut args: Vec<String>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // After the arguments (a sentinel's config file must come first),
+        // unless the caller names a directory of its own.
+        if !args.iter().any(|a| a == "--dir") {
+            args.extend(["--dir".to_string(), dir.path().display().to_string()]);
+        }
+        Self {
+            port,
+            args,
+            running: Mutex::new(None),
+            _dir: dir,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -362,11 +377,7 @@ impl Sentinel {
 impl RedisServer {
     fn start_sentinel(args: Vec<String>) -> Self {
         for _ in 0..5 {
-            let server = Self {
-                port: free_port(),
-                args: args.clone(),
-                running: Mutex::new(None),
-            };
+            let server = Self::new(free_port(), args.clone());
             if server.launch() {
                 return server;
             }
