@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use srs_proxy::balance::Policy;
 use srs_proxy::config::RedisConfig;
-use srs_proxy::origin::{Origin, OriginSource, Ports, Protocol};
+use srs_proxy::origin::{Origin, Protocol};
 use srs_proxy::store::{Claim, ClaimOutcome, MemoryStore, RedisStore, Store};
 use srs_proxy::stream_key::StreamKey;
-use support::redis::{Cluster, RedisServer, Sentinel};
+use support::redis::{store_origin, Cluster, RedisServer, Sentinel};
 
 const TTL: Duration = Duration::from_secs(3600);
 /// Claims timed per case.
@@ -39,19 +39,9 @@ fn key(prefix: &str, i: usize) -> StreamKey {
 }
 
 fn origin(i: usize) -> Origin {
-    Origin {
-        id: format!("origin-{i:03}"),
-        ip: "10.0.0.1".into(),
-        ports: Ports {
-            rtmp: Some(1935),
-            http: Some(8080),
-            ..Ports::default()
-        },
-        source: OriginSource::Static,
-        weight: 1,
-        max_streams: 0,
-        pool: None,
-    }
+    let mut origin = store_origin(&format!("origin-{i:03}"), "10.0.0.1", 8080);
+    origin.ports.rtmp = Some(1935);
+    origin
 }
 
 /// Claims per second, p50 and p99 latency (µs) of `SAMPLES` claims in a

@@ -27,14 +27,14 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use srs_proxy::balance::Policy;
 use srs_proxy::config::{Config, RedisConfig, StoreKind};
-use srs_proxy::origin::{Origin, OriginSource, Ports};
+use srs_proxy::origin::{Origin, Ports};
 use srs_proxy::store::{Claim, RedisStore, Store};
 use srs_proxy::stream_key::StreamKey;
 use support::client::{self, get, read_n};
 use support::eventually;
 use support::origin::FakeOrigin;
-use support::proxy::{test_config, TestProxy};
-use support::redis::{wait_until, Cluster, RedisServer, Sentinel};
+use support::proxy::test_config;
+use support::redis::{proxy_replicas, store_origin, wait_until, Cluster, RedisServer, Sentinel};
 
 /// SHA-1 of the store's script, as EVALSHA names it.
 fn script_sha() -> String {
@@ -72,16 +72,6 @@ fn config(redis: RedisConfig) -> Config {
     config
 }
 
-/// Two proxies, each with its own connection to the topology.
-async fn replicas(config: &Config) -> [TestProxy; 2] {
-    let mut out = Vec::new();
-    for _ in 0..2 {
-        let store = Store::Redis(RedisStore::connect(&config.redis).await.unwrap());
-        out.push(TestProxy::start_with_store(config.clone(), store).await);
-    }
-    out.try_into().ok().unwrap()
-}
-
 /// Registers `origin` through `api` every 200 ms until aborted (SRS keeps
 /// sending heartbeats whatever the proxy answers).
 fn heartbeat(origin: &FakeOrigin, api: SocketAddr) -> tokio::task::JoinHandle<()> {
@@ -108,23 +98,12 @@ async fn claim(proxy: SocketAddr, stream: &str) -> Result<String, String> {
 }
 
 fn origin(id: &str) -> Origin {
-    Origin {
-        id: id.into(),
-        ip: "127.0.0.1".into(),
-        ports: Ports {
-            http: Some(1),
-            ..Ports::default()
-        },
-        source: OriginSource::Static,
-        weight: 1,
-        max_streams: 0,
-        pool: None,
-    }
+    store_origin(id, "127.0.0.1", 1)
 }
 
 async fn failover(topology: Topology<'_>) {
     let config = config(topology.redis.clone());
-    let [a, b] = replicas(&config).await;
+    let [a, b] = proxy_replicas(&config).await;
     let origins = [FakeOrigin::start("origin-1").await, FakeOrigin::start("origin-2").await];
     let beats: Vec<_> = origins.iter().map(|o| heartbeat(o, a.api)).collect();
     let live = eventually(Duration::from_secs(10), || async {

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use srs_proxy::balance::Policy;
 use srs_proxy::config::RedisConfig;
-use srs_proxy::origin::{Origin, OriginSource, Ports};
+use srs_proxy::origin::Origin;
 use srs_proxy::store::{Claim, RedisStore, Store};
 use srs_proxy::stream_key::StreamKey;
-use support::redis::{RedisServer, TestCerts, TlsRedis};
+use support::redis::{store_origin, RedisServer, TestCerts, TlsRedis};
 
 fn tls_config(redis: &TlsRedis, prefix: &str) -> RedisConfig {
     RedisConfig {
@@ -21,18 +21,7 @@ fn tls_config(redis: &TlsRedis, prefix: &str) -> RedisConfig {
 }
 
 fn origin() -> Origin {
-    Origin {
-        id: "origin-a".into(),
-        ip: "10.0.0.1".into(),
-        ports: Ports {
-            http: Some(8080),
-            ..Ports::default()
-        },
-        source: OriginSource::Static,
-        weight: 1,
-        max_streams: 0,
-        pool: None,
-    }
+    store_origin("origin-a", "10.0.0.1", 8080)
 }
 
 /// Claims a stream through `config`'s store; `Err` when the store cannot

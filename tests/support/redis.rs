@@ -23,6 +23,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use srs_proxy::config::RedisConfig;
+use srs_proxy::origin::{Origin, OriginSource, Ports};
 
 /// Runs its arguments in the background and kills them (SIGKILL) when its
 /// stdin closes.
@@ -283,6 +284,46 @@ pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) 
     }
 }
 
+/// An origin for store-level tests, serving HTTP on `ip:http_port`
+/// (nothing need listen there: the store never connects).
+pub fn store_origin(id: &str, ip: &str, http_port: u16) -> Origin {
+    Origin {
+        id: id.into(),
+        ip: ip.into(),
+        ports: Ports {
+            http: Some(http_port),
+            ..Ports::default()
+        },
+        source: OriginSource::Static,
+        weight: 1,
+        max_streams: 0,
+        pool: None,
+    }
+}
+
+/// Store config for `url`, with the tests' short timeout.
+fn url_config(url: String, prefix: &str) -> RedisConfig {
+    RedisConfig {
+        url,
+        prefix: prefix.into(),
+        timeout: Duration::from_millis(500),
+        ..RedisConfig::default()
+    }
+}
+
+/// Two proxies on `config`'s Redis, each with its own connection, as two
+/// replicas of a deployment.
+pub async fn proxy_replicas(config: &srs_proxy::config::Config) -> [super::proxy::TestProxy; 2] {
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        let store = srs_proxy::store::RedisStore::connect(&config.redis).await.unwrap();
+        out.push(
+            super::proxy::TestProxy::start_with_store(config.clone(), srs_proxy::store::Store::Redis(store)).await,
+        );
+    }
+    out.try_into().ok().unwrap()
+}
+
 /// The name sentinels monitor the primary under.
 pub const SENTINEL_SERVICE: &str = "mymaster";
 
@@ -357,12 +398,7 @@ impl Sentinel {
     }
 
     pub fn config(&self, prefix: &str) -> RedisConfig {
-        RedisConfig {
-            url: self.url(),
-            prefix: prefix.into(),
-            timeout: Duration::from_millis(500),
-            ..RedisConfig::default()
-        }
+        url_config(self.url(), prefix)
     }
 
     /// The port the sentinels currently name as primary.
@@ -467,12 +503,7 @@ impl Cluster {
     }
 
     pub fn config(&self, prefix: &str) -> RedisConfig {
-        RedisConfig {
-            url: self.url(),
-            prefix: prefix.into(),
-            timeout: Duration::from_millis(500),
-            ..RedisConfig::default()
-        }
+        url_config(self.url(), prefix)
     }
 
     /// The node that serves `key`'s slot now, as any live node sees it.
