@@ -10,6 +10,9 @@
 # `make deps` when missing and the user is root; otherwise it prints the one
 # apt line from the README. `make bench` also wants nginx (the baseline) and
 # valgrind (instruction counts).
+# The Redis tests also run sentinels (`redis-server --sentinel`: same
+# binary, no redis-sentinel package needed) and build clusters with
+# `redis-cli` (redis-tools, which redis-server depends on).
 
 CARGO ?= cargo
 APT_PACKAGES := redis-server ffmpeg srt-tools python3-venv iproute2 util-linux
@@ -39,6 +42,7 @@ endef
 deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v srt-live-transmit >/dev/null || missing="$$missing srt-tools"; \
 	command -v ss >/dev/null || missing="$$missing iproute2"; \

@@ -8,7 +8,8 @@
 //! * `GET /metrics` — Prometheus text format; open unless
 //!   `http_api_auth.metrics` is on.
 //! * `GET /api/v1/origins`, `GET /api/v1/streams` — what the store holds,
-//!   a page at a time (`?limit=&cursor=`).
+//!   a page at a time (`?limit=`, and `?cursor=` from the previous
+//!   page's `next`).
 //!
 //! With `PROXY_HTTP_API_AUTH_ENABLED` every endpoint but versions (and
 //! metrics, unless protected) needs `Authorization: Bearer <token>`; a
@@ -34,7 +35,6 @@ pub use crate::http::versions::versions;
 use crate::http::versions::{json_response, versions_with_detail, PATH as VERSIONS};
 use crate::http::{full, Body};
 use crate::store::STORE_UNAVAILABLE;
-use crate::stream_key::StreamKey;
 
 /// Items on a page of `/api/v1/origins` or `/api/v1/streams` unless
 /// `?limit=` says otherwise.
@@ -164,7 +164,7 @@ async fn refresh_gauges(ctx: &Context) {
 }
 
 /// One page of a listing: `?limit=` items (default [`DEFAULT_PAGE`], at
-/// most [`MAX_PAGE`]) after `?cursor=` (the `next_cursor` of the previous
+/// most [`MAX_PAGE`]) after `?cursor=` (the `next` of the previous
 /// page).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
@@ -213,24 +213,8 @@ impl Page {
     }
 }
 
-/// A stream key as a cursor: `vhost/app/stream` (the app may hold
-/// slashes; vhost and stream never do).
-fn stream_cursor(key: &StreamKey) -> String {
-    format!("{}/{}/{}", key.vhost, key.app, key.stream)
-}
-
-fn parse_stream_cursor(cursor: &str) -> Option<StreamKey> {
-    let (vhost, rest) = cursor.split_once('/')?;
-    let (app, stream) = rest.rsplit_once('/')?;
-    Some(StreamKey {
-        vhost: vhost.to_string(),
-        app: app.to_string(),
-        stream: stream.to_string(),
-    })
-}
-
 fn listing<T: Serialize>(name: &str, items: Vec<T>, next: Option<String>) -> Response<Body> {
-    json_response(StatusCode::OK, &json!({"code": 0, name: items, "next_cursor": next}))
+    json_response(StatusCode::OK, &json!({"code": 0, name: items, "next": next}))
 }
 
 async fn origins(ctx: &Context, query: Option<&str>) -> Response<Body> {
@@ -254,17 +238,15 @@ async fn streams(ctx: &Context, query: Option<&str>) -> Response<Body> {
         Ok(p) => p,
         Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
     };
-    let after = match page.cursor.as_deref().map(parse_stream_cursor) {
-        Some(None) => return error(StatusCode::BAD_REQUEST, "cursor is not vhost/app/stream"),
-        Some(key) => key,
-        None => None,
-    };
-    match ctx.store_op("list_streams", ctx.store.list_streams()).await {
-        Ok(mut list) => {
-            list.sort_by(|a, b| a.key.cmp(&b.key));
-            let (items, next) = page.take(list, |s| s.key.clone(), after, |s| stream_cursor(&s.key));
-            listing("streams", items, next)
-        }
+    match ctx
+        .store_op(
+            "list_streams",
+            ctx.store.list_streams(page.cursor.as_deref(), page.limit),
+        )
+        .await
+    {
+        Ok(found) => listing("streams", found.streams, found.next),
+        Err(e @ crate::store::StoreError::BadCursor) => error(StatusCode::BAD_REQUEST, &e.to_string()),
         Err(e) => store_failed(&e),
     }
 }
@@ -361,12 +343,5 @@ mod tests {
         );
         assert_eq!(p.take(items.clone(), |s| *s, Some("d"), show), (vec!["e"], None));
         assert_eq!(p.take(items, |s| *s, Some("z"), show), (vec![], None));
-    }
-
-    #[test]
-    fn stream_cursors_round_trip_with_nested_apps() {
-        let key = StreamKey::new("v.example.com", "a/b", "s").unwrap();
-        assert_eq!(parse_stream_cursor(&stream_cursor(&key)), Some(key));
-        assert_eq!(parse_stream_cursor("nope"), None);
     }
 }

@@ -75,19 +75,33 @@ impl Candidate<'_> {
 ///
 /// `salt` is the policy's only randomness (`random`, and ties under
 /// `least-streams`): the same salt and candidates give the same origin,
-/// whatever their order. The Redis store's script makes the same choice from
-/// the same inputs; `tests/redis_policy.rs` holds both to the same cases.
+/// whatever their order. The stores do not call this on a list of every
+/// origin: they keep the origins with room ordered by [`load`] and read only
+/// what the policy needs (the least loaded run for `least-streams`), with
+/// the same building blocks ([`load`], [`tie_index`], [`rendezvous`]); the
+/// Redis store's script does the same on the server. `tests/redis_policy.rs`
+/// and the store conformance suite hold all of them to this function.
 pub fn pick<'a>(policy: Policy, key: &StreamKey, candidates: &[Candidate<'a>], salt: u64) -> Option<&'a Origin> {
     let eligible: Vec<&Candidate<'a>> = candidates.iter().filter(|c| c.has_room()).collect();
-    if eligible.is_empty() {
-        return None;
-    }
+    let weighted = || eligible.iter().map(|c| (c.origin.id.as_str(), c.origin.weight));
     let chosen = match policy {
-        Policy::Random => race(&salt_text(salt), &eligible, true),
-        Policy::LeastStreams => least_streams(&eligible, salt),
-        Policy::ConsistentHash => race(&key.to_string(), &eligible, true),
+        Policy::Random => rendezvous(&salt_text(salt), weighted())?,
+        Policy::ConsistentHash => rendezvous(&key.to_string(), weighted())?,
+        Policy::LeastStreams => {
+            let least = eligible
+                .iter()
+                .map(|c| load(c.streams, c.origin.weight))
+                .min_by(f64::total_cmp)?;
+            let mut ties: Vec<&str> = eligible
+                .iter()
+                .filter(|c| load(c.streams, c.origin.weight) == least)
+                .map(|c| c.origin.id.as_str())
+                .collect();
+            ties.sort_unstable();
+            ties[tie_index(salt, ties.len())]
+        }
     };
-    Some(chosen.origin)
+    eligible.iter().find(|c| c.origin.id == chosen).map(|c| c.origin)
 }
 
 /// The text a salt is hashed as (also what the Redis store sends its script).
@@ -95,21 +109,36 @@ pub fn salt_text(salt: u64) -> String {
     format!("{salt:016x}")
 }
 
-fn weight(c: &Candidate<'_>) -> u64 {
-    u64::from(c.origin.weight.max(1))
+/// What `least-streams` minimises: streams per unit of weight (a weight of
+/// 0 counts as 1). A plain `f64` division, so the Redis store keeps it as a
+/// sorted-set score and compares it exactly as this code does (ratios of
+/// two `u32`s that differ as fractions also differ as doubles).
+pub fn load(streams: u32, weight: u32) -> f64 {
+    f64::from(streams) / f64::from(weight.max(1))
 }
 
-fn least_streams<'a, 'b>(eligible: &[&'b Candidate<'a>], salt: u64) -> &'b Candidate<'a> {
-    // Compare streams/weight without floats: a.streams * b.weight vs b.streams * a.weight.
-    let load_cmp = |a: &Candidate<'_>, b: &Candidate<'_>| {
-        (u64::from(a.streams) * weight(b)).cmp(&(u64::from(b.streams) * weight(a)))
-    };
-    let best = eligible
-        .iter()
-        .min_by(|a, b| load_cmp(a, b))
-        .expect("eligible is not empty");
-    let ties: Vec<&'b Candidate<'a>> = eligible.iter().copied().filter(|c| load_cmp(c, best).is_eq()).collect();
-    race(&salt_text(salt), &ties, false)
+/// Which of `ties` equally loaded origins (ordered by id, byte-wise) takes
+/// a new stream under `least-streams`: the low 32 bits of the salt modulo
+/// their number, which the script computes exactly from the salt's text.
+pub fn tie_index(salt: u64, ties: usize) -> usize {
+    ((salt & 0xffff_ffff) % ties.max(1) as u64) as usize
+}
+
+/// Weighted rendezvous over `(id, weight)` pairs (see [`race`]): the id with
+/// the highest score for `text`, the byte-wise smaller id on an exact tie.
+pub fn rendezvous<'a>(text: &str, candidates: impl IntoIterator<Item = (&'a str, u32)>) -> Option<&'a str> {
+    let mut best: Option<(&'a str, f64)> = None;
+    for (id, weight) in candidates {
+        let score = race(text, id, weight);
+        let better = match best {
+            None => true,
+            Some((best_id, best_score)) => score > best_score || (score == best_score && id < best_id),
+        };
+        if better {
+            best = Some((id, score));
+        }
+    }
+    best.map(|(id, _)| id)
 }
 
 /// Weighted rendezvous: each candidate draws u in (0, 1) from `text` and
@@ -117,19 +146,8 @@ fn least_streams<'a, 'b>(eligible: &[&'b Candidate<'a>], salt: u64) -> &'b Candi
 /// this is consistent hashing (adding an origin moves only the streams it
 /// wins, removing one only the streams it had); with a random salt it is a
 /// weighted random choice (P = weight / total weight).
-fn race<'a, 'b>(text: &str, eligible: &[&'b Candidate<'a>], weighted: bool) -> &'b Candidate<'a> {
-    let score = |c: &Candidate<'_>| {
-        let w = if weighted { weight(c) as f64 } else { 1.0 };
-        -w / draw(text, &c.origin.id).ln()
-    };
-    eligible
-        .iter()
-        .max_by(|a, b| {
-            score(a)
-                .total_cmp(&score(b))
-                .then_with(|| b.origin.id.cmp(&a.origin.id))
-        })
-        .expect("eligible is not empty")
+fn race(text: &str, id: &str, weight: u32) -> f64 {
+    -f64::from(weight.max(1)) / draw(text, id).ln()
 }
 
 /// The draw of origin `id` for `text`: the first 52 bits of

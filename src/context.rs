@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use crate::balance::Policy;
 use crate::config::Config;
-use crate::discovery::heartbeat::Registrar;
-use crate::discovery_state::DiscoveryState;
+use crate::discovery_state::{DiscoveryState, Registrar};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};

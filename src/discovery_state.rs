@@ -1,10 +1,12 @@
-//! What Kubernetes discovery tells the data plane: whether it is healthy
-//! (readiness) and the balancing policy the OriginPools ask for. It lives
+//! What discovery tells the data plane: whether Kubernetes discovery is healthy
+//! (readiness), the balancing policy the OriginPools ask for, and what
+//! heartbeat registration shares across requests ([`Registrar`]). It lives
 //! apart from [`crate::discovery`] so the context can hold it without the
 //! data plane depending on the watchers.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::balance::Policy;
 
@@ -121,6 +123,32 @@ impl WatchGuard {
 impl Drop for WatchGuard {
     fn drop(&mut self) {
         self.state.lock().watches.remove(&self.name);
+    }
+}
+
+/// What registration needs beyond config and store: the proxy's own
+/// listening addresses, and a lock that makes "count, then add" of new
+/// origins one step on this replica.
+#[derive(Clone, Default)]
+pub struct Registrar {
+    own: Arc<RwLock<Vec<SocketAddr>>>,
+    new_origins: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Registrar {
+    /// Records where this proxy listens, so no origin can be registered
+    /// there (a request loop through the proxy itself).
+    pub fn set_own_addrs(&self, addrs: Vec<SocketAddr>) {
+        *self.own.write().unwrap_or_else(|p| p.into_inner()) = addrs;
+    }
+
+    pub fn own_addrs(&self) -> Vec<SocketAddr> {
+        self.own.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Held while a new origin is counted against the caps and added.
+    pub async fn adding(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.new_origins.lock().await
     }
 }
 

@@ -44,6 +44,11 @@ pub enum Protocol {
     Rtc,
 }
 
+impl Protocol {
+    /// Every protocol, in the order status reports them.
+    pub const ALL: [Protocol; 5] = [Self::Rtmp, Self::Http, Self::Api, Self::Srt, Self::Rtc];
+}
+
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -152,19 +152,23 @@ async fn lifecycle(ctx: &Context, servers: impl Future<Output = ()>, signal: imp
     let grace = ctx.config.grace_quit_timeout;
     tracing::info!(?grace, "draining: no new connections");
     ctx.shutdown.start_drain();
+    // Biased: a forced quit also cuts the connections, so `servers` may be
+    // ready in the same poll; the force is what happened.
     tokio::select! {
+        biased;
+        _ = ctx.shutdown.forced() => return Stopped::Forced,
         _ = &mut servers => return Stopped::Clean,
         _ = tokio::time::sleep(grace) => tracing::info!("grace period over; closing open streams"),
-        _ = ctx.shutdown.forced() => return Stopped::Forced,
     }
     ctx.shutdown.abort();
     tokio::select! {
+        biased;
+        _ = ctx.shutdown.forced() => Stopped::Forced,
         _ = &mut servers => Stopped::Clean,
         _ = tokio::time::sleep_until(force_at) => {
             tracing::warn!(force = ?ctx.config.force_quit_timeout, "force quit timeout reached; exiting");
             Stopped::Forced
         }
-        _ = ctx.shutdown.forced() => Stopped::Forced,
     }
 }
 

@@ -333,7 +333,7 @@ async fn registration_rows() {
         let items = page["origins"].as_array().unwrap();
         assert!(items.len() <= 7);
         seen.extend(items.iter().map(|o| o["id"].as_str().unwrap().to_string()));
-        match page["next_cursor"].as_str() {
+        match page["next"].as_str() {
             Some(c) => path = format!("/api/v1/origins?limit=7&cursor={c}"),
             None => break,
         }

@@ -12,12 +12,11 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use srs_proxy::balance::Policy;
 use srs_proxy::config::{Config, StoreKind};
-use srs_proxy::store::{RedisStore, Store};
 use support::client::{self, get, read_n};
 use support::eventually;
 use support::origin::FakeOrigin;
-use support::proxy::{test_config, TestProxy};
-use support::redis::RedisServer;
+use support::proxy::test_config;
+use support::redis::{proxy_replicas, RedisServer};
 use tokio::task::JoinSet;
 
 fn redis_config(prefix: &str) -> Config {
@@ -25,16 +24,6 @@ fn redis_config(prefix: &str) -> Config {
     config.load_balancer_type = StoreKind::Redis;
     config.redis = RedisServer::shared().config(prefix);
     config
-}
-
-/// Two proxies, each with its own connection to the shared Redis.
-async fn replicas(config: &Config) -> [TestProxy; 2] {
-    let mut out = Vec::new();
-    for _ in 0..2 {
-        let store = Store::Redis(RedisStore::connect(&config.redis).await.unwrap());
-        out.push(TestProxy::start_with_store(config.clone(), store).await);
-    }
-    out.try_into().ok().unwrap()
 }
 
 /// Registers `origin` through `api` every 200 ms until aborted.
@@ -62,7 +51,7 @@ async fn concurrent_first_requests_through_two_proxies_reach_one_origin() {
     let mut config = redis_config("replicas-contended:");
     // Random placement: any split between replicas would show at once.
     config.balance_policy = Policy::Random;
-    let [a, b] = replicas(&config).await;
+    let [a, b] = proxy_replicas(&config).await;
     let origins = [
         FakeOrigin::start("origin-1").await,
         FakeOrigin::start("origin-2").await,
@@ -112,7 +101,7 @@ async fn streams_of_an_expired_or_removed_origin_move_and_their_relays_end() {
     // Refreshes are far apart: a relay that ends soon ended because it
     // heard the origin go, not because a refresh found out.
     config.stream_ttl = Duration::from_secs(120);
-    let [a, b] = replicas(&config).await;
+    let [a, b] = proxy_replicas(&config).await;
     let x = FakeOrigin::start("origin-x").await;
     let y = FakeOrigin::start("origin-y").await;
 

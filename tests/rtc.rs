@@ -157,7 +157,7 @@ async fn srs_json_api_publish_and_play() {
         assert_eq!(session.ice_pwd.as_deref(), Some(rtc_support::origin::CANNED_PWD));
     }
     // The WebRTC stream is the HTTP-FLV stream of the same name and host.
-    let streams = proxy.proxy.ctx.store.list_streams().await.unwrap();
+    let streams = proxy.proxy.ctx.store.list_streams(None, 100).await.unwrap().streams;
     assert_eq!(streams.len(), 1);
     let (flv, _) =
         srs_proxy::stream_key::StreamKey::from_http("/live/cam.flv", None, Some("media.example.com")).unwrap();

@@ -8,9 +8,13 @@ mod support;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use srs_proxy::balance::{pick, Candidate, Policy};
 use srs_proxy::origin::{Origin, OriginSource, Ports, Protocol};
-use srs_proxy::store::{Claim, ClaimOutcome, MemoryStore, OriginGone, RedisStore, Session, SessionKind, Store};
+use srs_proxy::store::{
+    Claim, ClaimOutcome, MemoryStore, OriginGone, RedisStore, Session, SessionKind, Store, StoreError, StreamStatus,
+};
 use srs_proxy::stream_key::StreamKey;
 use support::redis::RedisServer;
 use tokio::sync::broadcast;
@@ -65,13 +69,13 @@ impl Subject {
         match (&self.store, &self.redis) {
             (Store::Memory(m), _) => m.entry_count() - self.store.list_origins().await.unwrap().len(),
             (_, Some((server, ns))) => {
-                let origin_keys = [
-                    format!("{ns}origins"),
-                    format!("{ns}registrations"),
-                    format!("{ns}gone"),
-                ];
+                // What describes origins: registrations, their policy
+                // entries and the sets of origins with room.
+                let origin_keys = ["origins", "registrations", "policy", "gone"].map(|k| format!("{ns}{k}"));
                 let keys = server.keys(&format!("{ns}*"));
-                keys.iter().filter(|k| !origin_keys.contains(k)).count()
+                keys.iter()
+                    .filter(|k| !origin_keys.contains(k) && !k.starts_with(&format!("{ns}room:")))
+                    .count()
             }
             _ => unreachable!(),
         }
@@ -112,6 +116,24 @@ async fn claim(store: &Store, stream: &str, policy: Policy) -> (String, ClaimOut
         Claim::Origin(o, outcome) => (o.id, outcome),
         Claim::NoOrigin => panic!("no origin for {stream}"),
     }
+}
+
+/// Every stream mapping, read a few at a time.
+async fn all_streams(store: &Store) -> Vec<StreamStatus> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store.list_streams(cursor.as_deref(), 3).await.unwrap();
+        out.extend(page.streams);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    // A Redis listing may name a mapping twice (HSCAN); each is one stream.
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out.dedup_by(|a, b| a.key == b.key);
+    out
 }
 
 async fn live_ids(store: &Store) -> Vec<String> {
@@ -201,7 +223,7 @@ async fn a_claim_sticks_and_is_refreshed(s: Subject) {
         assert_eq!(again, first);
     }
     assert_eq!(store.lookup(&k).await.unwrap(), Some(first.clone()));
-    let streams = store.list_streams().await.unwrap();
+    let streams = all_streams(store).await;
     assert_eq!(streams.len(), 1);
     assert_eq!(streams[0].key, k);
     assert_eq!(streams[0].origin_id, first.id);
@@ -223,7 +245,7 @@ async fn an_unrefreshed_mapping_expires(s: Subject) {
     assert!(store.lookup(&k).await.unwrap().is_some());
     tokio::time::sleep(PAST_TTL).await;
     assert_eq!(store.lookup(&k).await.unwrap(), None);
-    assert!(store.list_streams().await.unwrap().is_empty());
+    assert!(all_streams(store).await.is_empty());
     assert_eq!(counts(store).await["a"], 0);
     let (_, outcome) = claim(store, "cam", Policy::LeastStreams).await;
     assert_eq!(outcome, ClaimOutcome::New, "an expired mapping is no failover");
@@ -466,7 +488,7 @@ async fn an_idle_store_forgets_every_stream_and_session(s: Subject) {
     assert!(s.stream_state().await >= 10);
     tokio::time::sleep(PAST_TTL).await;
     store.sweep().await.unwrap();
-    assert!(store.list_streams().await.unwrap().is_empty());
+    assert!(all_streams(store).await.is_empty());
     assert_eq!(counts(store).await, BTreeMap::from([("a".into(), 0), ("b".into(), 0)]));
     assert_eq!(s.stream_state().await, 0, "nothing of streams or sessions is left");
 }
@@ -492,7 +514,7 @@ async fn every_replica_agrees_on_a_contended_claim(s: Subject) {
         assert_eq!(owners.len(), 1, "round {round}: one stream, one origin");
         assert_eq!(new, 1, "round {round}: exactly one claim placed it");
     }
-    assert_eq!(s.store.list_streams().await.unwrap().len(), 5);
+    assert_eq!(all_streams(&s.store).await.len(), 5);
     assert_eq!(counts(&s.store).await.values().sum::<u32>(), 5);
 }
 
@@ -587,6 +609,117 @@ async fn new_streams_go_to_origins_that_serve_the_protocol(s: Subject) {
     ));
 }
 
+/// Claims run the policies on the stores' own indexes (origins with room
+/// ordered by load, per protocol); whatever happened before, the origin a
+/// claim places a new stream on is `balance::pick` over the live origins
+/// serving the protocol, with their stream counts, and the same salt.
+async fn claims_place_as_balance_pick_does(s: Subject) {
+    let store = &s.store;
+    let mut rng = StdRng::seed_from_u64(17);
+    let protocols = [None, Some(Protocol::Rtmp), Some(Protocol::Http), Some(Protocol::Srt)];
+    let policies = [Policy::LeastStreams, Policy::Random, Policy::ConsistentHash];
+    let register = |rng: &mut StdRng, i: usize| {
+        let mut o = weighted(
+            &format!("o{i}"),
+            rng.random_range(0..=3),
+            [0, 0, 2, 4][rng.random_range(0..4)],
+        );
+        o.ports.rtmp = rng.random_bool(0.7).then_some(1935);
+        o.ports.http = rng.random_bool(0.7).then_some(8080);
+        o.ports.srt = rng.random_bool(0.3).then_some(10080);
+        o
+    };
+    for i in 0..8 {
+        store.upsert_origin(register(&mut rng, i), None).await.unwrap();
+    }
+    let mut mapped: Vec<(StreamKey, String)> = Vec::new();
+    let mut placed = 0;
+    for step in 0..300 {
+        match rng.random_range(0..10) {
+            // Now and then an origin leaves, comes back or changes.
+            0 => {
+                let i = rng.random_range(0..8);
+                if rng.random_bool(0.5) {
+                    store.remove_origin(&format!("o{i}")).await.unwrap();
+                } else {
+                    store.upsert_origin(register(&mut rng, i), None).await.unwrap();
+                }
+            }
+            1 | 2 if !mapped.is_empty() => {
+                let (k, id) = mapped.swap_remove(rng.random_range(0..mapped.len()));
+                store.release_stream(&k, &id).await.unwrap();
+            }
+            _ => {
+                let k = key(&format!("s{step}"));
+                let (policy, protocol) = (policies[rng.random_range(0..3)], protocols[rng.random_range(0..4)]);
+                let salt = rng.random();
+                let live = store.list_origins().await.unwrap();
+                let candidates: Vec<Candidate> = live
+                    .iter()
+                    .filter(|o| protocol.is_none_or(|p| o.origin.port(p).is_some()))
+                    .map(|o| Candidate {
+                        origin: &o.origin,
+                        streams: o.streams,
+                    })
+                    .collect();
+                let expected = pick(policy, &k, &candidates, salt).map(|o| o.id.clone());
+                let got = match store.claim_salted(&k, policy, LONG, protocol, salt).await.unwrap() {
+                    Claim::Origin(o, ClaimOutcome::New) => Some(o.id),
+                    Claim::NoOrigin => None,
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!(got, expected, "step {step}: {policy} {protocol:?} salt {salt:x}");
+                if let Some(id) = got {
+                    placed += 1;
+                    mapped.push((k, id));
+                }
+            }
+        }
+    }
+    assert!(placed > 100, "the walk must mostly place streams ({placed})");
+}
+
+/// Streams whose mapping expired stop counting before any sweep: the next
+/// claims see the origin as empty.
+async fn expired_mappings_stop_counting_at_once(s: Subject) {
+    let store = &s.store;
+    store.upsert_origin(origin("a"), None).await.unwrap();
+    for i in 0..3 {
+        store
+            .claim(&key(&format!("old{i}")), Policy::LeastStreams, TTL)
+            .await
+            .unwrap();
+    }
+    store.upsert_origin(origin("b"), None).await.unwrap();
+    for i in 0..2 {
+        assert_eq!(claim(store, &format!("b{i}"), Policy::LeastStreams).await.0, "b");
+    }
+    tokio::time::sleep(PAST_TTL).await;
+    // a's three expired (no sweep ran): a is now the emptier one.
+    assert_eq!(claim(store, "next", Policy::LeastStreams).await.0, "a");
+    assert_eq!(counts(store).await, BTreeMap::from([("a".into(), 1), ("b".into(), 2)]));
+}
+
+/// Listing streams is paged; every mapping shows up once the pages are
+/// read, and a cursor the store did not hand out is refused.
+async fn streams_are_listed_a_page_at_a_time(s: Subject) {
+    let store = &s.store;
+    store.upsert_origin(origin("a"), None).await.unwrap();
+    for i in 0..25 {
+        claim(store, &format!("s{i:02}"), Policy::LeastStreams).await;
+    }
+    let first = store.list_streams(None, 10).await.unwrap();
+    assert!(!first.streams.is_empty() && first.streams.len() <= 25);
+    let all = all_streams(store).await;
+    let names: Vec<String> = all.iter().map(|s| s.key.stream.clone()).collect();
+    let expected: Vec<String> = (0..25).map(|i| format!("s{i:02}")).collect();
+    assert_eq!(names, expected);
+    assert!(matches!(
+        store.list_streams(Some("not a cursor"), 10).await,
+        Err(StoreError::BadCursor)
+    ));
+}
+
 /// Runs each test function against both stores.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -627,4 +760,7 @@ conformance!(
     every_replica_agrees_on_a_contended_claim,
     every_replica_hears_of_a_gone_origin,
     new_streams_go_to_origins_that_serve_the_protocol,
+    claims_place_as_balance_pick_does,
+    expired_mappings_stop_counting_at_once,
+    streams_are_listed_a_page_at_a_time,
 );

@@ -35,8 +35,8 @@ fn port(v: &str) -> Result<Option<u16>, String> {
     parse_endpoint_port(v).map(Some).map_err(|e| e.to_string())
 }
 
-/// A directory; empty means unset.
-fn dir(v: &str) -> Result<Option<PathBuf>, String> {
+/// A file or directory; empty means unset.
+fn path(v: &str) -> Result<Option<PathBuf>, String> {
     Ok(Some(v.trim()).filter(|v| !v.is_empty()).map(PathBuf::from))
 }
 
@@ -67,14 +67,14 @@ pub const KEYS: &[Key] = &[
     key!("http_api_auth.enabled", "PROXY_HTTP_API_AUTH_ENABLED", http_api_auth.enabled, parse_bool),
     key!("http_api_auth.type", "PROXY_HTTP_API_AUTH_TYPE", http_api_auth.kind, text),
     key!("http_api_auth.token", "PROXY_HTTP_API_AUTH_TOKEN", http_api_auth.token, secret),
-    key!("http_api_auth.token_file", "PROXY_HTTP_API_AUTH_TOKEN_FILE", http_api_auth.token_file, dir),
+    key!("http_api_auth.token_file", "PROXY_HTTP_API_AUTH_TOKEN_FILE", http_api_auth.token_file, path),
     key!("http_api_auth.metrics", "PROXY_HTTP_API_AUTH_METRICS", http_api_auth.metrics, parse_bool),
     key!("register.enabled", "PROXY_REGISTER_ENABLED", register.enabled, parsed),
     key!("register.allow_cidrs", "PROXY_REGISTER_ALLOW_CIDRS", register.allow_cidrs, parsed),
     key!("register.require_peer_ip", "PROXY_REGISTER_REQUIRE_PEER_IP", register.require_peer_ip, parse_bool),
     key!("register.max_origins", "PROXY_REGISTER_MAX_ORIGINS", register.max_origins, parsed),
     key!("register.max_origins_per_peer", "PROXY_REGISTER_MAX_ORIGINS_PER_PEER", register.max_origins_per_peer, parsed),
-    key!("static_files", "PROXY_STATIC_FILES", static_files, dir),
+    key!("static_files", "PROXY_STATIC_FILES", static_files, path),
     key!("load_balancer_type", "PROXY_LOAD_BALANCER_TYPE", load_balancer_type, parsed),
     key!("balance_policy", "PROXY_BALANCE_POLICY", balance_policy, parsed),
     key!("redis.host", "PROXY_REDIS_HOST", redis.host, text),
@@ -84,6 +84,9 @@ pub const KEYS: &[Key] = &[
     key!("redis.url", "PROXY_REDIS_URL", redis.url, text),
     key!("redis.prefix", "PROXY_REDIS_PREFIX", redis.prefix, raw),
     key!("redis.timeout", "PROXY_REDIS_TIMEOUT", redis.timeout, parse_duration),
+    key!("redis.tls_ca_file", "PROXY_REDIS_TLS_CA_FILE", redis.tls_ca_file, path),
+    key!("redis.tls_cert_file", "PROXY_REDIS_TLS_CERT_FILE", redis.tls_cert_file, path),
+    key!("redis.tls_key_file", "PROXY_REDIS_TLS_KEY_FILE", redis.tls_key_file, path),
     key!("default_backend.enabled", "PROXY_DEFAULT_BACKEND_ENABLED", default_backend.enabled, parse_bool),
     key!("default_backend.ip", "PROXY_DEFAULT_BACKEND_IP", default_backend.ip, text),
     key!("default_backend.rtmp", "PROXY_DEFAULT_BACKEND_RTMP", default_backend.rtmp, port),

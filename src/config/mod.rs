@@ -452,6 +452,9 @@ impl Config {
                 reason: format!("not a usable Redis URL: {reason}"),
             })?;
         }
+        self.redis
+            .check_tls()
+            .map_err(|(key, reason)| ConfigError::Invalid { key, reason })?;
         match (self.kubernetes.discovery, self.kubernetes.service.is_empty()) {
             (DiscoveryMode::Service, true) => Err(ConfigError::Invalid {
                 key: "kubernetes.service",

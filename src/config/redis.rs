@@ -1,6 +1,7 @@
 //! The `redis` section: how to reach the shared store, and how its URL is
 //! checked and printed without its password.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,13 @@ pub struct RedisConfig {
     /// Bound on every store call, so a slow Redis never hangs a request.
     #[serde(with = "duration_serde")]
     pub timeout: Duration,
+    /// PEM CA certificates to trust instead of the system's, for a TLS
+    /// (`rediss://`) Redis with a private CA.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate (with `tls_key_file`), for a Redis that
+    /// requires one (`tls-auth-clients yes`).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -36,6 +44,43 @@ impl Default for RedisConfig {
             url: String::new(),
             prefix: "srs-proxy:".into(),
             timeout: Duration::from_millis(1000),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// Whether the URL asks for TLS (`rediss://`, `rediss-cluster://`, …).
+    pub fn uses_tls(&self) -> bool {
+        let scheme = self.url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        scheme.is_some_and(|s| s.starts_with("rediss") || s.starts_with("valkeys"))
+    }
+
+    /// The TLS files make sense together: only with a TLS URL, and a client
+    /// certificate with its key. Returns the key at fault and why.
+    pub fn check_tls(&self) -> Result<(), (&'static str, String)> {
+        let files = [
+            ("redis.tls_ca_file", &self.tls_ca_file),
+            ("redis.tls_cert_file", &self.tls_cert_file),
+            ("redis.tls_key_file", &self.tls_key_file),
+        ];
+        if !self.uses_tls() {
+            if let Some((key, _)) = files.iter().find(|(_, f)| f.is_some()) {
+                return Err((key, "set, but redis.url is not a TLS URL (rediss://…)".into()));
+            }
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => Err((
+                "redis.tls_key_file",
+                "redis.tls_cert_file is set without its key".into(),
+            )),
+            (None, Some(_)) => Err((
+                "redis.tls_cert_file",
+                "redis.tls_key_file is set without its certificate".into(),
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -120,6 +165,28 @@ mod tests {
             let err = load(None, &env(&[("PROXY_REDIS_URL", bad)]), &[]).unwrap_err();
             let msg = err.to_string();
             assert!(msg.contains("redis.url") && !msg.contains("hunter2"), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn tls_files_go_with_a_tls_url_and_a_certificate_with_its_key() {
+        let tls = ("PROXY_REDIS_URL", "rediss://redis:6380");
+        let ok = load(None, &env(&[tls, ("PROXY_REDIS_TLS_CA_FILE", "/ca.pem")]), &[]).unwrap();
+        assert_eq!(ok.redis.tls_ca_file, Some(PathBuf::from("/ca.pem")));
+        for (pairs, key) in [
+            (
+                vec![
+                    ("PROXY_REDIS_URL", "redis://redis:6379"),
+                    ("PROXY_REDIS_TLS_CA_FILE", "/ca.pem"),
+                ],
+                "redis.tls_ca_file",
+            ),
+            (vec![("PROXY_REDIS_TLS_CERT_FILE", "/c.pem")], "redis.tls_cert_file"),
+            (vec![tls, ("PROXY_REDIS_TLS_CERT_FILE", "/c.pem")], "redis.tls_key_file"),
+            (vec![tls, ("PROXY_REDIS_TLS_KEY_FILE", "/c.key")], "redis.tls_cert_file"),
+        ] {
+            let err = load(None, &env(&pairs), &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{pairs:?}: {err}");
         }
     }
 

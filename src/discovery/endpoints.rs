@@ -15,13 +15,7 @@ use crate::crd::OriginPoolSpec;
 use crate::origin::{Origin, OriginSource, Ports, Protocol};
 
 /// Every protocol, in the order status reports them.
-const PROTOCOLS: [Protocol; 5] = [
-    Protocol::Rtmp,
-    Protocol::Http,
-    Protocol::Api,
-    Protocol::Srt,
-    Protocol::Rtc,
-];
+const PROTOCOLS: [Protocol; 5] = Protocol::ALL;
 
 /// Whether an endpoint receives streams, and if not, why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -22,7 +22,6 @@
 //! the system API before the body is read.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -39,27 +38,6 @@ pub const MAX_ORIGIN_ID: usize = 253;
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How much of a rejected value a reply quotes.
 const QUOTE: usize = 64;
-
-/// What registration needs beyond config and store: the proxy's own
-/// listening addresses, and a lock that makes "count, then add" of new
-/// origins one step on this replica.
-#[derive(Clone, Default)]
-pub struct Registrar {
-    own: Arc<RwLock<Vec<SocketAddr>>>,
-    new_origins: Arc<tokio::sync::Mutex<()>>,
-}
-
-impl Registrar {
-    /// Records where this proxy listens, so no origin can be registered
-    /// there (a request loop through the proxy itself).
-    pub fn set_own_addrs(&self, addrs: Vec<SocketAddr>) {
-        *self.own.write().unwrap_or_else(|p| p.into_inner()) = addrs;
-    }
-
-    pub fn own_addrs(&self) -> Vec<SocketAddr> {
-        self.own.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
 
 /// Why a register body was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -372,7 +350,7 @@ pub async fn register(ctx: &Context, body: &[u8], peer: SocketAddr) -> Result<Re
     }
     // A new id: count and add as one step (on this replica; replicas racing
     // may overshoot a cap by the number of replicas).
-    let _one_at_a_time = ctx.registrar.new_origins.lock().await;
+    let _one_at_a_time = ctx.registrar.adding().await;
     let live = ctx
         .store_op("list_origins", ctx.store.list_origins())
         .await

@@ -3,20 +3,37 @@
 //! All state sits behind one mutex held only for map operations (never
 //! across an await), which makes every operation — a claim in particular —
 //! atomic. Expiry uses `tokio::time::Instant`, so tests can pause time.
-//! Expired entries are dropped whenever they are seen and by [`sweep`],
-//! which also announces origins that expired.
 //!
-//! [`sweep`]: MemoryStore::sweep
+//! # Cost
+//!
+//! No operation walks every stream or every origin to answer one request:
+//!
+//! * Every operation first drops what expired, from indexes ordered by
+//!   expiry (amortised O(log n) per entry that expires), so the counts below
+//!   are exact when a policy reads them.
+//! * Each origin's stream count is kept as mappings are made, released,
+//!   expire or fail over, and the origins with room for another stream are
+//!   kept per protocol in a set ordered by [`load`] then id: the same order
+//!   the Redis store keeps in its sorted sets. `least-streams` reads only the
+//!   least loaded run of that set; `random` and `consistent-hash` hash every
+//!   origin with room (rendezvous needs them all) but read nothing else.
+//! * Stream mappings are kept ordered by key, so listing them is paged.
+//!
+//! [`load`]: crate::balance::load
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::{Claim, ClaimOutcome, OriginGone, OriginStatus, Session, SessionKind, StoreError, StreamStatus};
-use crate::balance::{pick, Candidate, Policy};
+use super::{
+    Claim, ClaimOutcome, OriginGone, OriginStatus, Session, SessionKind, StoreError, StreamPage, StreamStatus,
+};
+use crate::balance::{load, rendezvous, salt_text, tie_index, Policy};
 use crate::origin::{Origin, Protocol};
 use crate::stream_key::StreamKey;
 
@@ -37,28 +54,210 @@ struct SessionEntry {
     expires: Instant,
 }
 
+/// A [`load`] as a totally ordered key (loads are finite and not negative).
+#[derive(Debug, Clone, Copy)]
+struct Load(f64);
+
+impl PartialEq for Load {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Load {}
+impl PartialOrd for Load {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Load {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+const PROTOCOLS: [Protocol; 5] = Protocol::ALL;
+
+/// Which room set answers a claim for `protocol` (0: any protocol).
+fn room_index(protocol: Option<Protocol>) -> usize {
+    match protocol {
+        None => 0,
+        Some(p) => {
+            1 + PROTOCOLS
+                .iter()
+                .position(|q| *q == p)
+                .expect("every protocol is listed")
+        }
+    }
+}
+
+/// Live origins with room for another stream, per protocol.
+#[derive(Default)]
+struct Rooms {
+    /// Index 0: every such origin; then one set per [`PROTOCOLS`] entry
+    /// with the origins serving it. Ordered by load, then id.
+    sets: [BTreeSet<(Load, String)>; 6],
+    /// The load each origin is filed under now, to take it out again.
+    filed: HashMap<String, Load>,
+}
+
 #[derive(Default)]
 struct Inner {
     origins: HashMap<String, OriginEntry>,
-    streams: HashMap<StreamKey, StreamEntry>,
+    /// Expiring origins by expiry, so expiry never scans every origin.
+    origin_expiry: BTreeSet<(Instant, String)>,
+    /// Ordered by key, so listing is paged.
+    streams: BTreeMap<StreamKey, StreamEntry>,
+    stream_expiry: BTreeSet<(Instant, StreamKey)>,
+    /// Streams mapped to each origin (also to one that is gone, until its
+    /// streams fail over or expire); absent means none.
+    loads: HashMap<String, u32>,
+    rooms: Rooms,
     sessions: HashMap<(SessionKind, String), SessionEntry>,
+    session_expiry: BTreeSet<(Instant, SessionKind, String)>,
 }
 
 impl Inner {
-    fn origin_live(&self, id: &str, now: Instant) -> Option<&Origin> {
-        self.origins
-            .get(id)
-            .filter(|e| e.expires.is_none_or(|t| t > now))
-            .map(|e| &e.origin)
+    /// Drops everything that expired by `now`; returns the ids of origins
+    /// that expired, to be announced once the lock is released.
+    fn expire(&mut self, now: Instant) -> Vec<String> {
+        let mut gone = Vec::new();
+        while let Some((at, id)) = self.origin_expiry.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.forget_origin(&id);
+            gone.push(id);
+        }
+        while let Some((at, key)) = self.stream_expiry.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.unmap(&key);
+        }
+        while let Some((at, kind, id)) = self.session_expiry.pop_first() {
+            if at > now {
+                self.session_expiry.insert((at, kind, id));
+                break;
+            }
+            self.sessions.remove(&(kind, id));
+        }
+        gone
     }
 
-    fn stream_counts(&self, now: Instant) -> HashMap<&str, u32> {
-        let mut counts = HashMap::new();
-        for s in self.streams.values().filter(|s| s.expires > now) {
-            *counts.entry(s.origin_id.as_str()).or_insert(0) += 1;
+    fn forget_origin(&mut self, id: &str) -> bool {
+        let Some(entry) = self.origins.remove(id) else {
+            return false;
+        };
+        if let Some(at) = entry.expires {
+            self.origin_expiry.remove(&(at, id.to_string()));
         }
-        counts
+        self.file_room(id);
+        true
     }
+
+    /// Files `id` in the room sets it belongs in now (none when it is gone
+    /// or full).
+    fn file_room(&mut self, id: &str) {
+        if let Some(old) = self.rooms.filed.remove(id) {
+            let entry = (old, id.to_string());
+            for set in &mut self.rooms.sets {
+                set.remove(&entry);
+            }
+        }
+        let Some(OriginEntry { origin, .. }) = self.origins.get(id) else {
+            return;
+        };
+        let streams = self.loads.get(id).copied().unwrap_or(0);
+        if origin.max_streams != 0 && streams >= origin.max_streams {
+            return;
+        }
+        let l = Load(load(streams, origin.weight));
+        self.rooms.sets[0].insert((l, id.to_string()));
+        for p in PROTOCOLS {
+            if origin.serves(p) {
+                self.rooms.sets[room_index(Some(p))].insert((l, id.to_string()));
+            }
+        }
+        self.rooms.filed.insert(id.to_string(), l);
+    }
+
+    fn add_load(&mut self, id: &str, delta: i64) {
+        let n = i64::from(self.loads.get(id).copied().unwrap_or(0)) + delta;
+        if n > 0 {
+            self.loads.insert(id.to_string(), u32::try_from(n).unwrap_or(u32::MAX));
+        } else {
+            self.loads.remove(id);
+        }
+        self.file_room(id);
+    }
+
+    fn map(&mut self, key: &StreamKey, origin_id: &str, now: Instant, ttl: Duration) {
+        self.unmap(key);
+        let expires = now + ttl;
+        self.streams.insert(
+            key.clone(),
+            StreamEntry {
+                origin_id: origin_id.to_string(),
+                since: now,
+                expires,
+            },
+        );
+        self.stream_expiry.insert((expires, key.clone()));
+        self.add_load(origin_id, 1);
+    }
+
+    fn unmap(&mut self, key: &StreamKey) {
+        if let Some(entry) = self.streams.remove(key) {
+            self.stream_expiry.remove(&(entry.expires, key.clone()));
+            self.add_load(&entry.origin_id, -1);
+        }
+    }
+
+    fn touch(&mut self, key: &StreamKey, expires: Instant) {
+        if let Some(entry) = self.streams.get_mut(key) {
+            let old = std::mem::replace(&mut entry.expires, expires);
+            self.stream_expiry.remove(&(old, key.clone()));
+            self.stream_expiry.insert((expires, key.clone()));
+        }
+    }
+
+    /// The policy's choice among the origins with room for `protocol`.
+    fn choose(&self, policy: Policy, key: &StreamKey, protocol: Option<Protocol>, salt: u64) -> Option<String> {
+        let set = &self.rooms.sets[room_index(protocol)];
+        let weighted = || {
+            set.iter()
+                .map(|(_, id)| (id.as_str(), self.origins.get(id).map_or(1, |e| e.origin.weight)))
+        };
+        let chosen = match policy {
+            Policy::LeastStreams => {
+                let (least, _) = set.first()?;
+                let ties = set.iter().take_while(|(l, _)| l == least).count();
+                set.iter().nth(tie_index(salt, ties)).map(|(_, id)| id.as_str())
+            }
+            Policy::Random => rendezvous(&salt_text(salt), weighted()),
+            Policy::ConsistentHash => rendezvous(&key.to_string(), weighted()),
+        };
+        chosen.map(str::to_string)
+    }
+}
+
+/// A listing cursor: the last key listed, as hex of its JSON (opaque, and
+/// safe in a URL as it is).
+fn key_cursor(key: &StreamKey) -> Result<String, StoreError> {
+    let json = serde_json::to_vec(key).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(json.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn cursor_key(cursor: &str) -> Result<StreamKey, StoreError> {
+    if cursor.len() % 2 != 0 || !cursor.is_ascii() {
+        return Err(StoreError::BadCursor);
+    }
+    let bytes = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&cursor[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| StoreError::BadCursor)?;
+    serde_json::from_slice(&bytes).map_err(|_| StoreError::BadCursor)
 }
 
 /// In-process store. Clones share state.
@@ -74,6 +273,37 @@ impl Default for MemoryStore {
     }
 }
 
+/// The lock, with what expired dropped; announces expired origins when it
+/// is released.
+struct Locked<'a> {
+    inner: MutexGuard<'a, Inner>,
+    now: Instant,
+    expired: Vec<String>,
+    gone: &'a broadcast::Sender<OriginGone>,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.inner
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        for id in self.expired.drain(..) {
+            tracing::info!(origin = %id, "origin registration expired");
+            let _ = self.gone.send(OriginGone { id });
+        }
+    }
+}
+
 impl MemoryStore {
     pub fn new() -> Self {
         Self {
@@ -82,23 +312,38 @@ impl MemoryStore {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave the maps half
-        // updated (every update is a single insert/remove), so the data is
-        // still sound after poisoning.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> Locked<'_> {
+        // A panic while holding the lock would leave the indexes half
+        // updated; the store is then beyond repair, as any state would be.
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let expired = inner.expire(now);
+        Locked {
+            inner,
+            now,
+            expired,
+            gone: &self.gone,
+        }
     }
 
     pub fn upsert_origin(&self, origin: Origin, ttl: Option<Duration>) -> Result<(), StoreError> {
-        let expires = ttl.map(|t| Instant::now() + t);
-        self.lock()
-            .origins
-            .insert(origin.id.clone(), OriginEntry { origin, expires });
+        let mut inner = self.lock();
+        let expires = ttl.map(|t| inner.now + t);
+        let id = origin.id.clone();
+        if let Some(old) = inner.origins.insert(id.clone(), OriginEntry { origin, expires }) {
+            if let Some(at) = old.expires {
+                inner.origin_expiry.remove(&(at, id.clone()));
+            }
+        }
+        if let Some(at) = expires {
+            inner.origin_expiry.insert((at, id.clone()));
+        }
+        inner.file_room(&id);
         Ok(())
     }
 
     pub fn remove_origin(&self, id: &str) -> Result<bool, StoreError> {
-        let removed = self.lock().origins.remove(id).is_some();
+        let removed = self.lock().forget_origin(id);
         if removed {
             let _ = self.gone.send(OriginGone { id: id.to_string() });
         }
@@ -106,15 +351,13 @@ impl MemoryStore {
     }
 
     pub fn list_origins(&self) -> Result<Vec<OriginStatus>, StoreError> {
-        let now = Instant::now();
         let inner = self.lock();
-        let counts = inner.stream_counts(now);
+        let now = inner.now;
         let mut out: Vec<OriginStatus> = inner
             .origins
             .values()
-            .filter(|e| e.expires.is_none_or(|t| t > now))
             .map(|e| OriginStatus {
-                streams: counts.get(e.origin.id.as_str()).copied().unwrap_or(0),
+                streams: inner.loads.get(&e.origin.id).copied().unwrap_or(0),
                 expires_in_secs: e.expires.map(|t| (t - now).as_secs_f64()),
                 origin: e.origin.clone(),
             })
@@ -124,7 +367,7 @@ impl MemoryStore {
     }
 
     pub fn origin(&self, id: &str) -> Result<Option<Origin>, StoreError> {
-        Ok(self.lock().origin_live(id, Instant::now()).cloned())
+        Ok(self.lock().origins.get(id).map(|e| e.origin.clone()))
     }
 
     pub fn claim(
@@ -133,88 +376,51 @@ impl MemoryStore {
         policy: Policy,
         ttl: Duration,
         protocol: Option<Protocol>,
+        salt: u64,
     ) -> Result<Claim, StoreError> {
-        let now = Instant::now();
         let mut inner = self.lock();
+        let now = inner.now;
         let mut outcome = ClaimOutcome::New;
-        if let Some(entry) = inner.streams.get(key).filter(|s| s.expires > now) {
-            if let Some(origin) = inner.origin_live(&entry.origin_id, now).cloned() {
-                let entry = inner.streams.get_mut(key).expect("just read");
-                entry.expires = now + ttl;
+        if let Some(current) = inner.streams.get(key).map(|s| s.origin_id.clone()) {
+            if let Some(origin) = inner.origins.get(&current).map(|e| e.origin.clone()) {
+                inner.touch(key, now + ttl);
                 return Ok(Claim::Origin(origin, ClaimOutcome::Hit));
             }
             outcome = ClaimOutcome::Failover;
+            inner.unmap(key);
         }
-        let counts = inner.stream_counts(now);
-        let live: Vec<&Origin> = inner
-            .origins
-            .values()
-            .filter(|e| e.expires.is_none_or(|t| t > now))
-            .map(|e| &e.origin)
-            .filter(|o| protocol.is_none_or(|p| o.serves(p)))
-            .collect();
-        let candidates: Vec<Candidate> = live
-            .iter()
-            .map(|origin| Candidate {
-                origin,
-                streams: counts.get(origin.id.as_str()).copied().unwrap_or(0),
-            })
-            .collect();
-        let Some(chosen) = pick(policy, key, &candidates, rand::random()).cloned() else {
+        let Some(id) = inner.choose(policy, key, protocol, salt) else {
             return Ok(Claim::NoOrigin);
         };
-        inner.streams.insert(
-            key.clone(),
-            StreamEntry {
-                origin_id: chosen.id.clone(),
-                since: now,
-                expires: now + ttl,
-            },
-        );
-        Ok(Claim::Origin(chosen, outcome))
+        inner.map(key, &id, now, ttl);
+        let origin = inner.origins[&id].origin.clone();
+        Ok(Claim::Origin(origin, outcome))
     }
 
     pub fn lookup(&self, key: &StreamKey) -> Result<Option<Origin>, StoreError> {
-        let now = Instant::now();
         let inner = self.lock();
         Ok(inner
             .streams
             .get(key)
-            .filter(|s| s.expires > now)
-            .and_then(|s| inner.origin_live(&s.origin_id, now))
-            .cloned())
+            .and_then(|s| inner.origins.get(&s.origin_id))
+            .map(|e| e.origin.clone()))
     }
 
     pub fn refresh_stream(&self, key: &StreamKey, origin_id: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let now = Instant::now();
         let mut inner = self.lock();
-        if inner.origin_live(origin_id, now).is_none() {
+        let now = inner.now;
+        if !inner.origins.contains_key(origin_id) {
             return Ok(false);
         }
-        match inner.streams.get_mut(key) {
-            Some(s) if s.origin_id == origin_id && s.expires > now => {
-                s.expires = now + ttl;
+        match inner.streams.get(key) {
+            Some(s) if s.origin_id == origin_id => {
+                inner.touch(key, now + ttl);
                 Ok(true)
             }
             // The mapping expired while the relay ran (e.g. a long pause in
-            // refreshing) but nobody else took the stream: take it back.
-            Some(s) if s.expires <= now => {
-                *s = StreamEntry {
-                    origin_id: origin_id.to_string(),
-                    since: now,
-                    expires: now + ttl,
-                };
-                Ok(true)
-            }
+            // refreshing) and nobody else took the stream: take it back.
             None => {
-                inner.streams.insert(
-                    key.clone(),
-                    StreamEntry {
-                        origin_id: origin_id.to_string(),
-                        since: now,
-                        expires: now + ttl,
-                    },
-                );
+                inner.map(key, origin_id, now, ttl);
                 Ok(true)
             }
             Some(_) => Ok(false),
@@ -224,84 +430,84 @@ impl MemoryStore {
     pub fn release_stream(&self, key: &StreamKey, origin_id: &str) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if inner.streams.get(key).is_some_and(|s| s.origin_id == origin_id) {
-            inner.streams.remove(key);
+            inner.unmap(key);
         }
         Ok(())
     }
 
-    pub fn list_streams(&self) -> Result<Vec<StreamStatus>, StoreError> {
-        let now = Instant::now();
+    /// Up to `limit` mappings after `cursor` (a key as the previous page's
+    /// `next` gave it), in key order.
+    pub fn list_streams(&self, cursor: Option<&str>, limit: usize) -> Result<StreamPage, StoreError> {
+        let after: Option<StreamKey> = cursor.map(cursor_key).transpose()?;
         let inner = self.lock();
-        let mut out: Vec<StreamStatus> = inner
-            .streams
-            .iter()
-            .filter(|(_, s)| s.expires > now)
-            .map(|(key, s)| StreamStatus {
+        let now = inner.now;
+        let range = match &after {
+            Some(k) => inner.streams.range((Bound::Excluded(k), Bound::Unbounded)),
+            None => inner.streams.range::<StreamKey, _>(..),
+        };
+        let mut streams = Vec::new();
+        let mut more = false;
+        for (key, s) in range {
+            if streams.len() == limit.max(1) {
+                more = true;
+                break;
+            }
+            streams.push(StreamStatus {
                 key: key.clone(),
                 origin_id: s.origin_id.clone(),
                 age_secs: (now - s.since).as_secs_f64(),
                 expires_in_secs: (s.expires - now).as_secs_f64(),
-            })
-            .collect();
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+            });
+        }
+        let next = match (more, streams.last()) {
+            (true, Some(last)) => Some(key_cursor(&last.key)?),
+            _ => None,
+        };
+        Ok(StreamPage { streams, next })
     }
 
     pub fn put_session(&self, kind: SessionKind, id: &str, session: &Session, ttl: Duration) -> Result<(), StoreError> {
-        let expires = Instant::now() + ttl;
-        self.lock().sessions.insert(
+        let mut inner = self.lock();
+        let expires = inner.now + ttl;
+        let old = inner.sessions.insert(
             (kind, id.to_string()),
             SessionEntry {
                 session: session.clone(),
                 expires,
             },
         );
+        if let Some(old) = old {
+            inner.session_expiry.remove(&(old.expires, kind, id.to_string()));
+        }
+        inner.session_expiry.insert((expires, kind, id.to_string()));
         Ok(())
     }
 
     pub fn touch_session(&self, kind: SessionKind, id: &str, ttl: Duration) -> Result<Option<Session>, StoreError> {
-        let now = Instant::now();
         let mut inner = self.lock();
-        let key = (kind, id.to_string());
-        match inner.sessions.get_mut(&key) {
-            Some(e) if e.expires > now => {
-                e.expires = now + ttl;
-                Ok(Some(e.session.clone()))
-            }
-            Some(_) => {
-                inner.sessions.remove(&key);
-                Ok(None)
-            }
-            None => Ok(None),
-        }
+        let expires = inner.now + ttl;
+        let Some(entry) = inner.sessions.get_mut(&(kind, id.to_string())) else {
+            return Ok(None);
+        };
+        let old = std::mem::replace(&mut entry.expires, expires);
+        let session = entry.session.clone();
+        inner.session_expiry.remove(&(old, kind, id.to_string()));
+        inner.session_expiry.insert((expires, kind, id.to_string()));
+        Ok(Some(session))
     }
 
     pub fn remove_session(&self, kind: SessionKind, id: &str) -> Result<(), StoreError> {
-        self.lock().sessions.remove(&(kind, id.to_string()));
+        let mut inner = self.lock();
+        if let Some(old) = inner.sessions.remove(&(kind, id.to_string())) {
+            inner.session_expiry.remove(&(old.expires, kind, id.to_string()));
+        }
         Ok(())
     }
 
-    /// Drops everything expired and announces origins that expired.
+    /// Drops everything expired and announces origins that expired (every
+    /// operation does this first; the sweep makes it happen when idle).
     pub fn sweep(&self) -> Result<(), StoreError> {
-        let now = Instant::now();
-        let expired: Vec<String> = {
-            let mut inner = self.lock();
-            inner.streams.retain(|_, s| s.expires > now);
-            inner.sessions.retain(|_, s| s.expires > now);
-            let expired: Vec<String> = inner
-                .origins
-                .iter()
-                .filter(|(_, e)| e.expires.is_some_and(|t| t <= now))
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in &expired {
-                inner.origins.remove(id);
-            }
-            expired
-        };
-        for id in expired {
-            let _ = self.gone.send(OriginGone { id });
-        }
+        drop(self.lock());
         Ok(())
     }
 
@@ -309,10 +515,16 @@ impl MemoryStore {
         self.gone.subscribe()
     }
 
-    /// Number of entries of every kind, expired or not (to prove that
-    /// nothing grows without bound).
+    /// Number of entries of every kind that describe origins, streams or
+    /// sessions, indexes included (to prove that nothing grows without
+    /// bound). Counts what is there now, before dropping what expired.
     pub fn entry_count(&self) -> usize {
-        let inner = self.lock();
-        inner.origins.len() + inner.streams.len() + inner.sessions.len()
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.origins.len()
+            + inner.streams.len()
+            + inner.stream_expiry.len()
+            + inner.loads.len()
+            + inner.sessions.len()
+            + inner.session_expiry.len()
     }
 }

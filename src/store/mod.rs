@@ -41,6 +41,9 @@ pub enum StoreError {
     /// The backing service answered something this code cannot read.
     #[error("store returned bad data: {0}")]
     Corrupt(String),
+    /// A listing cursor this store did not hand out.
+    #[error("not a cursor of this store")]
+    BadCursor,
 }
 
 impl StoreError {
@@ -49,6 +52,7 @@ impl StoreError {
         match self {
             Self::Unavailable(_) => "unavailable",
             Self::Corrupt(_) => "corrupt",
+            Self::BadCursor => "bad_cursor",
         }
     }
 }
@@ -106,6 +110,16 @@ pub struct StreamStatus {
     pub expires_in_secs: f64,
 }
 
+/// One page of [`Store::list_streams`].
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamPage {
+    /// In key order for the memory store; in no particular order for
+    /// Redis (a page is one step of an `HSCAN`).
+    pub streams: Vec<StreamStatus>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<String>,
+}
+
 /// What a routing session points at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
@@ -118,7 +132,7 @@ pub struct Session {
 }
 
 /// Kinds of routing sessions, each its own namespace of ids.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SessionKind {
     /// HLS: the `spbhid` token in playlist and segment URLs.
     Hls,
@@ -198,9 +212,24 @@ impl Store {
         ttl: Duration,
         protocol: Option<Protocol>,
     ) -> Result<Claim, StoreError> {
+        self.claim_salted(key, policy, ttl, protocol, rand::random()).await
+    }
+
+    /// [`Store::claim_for`] with the policy's randomness given: the origin
+    /// placed is [`crate::balance::pick`] over the live origins serving
+    /// `protocol` (with their stream counts) and this salt. How tests hold
+    /// the stores' indexed placement to the policy functions.
+    pub async fn claim_salted(
+        &self,
+        key: &StreamKey,
+        policy: Policy,
+        ttl: Duration,
+        protocol: Option<Protocol>,
+        salt: u64,
+    ) -> Result<Claim, StoreError> {
         match self {
-            Self::Memory(s) => s.claim(key, policy, ttl, protocol),
-            Self::Redis(s) => s.claim(key, policy, ttl, protocol).await,
+            Self::Memory(s) => s.claim(key, policy, ttl, protocol, salt),
+            Self::Redis(s) => s.claim(key, policy, ttl, protocol, salt).await,
         }
     }
 
@@ -231,11 +260,13 @@ impl Store {
         }
     }
 
-    /// Current stream mappings.
-    pub async fn list_streams(&self) -> Result<Vec<StreamStatus>, StoreError> {
+    /// Current stream mappings, `limit` (about, for Redis) at a time:
+    /// `cursor` is the previous page's `next`, `None` for the first page.
+    /// Each call costs the page, not every stream.
+    pub async fn list_streams(&self, cursor: Option<&str>, limit: usize) -> Result<StreamPage, StoreError> {
         match self {
-            Self::Memory(s) => s.list_streams(),
-            Self::Redis(s) => s.list_streams().await,
+            Self::Memory(s) => s.list_streams(cursor, limit),
+            Self::Redis(s) => s.list_streams(cursor, limit).await,
         }
     }
 

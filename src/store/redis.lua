@@ -2,50 +2,72 @@
 -- operation is atomic and takes one round trip. The data model is described
 -- in redis.rs.
 --
+-- Every key the script touches is declared in KEYS (all share one hash tag,
+-- so one Redis Cluster slot), which keeps scripts correct while that slot
+-- migrates between cluster nodes:
+--
 -- KEYS[1]  origins        zset   origin id -> expiry (ms, server clock; inf = static)
 -- KEYS[2]  registrations  hash   origin id -> Origin JSON
--- KEYS[3]  streams        zset   stream -> expiry (ms): lists and trims mappings
+-- KEYS[3]  policy         hash   origin id -> "<weight> <max streams> <protocol>,<protocol>..."
+-- KEYS[4]  load           hash   origin id -> streams mapped to it (kept exact by map/unmap)
+-- KEYS[5]  mappings       hash   stream -> origin id
+-- KEYS[6]  mapping-info   hash   stream -> "<since ms> <StreamKey JSON>"
+-- KEYS[7]  expiry         zset   stream -> expiry (ms)
+-- KEYS[8]  gone           zset   origin id -> when it was removed or expired
+-- KEYS[9..14] room:<any|rtmp|http|api|srt|rtc>
+--                         zset   origin id -> load (streams / weight), for live
+--                                origins with room that serve the protocol
+-- KEYS[15] (session operations only) the session's string key
 -- ARGV[1]  operation
--- ARGV[2]  namespace of the keys built here (all share KEYS' hash tag):
---            <ns>stream:<stream>          hash {origin, since, key}, PEXPIRE'd
---            <ns>origin-streams:<id>      zset stream -> expiry: the origin's load
---            <ns>session:<kind>:<id>      string (Session JSON), PEXPIRE'd
---            <ns>gone                     zset origin id -> when it was removed/expired
---            <ns>origin-gone              pub/sub channel of removed/expired ids
+-- ARGV[2]  the pub/sub channel announcing removed and expired origins
 -- ARGV[3..] the operation's arguments
+--
+-- Cost: nothing walks every stream. Expired mappings and origins are taken
+-- from the expiry-ordered sets as they fall due; least-streams reads the
+-- least loaded run of one room set by rank; random and consistent-hash read
+-- the ids and weights of the origins with room and hash each (rendezvous
+-- needs them all). Listing streams is an HSCAN page.
 --
 -- Time is the server's (TIME), so proxies with skewed clocks agree.
 
-local origins, registrations, streams = KEYS[1], KEYS[2], KEYS[3]
-local op, ns = ARGV[1], ARGV[2]
+local origins, registrations, policy, load, mappings, info, expiry, gone =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local rooms = {[''] = KEYS[9], rtmp = KEYS[10], http = KEYS[11], api = KEYS[12], srt = KEYS[13], rtc = KEYS[14]}
+local op, gone_channel = ARGV[1], ARGV[2]
 
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+
+-- How long a removed or expired origin is remembered as gone (ms): longer
+-- than any relay waits between refreshes.
+local GONE_MS = 900000
+-- Expired mappings a claim clears before placing a stream (the sweep
+-- clears the rest), so one claim never does unbounded work.
+local CLAIM_EXPIRE_BATCH = 100
 
 local function ms(n)
   return string.format('%.0f', n)
 end
 
-local function stream_key(stream)
-  return ns .. 'stream:' .. stream
+-- A load as a score that reads back as the same double.
+local function score_text(x)
+  return string.format('%.17g', x)
 end
-
-local function load_key(id)
-  return ns .. 'origin-streams:' .. id
-end
-
-local function session_key(kind, id)
-  return ns .. 'session:' .. kind .. ':' .. id
-end
-
-local gone_channel = ns .. 'origin-gone'
-local gone = ns .. 'gone'
--- How long a removed or expired origin is remembered as gone (ms): longer
--- than any relay waits between refreshes.
-local GONE_MS = 900000
 
 local function alive(score)
   return score and (score == 'inf' or tonumber(score) > now)
+end
+
+-- Byte-wise a < b (Lua's own < follows the server's locale).
+local function bytes_less(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      return x < y
+    end
+  end
+  return #a < #b
 end
 
 -- The registration JSON of a live origin, or nil.
@@ -56,49 +78,92 @@ local function live_origin(id)
   return nil
 end
 
--- Adds or re-scores a member of an expiry-scored set; the set itself
--- expires with its longest-lived member, so an idle store empties itself.
-local function track(set, member, ttl)
-  redis.call('ZADD', set, ms(now + ttl), member)
-  if redis.call('PTTL', set) < ttl then
-    redis.call('PEXPIRE', set, ttl)
+-- Weight, streams limit and served protocols of an origin's policy entry.
+local function parse_policy(p)
+  local w, m, protos = string.match(p, '^(%d+) (%d+) ?(.*)$')
+  return tonumber(w), tonumber(m), protos
+end
+
+-- Files `id` in the room sets it belongs in now: none when it is gone,
+-- expired or full.
+local function file_room(id)
+  local p = redis.call('HGET', policy, id)
+  local w, m, protos, n
+  local room = false
+  if p and alive(redis.call('ZSCORE', origins, id)) then
+    w, m, protos = parse_policy(p)
+    n = tonumber(redis.call('HGET', load, id) or '0')
+    room = m == 0 or n < m
+  end
+  for proto, key in pairs(rooms) do
+    if room and (proto == '' or string.find(',' .. protos .. ',', ',' .. proto .. ',', 1, true)) then
+      redis.call('ZADD', key, score_text(n / w), id)
+    else
+      redis.call('ZREM', key, id)
+    end
   end
 end
 
--- Streams an origin holds now (expired ones dropped first).
-local function load(id)
-  local set = load_key(id)
-  redis.call('ZREMRANGEBYSCORE', set, '-inf', ms(now))
-  return redis.call('ZCARD', set)
+local function add_load(id, delta)
+  if redis.call('HINCRBY', load, id, delta) <= 0 then
+    redis.call('HDEL', load, id)
+  end
+  file_room(id)
+end
+
+local function unmap(stream)
+  local id = redis.call('HGET', mappings, stream)
+  redis.call('HDEL', mappings, stream)
+  redis.call('HDEL', info, stream)
+  redis.call('ZREM', expiry, stream)
+  if id then
+    add_load(id, -1)
+  end
 end
 
 local function map(stream, key_json, id, ttl)
-  local k = stream_key(stream)
-  redis.call('HSET', k, 'origin', id, 'since', ms(now), 'key', key_json)
-  redis.call('PEXPIRE', k, ttl)
-  track(streams, stream, ttl)
-  track(load_key(id), stream, ttl)
+  unmap(stream)
+  redis.call('HSET', mappings, stream, id)
+  redis.call('HSET', info, stream, ms(now) .. ' ' .. key_json)
+  redis.call('ZADD', expiry, ms(now + ttl), stream)
+  add_load(id, 1)
 end
 
-local function touch(stream, id, ttl)
-  redis.call('PEXPIRE', stream_key(stream), ttl)
-  track(streams, stream, ttl)
-  track(load_key(id), stream, ttl)
+local function touch(stream, ttl)
+  redis.call('ZADD', expiry, ms(now + ttl), stream)
 end
 
-local function unmap(stream, id)
-  redis.call('DEL', stream_key(stream))
-  redis.call('ZREM', streams, stream)
-  redis.call('ZREM', load_key(id), stream)
+-- The origin a live mapping points at, or nil (also for an expired one).
+local function mapped(stream)
+  local id = redis.call('HGET', mappings, stream)
+  if id and alive(redis.call('ZSCORE', expiry, stream)) then
+    return id
+  end
+  return nil
 end
 
 local function forget_origin(id)
   redis.call('ZREM', origins, id)
   redis.call('HDEL', registrations, id)
-  redis.call('DEL', load_key(id))
+  redis.call('HDEL', policy, id)
+  file_room(id)
   redis.call('ZADD', gone, ms(now), id)
   redis.call('PEXPIRE', gone, GONE_MS)
   redis.call('PUBLISH', gone_channel, id)
+end
+
+-- Clears what fell due: every expired origin (announced) and up to `batch`
+-- expired mappings. Returns the expired origins and the mappings cleared.
+local function expire(batch)
+  local expired = redis.call('ZRANGEBYSCORE', origins, '-inf', ms(now))
+  for _, id in ipairs(expired) do
+    forget_origin(id)
+  end
+  local due = redis.call('ZRANGEBYSCORE', expiry, '-inf', ms(now), 'LIMIT', 0, batch)
+  for _, stream in ipairs(due) do
+    unmap(stream)
+  end
+  return expired, #due
 end
 
 -- Policies: the same functions as balance.rs, from the same inputs.
@@ -109,113 +174,83 @@ local function draw(text, id)
   return (bits + 0.5) / 4503599627370496
 end
 
--- Weighted rendezvous, as balance::race. Exact score ties (which need equal
--- 52-bit draws) fall to the first candidate here and to the smaller id there.
-local function race(text, cands, weighted)
+-- balance::tie_index: the salt's low 32 bits modulo the number of ties.
+local function tie_index(salt, ties)
+  return tonumber(string.sub(salt, 9, 16), 16) % ties
+end
+
+-- Weighted rendezvous over {id, weight} (balance::rendezvous): the highest
+-- -weight / ln(draw) wins, the byte-wise smaller id on an exact tie.
+local function rendezvous(text, cands)
   local best, best_score
   for _, c in ipairs(cands) do
-    local w = 1
-    if weighted then
-      w = c.weight
-    end
-    local score = -w / math.log(draw(text, c.id))
-    if best == nil or score > best_score then
+    local score = -math.max(1, c.weight) / math.log(draw(text, c.id))
+    if best == nil or score > best_score or (score == best_score and bytes_less(c.id, best.id)) then
       best, best_score = c, score
     end
   end
-  return best
+  return best and best.id
 end
 
--- cands: {id, weight (>= 1), streams}, every one with room.
-local function choose(policy, stream, salt, cands)
-  if #cands == 0 then
+-- The origin a new stream goes to, read from the room set of `proto`.
+local function choose(policy_name, stream, salt, proto)
+  local room = rooms[proto or '']
+  if room == nil then
     return nil
   end
-  if policy == 'random' then
-    return race(salt, cands, true)
-  elseif policy == 'consistent-hash' then
-    return race(stream, cands, true)
+  if policy_name == 'least-streams' then
+    -- The set is ordered by load, then id (byte-wise): the least loaded
+    -- run is at the front, and its k-th member is one rank lookup away.
+    local first = redis.call('ZRANGE', room, 0, 0, 'WITHSCORES')
+    if #first == 0 then
+      return nil
+    end
+    local k = tie_index(salt, redis.call('ZCOUNT', room, first[2], first[2]))
+    if k == 0 then
+      return first[1]
+    end
+    return redis.call('ZRANGE', room, k, k)[1]
   end
-  local best = cands[1]
-  for i = 2, #cands do
-    local c = cands[i]
-    if c.streams * best.weight < best.streams * c.weight then
-      best = c
+  local ids = redis.call('ZRANGE', room, 0, -1)
+  local cands = {}
+  for i = 1, #ids, 500 do
+    local chunk = {unpack(ids, i, math.min(i + 499, #ids))}
+    local policies = redis.call('HMGET', policy, unpack(chunk))
+    for j, id in ipairs(chunk) do
+      cands[#cands + 1] = {id = id, weight = parse_policy(policies[j] or '1 0')}
     end
   end
-  local ties = {}
-  for _, c in ipairs(cands) do
-    if c.streams * best.weight == best.streams * c.weight then
-      ties[#ties + 1] = c
-    end
+  if policy_name == 'random' then
+    return rendezvous(salt, cands)
   end
-  return race(salt, ties, false)
-end
-
-local function candidate(id, weight, max_streams, streams)
-  if max_streams > 0 and streams >= max_streams then
-    return nil
-  end
-  return {id = id, weight = math.max(1, weight), streams = streams}
-end
-
--- Whether a decoded registration has a port for `proto` ('' = any);
--- WebRTC also needs the api port its signalling goes to (Origin::serves).
-local function has_port(o, name)
-  local port = type(o.ports) == 'table' and o.ports[name]
-  return port ~= nil and port ~= false and port ~= cjson.null
-end
-
-local function serves(o, proto)
-  if proto == nil or proto == '' then
-    return true
-  end
-  if proto == 'rtc' and not has_port(o, 'api') then
-    return false
-  end
-  return has_port(o, proto)
-end
-
--- Live origins with room (serving `proto`), each with its registration.
-local function candidates(proto)
-  local out = {}
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', origins, '(' .. ms(now), '+inf')) do
-    local reg = redis.call('HGET', registrations, id)
-    local o = reg and cjson.decode(reg)
-    if o and serves(o, proto) then
-      local c = candidate(id, tonumber(o.weight) or 1, tonumber(o.max_streams) or 0, load(id))
-      if c then
-        c.reg = reg
-        out[#out + 1] = c
-      end
-    end
-  end
-  return out
+  return rendezvous(stream, cands)
 end
 
 if op == 'claim' then
   -- stream, key JSON, ttl ms, policy, salt, protocol -> {outcome, origin JSON} | {'none'}
-  local stream, key_json, ttl, policy, salt, proto = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8]
+  local stream, key_json, ttl, policy_name, salt, proto =
+    ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8]
   local outcome = 'new'
-  local current = redis.call('HGET', stream_key(stream), 'origin')
+  local current = mapped(stream)
   if current then
     local reg = live_origin(current)
     if reg then
-      touch(stream, current, ttl)
+      touch(stream, ttl)
       return {'hit', reg}
     end
     outcome = 'failover'
-    redis.call('ZREM', load_key(current), stream)
   end
-  local c = choose(policy, stream, salt, candidates(proto))
-  if c == nil then
+  unmap(stream)
+  expire(CLAIM_EXPIRE_BATCH)
+  local id = choose(policy_name, stream, salt, proto)
+  if id == nil then
     return {'none'}
   end
-  map(stream, key_json, c.id, ttl)
-  return {outcome, c.reg}
+  map(stream, key_json, id, ttl)
+  return {outcome, redis.call('HGET', registrations, id)}
 elseif op == 'lookup' then
   -- stream -> origin JSON | nil
-  local current = redis.call('HGET', stream_key(ARGV[3]), 'origin')
+  local current = mapped(ARGV[3])
   return current and live_origin(current)
 elseif op == 'refresh' then
   -- stream, key JSON, origin id, ttl ms -> 1 | 0
@@ -232,9 +267,9 @@ elseif op == 'refresh' then
   elseif not alive(score) then
     return 0
   end
-  local current = redis.call('HGET', stream_key(stream), 'origin')
+  local current = mapped(stream)
   if current == id then
-    touch(stream, id, ttl)
+    touch(stream, ttl)
     return 1
   elseif not current then
     -- Expired while the relay ran, and nobody else took it: take it back.
@@ -245,21 +280,23 @@ elseif op == 'refresh' then
 elseif op == 'release' then
   -- stream, origin id -> 1 | 0
   local stream, id = ARGV[3], ARGV[4]
-  if redis.call('HGET', stream_key(stream), 'origin') == id then
-    unmap(stream, id)
+  if redis.call('HGET', mappings, stream) == id then
+    unmap(stream)
     return 1
   end
   return 0
 elseif op == 'upsert_origin' then
-  -- id, Origin JSON, ttl ms ('' = static) -> 1
-  local id, reg, ttl = ARGV[3], ARGV[4], ARGV[5]
+  -- id, Origin JSON, ttl ms ('' = static), policy entry -> 1
+  local id, reg, ttl, pol = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
   local score = 'inf'
   if ttl ~= '' then
     score = ms(now + tonumber(ttl))
   end
   redis.call('HSET', registrations, id, reg)
+  redis.call('HSET', policy, id, pol)
   redis.call('ZADD', origins, score, id)
   redis.call('ZREM', gone, id)
+  file_room(id)
   return 1
 elseif op == 'remove_origin' then
   -- id -> 1 | 0
@@ -274,6 +311,7 @@ elseif op == 'origin' then
   return live_origin(ARGV[3])
 elseif op == 'list_origins' then
   -- -> {origin JSON, streams, ms until expiry (-1 = static), ...}
+  expire(CLAIM_EXPIRE_BATCH)
   local out = {}
   local live = redis.call('ZRANGEBYSCORE', origins, '(' .. ms(now), '+inf', 'WITHSCORES')
   for i = 1, #live, 2 do
@@ -281,7 +319,7 @@ elseif op == 'list_origins' then
     local reg = redis.call('HGET', registrations, id)
     if reg then
       out[#out + 1] = reg
-      out[#out + 1] = load(id)
+      out[#out + 1] = tonumber(redis.call('HGET', load, id) or '0')
       if score == 'inf' then
         out[#out + 1] = -1
       else
@@ -291,60 +329,75 @@ elseif op == 'list_origins' then
   end
   return out
 elseif op == 'list_streams' then
-  -- -> {key JSON, origin id, ms since claimed, ms until expiry, ...}
-  local out = {}
-  redis.call('ZREMRANGEBYSCORE', streams, '-inf', ms(now))
-  for _, stream in ipairs(redis.call('ZRANGE', streams, 0, -1)) do
-    local k = stream_key(stream)
-    local v = redis.call('HMGET', k, 'key', 'origin', 'since')
-    local pttl = redis.call('PTTL', k)
-    if v[1] and v[2] and v[3] and pttl > 0 then
-      out[#out + 1] = v[1]
-      out[#out + 1] = v[2]
-      out[#out + 1] = now - tonumber(v[3])
-      out[#out + 1] = pttl
+  -- cursor, count -> {next cursor, key JSON, origin id, ms since claimed, ms until expiry, ...}
+  local page = redis.call('HSCAN', mappings, ARGV[3], 'COUNT', ARGV[4])
+  local out = {page[1]}
+  local kv = page[2]
+  for i = 1, #kv, 2 do
+    local stream, id = kv[i], kv[i + 1]
+    local expires = redis.call('ZSCORE', expiry, stream)
+    local since, key_json = string.match(redis.call('HGET', info, stream) or '', '^(%d+) (.*)$')
+    if alive(expires) and since then
+      out[#out + 1] = key_json
+      out[#out + 1] = id
+      out[#out + 1] = now - tonumber(since)
+      out[#out + 1] = tonumber(expires) - now
     end
   end
   return out
 elseif op == 'put_session' then
-  -- kind, id, Session JSON, ttl ms -> 1
-  redis.call('SET', session_key(ARGV[3], ARGV[4]), ARGV[5], 'PX', ARGV[6])
+  -- Session JSON, ttl ms -> 1
+  redis.call('SET', KEYS[15], ARGV[3], 'PX', ARGV[4])
   return 1
 elseif op == 'touch_session' then
-  -- kind, id, ttl ms -> Session JSON | nil
-  local k = session_key(ARGV[3], ARGV[4])
-  local v = redis.call('GET', k)
+  -- ttl ms -> Session JSON | nil
+  local v = redis.call('GET', KEYS[15])
   if v then
-    redis.call('PEXPIRE', k, ARGV[5])
+    redis.call('PEXPIRE', KEYS[15], ARGV[3])
   end
   return v
 elseif op == 'remove_session' then
-  -- kind, id -> 1 | 0
-  return redis.call('DEL', session_key(ARGV[3], ARGV[4]))
+  -- -> 1 | 0
+  return redis.call('DEL', KEYS[15])
 elseif op == 'sweep' then
-  -- -> ids of origins that expired (each announced on the gone channel)
-  local expired = redis.call('ZRANGEBYSCORE', origins, '-inf', ms(now))
-  for _, id in ipairs(expired) do
-    forget_origin(id)
-  end
-  redis.call('ZREMRANGEBYSCORE', streams, '-inf', ms(now))
+  -- batch -> {mappings cleared, ids of origins that expired...}
+  local expired, cleared = expire(tonumber(ARGV[3]))
   redis.call('ZREMRANGEBYSCORE', gone, '-inf', ms(now - GONE_MS))
-  for _, id in ipairs(redis.call('ZRANGE', origins, 0, -1)) do
-    load(id)
+  local out = {cleared}
+  for _, id in ipairs(expired) do
+    out[#out + 1] = id
   end
-  return expired
+  return out
 elseif op == 'pick' then
   -- policy, stream, salt, then {id, weight, max_streams, streams}... -> id | nil
-  -- The policy alone on given candidates, touching no key: lets tests hold
-  -- this script to balance.rs.
+  -- balance::pick on given candidates, touching no key: lets tests hold
+  -- this script's functions to balance.rs.
+  local policy_name, stream, salt = ARGV[3], ARGV[4], ARGV[5]
   local cands = {}
   for i = 6, #ARGV, 4 do
-    local c = candidate(ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]))
-    if c then
-      cands[#cands + 1] = c
+    local w, m, n = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+    if m == 0 or n < m then
+      cands[#cands + 1] = {id = ARGV[i], weight = w, load = n / math.max(1, w)}
     end
   end
-  local c = choose(ARGV[3], ARGV[4], ARGV[5], cands)
-  return c and c.id
+  if #cands == 0 then
+    return nil
+  elseif policy_name == 'random' then
+    return rendezvous(salt, cands)
+  elseif policy_name == 'consistent-hash' then
+    return rendezvous(stream, cands)
+  end
+  local least = cands[1].load
+  for _, c in ipairs(cands) do
+    least = math.min(least, c.load)
+  end
+  local ties = {}
+  for _, c in ipairs(cands) do
+    if c.load == least then
+      ties[#ties + 1] = c.id
+    end
+  end
+  table.sort(ties, bytes_less)
+  return ties[tie_index(salt, #ties) + 1]
 end
 return redis.error_reply('unknown operation ' .. tostring(op))

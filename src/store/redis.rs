@@ -11,9 +11,12 @@
 //! |---|---|---|
 //! | `srs-proxy:{routing}:origins` | zset | origin id → expiry (ms, Redis clock; `inf` = static) |
 //! | `srs-proxy:{routing}:registrations` | hash | origin id → `Origin` JSON |
-//! | `srs-proxy:{routing}:streams` | zset | stream → expiry: the index `list_streams` reads |
-//! | `srs-proxy:{routing}:stream:<vhost/app/stream>` | hash | `origin`, `since`, `key`; expires with the mapping |
-//! | `srs-proxy:{routing}:origin-streams:<id>` | zset | stream → expiry: the origin's load for least-streams |
+//! | `srs-proxy:{routing}:policy` | hash | origin id → weight, stream limit, protocols served |
+//! | `srs-proxy:{routing}:load` | hash | origin id → streams mapped to it |
+//! | `srs-proxy:{routing}:room:<any\|rtmp\|http\|api\|srt\|rtc>` | zset | origin id → streams / weight, for live origins with room serving the protocol |
+//! | `srs-proxy:{routing}:mappings` | hash | stream → origin id |
+//! | `srs-proxy:{routing}:mapping-info` | hash | stream → when claimed, `StreamKey` JSON |
+//! | `srs-proxy:{routing}:expiry` | zset | stream → expiry of its mapping |
 //! | `srs-proxy:{routing}:session:<hls\|rtc>:<id>` | string | `Session` JSON; expires with the session |
 //! | `srs-proxy:{routing}:gone` | zset | origin id → when it was removed or expired (kept 15 min) |
 //! | `srs-proxy:{routing}:origin-gone` | channel | ids of origins removed or expired |
@@ -24,69 +27,102 @@
 //!   EVAL when Redis lost its script cache): atomic on the server and one
 //!   round trip. A claim finds a live mapping or places the stream with the
 //!   policy (the same functions as [`crate::balance`]) and writes it, inside
-//!   that one call; the proxy never reads then writes.
+//!   that one call; the proxy never reads then writes. Every key a call
+//!   touches is declared, so calls stay correct while a cluster migrates
+//!   the slot.
+//! * No call walks every stream, and a claim reads only what its policy
+//!   needs: the load of every origin is kept exact as mappings are made,
+//!   released, fail over and expire (expired mappings are cleared from the
+//!   `expiry` set as they fall due, a bounded batch per claim and the rest
+//!   by [`RedisStore::sweep`]), and the origins with room are kept per
+//!   protocol in sets ordered by load: `least-streams` reads the least
+//!   loaded run by rank, `random` and `consistent-hash` read the ids and
+//!   weights with room. Listing streams is paged (`HSCAN`).
 //! * Live origins are a range of the `origins` zset by score, filtered
-//!   against the server's clock: no KEYS/SCAN, and an expired origin is never
-//!   returned even before [`RedisStore::sweep`] prunes it and announces it.
-//! * Stream mappings and sessions are keys with a TTL that use extends; the
-//!   index zsets are trimmed by score and expire with their last member. An
-//!   idle store keeps nothing but origin registrations.
+//!   against the server's clock: no KEYS/SCAN, and an expired origin is
+//!   never returned; the first call that sees it expired forgets it and
+//!   announces it.
 //! * Removals and expiries are published on `origin-gone`; every replica
 //!   relays them to [`RedisStore::subscribe_gone`], so relays to a dead origin
 //!   end at once on all of them. They are also remembered in `gone`, so a
 //!   refresh can tell an origin that went away (the relay ends) from one a
 //!   Redis that restarted empty has not heard of yet (the relay goes on, and
 //!   its mapping returns when the origin registers again).
+//! * Sessions are keys with a TTL that use extends. An idle store (after
+//!   its mappings expire and a sweep) keeps nothing but origin state.
 //!
 //! # When Redis is in trouble
 //!
-//! Commands fail at once while the connection is down (fred's per-command
-//! fail-fast) and are bounded by `redis.timeout` otherwise; a connection that
-//! stops answering is dropped. fred reconnects by itself with a short
-//! backoff, and the subscriber re-subscribes on every reconnect. The caller
+//! See [`connection`]: calls fail at once while the connection to the
+//! primary is down and are bounded by `redis.timeout` otherwise; the
+//! connection follows a Sentinel or Cluster failover by itself. The caller
 //! turns failures into 503s; nothing here retries a request.
+
+mod connection;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use fred::prelude::{
-    ClientLike, ClientState, Config as FredConfig, ErrorKind, EventInterface, LuaInterface, PubsubInterface,
-    ReconnectPolicy, ServerConfig, TcpConfig, Value,
-};
-use fred::types::config::UnresponsiveConfig;
-use fred::types::Builder;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, watch};
-use tokio::task::JoinHandle;
+use fred::prelude::{Config as FredConfig, ServerConfig, Value};
 
-use super::{Claim, ClaimOutcome, OriginGone, OriginStatus, Session, SessionKind, StoreError, StreamStatus};
+use self::connection::{Connection, Supervisor};
+use super::{
+    Claim, ClaimOutcome, OriginGone, OriginStatus, Session, SessionKind, StoreError, StreamPage, StreamStatus,
+};
 use crate::balance::{salt_text, Candidate, Policy};
 use crate::config::RedisConfig;
 use crate::origin::{Origin, Protocol};
 use crate::stream_key::StreamKey;
+use tokio::sync::broadcast;
 
 const SCRIPT: &str = include_str!("redis.lua");
 
-/// Names of the keys the script is given; the rest it derives from `ns`.
+/// The hash tag every key carries (so a cluster keeps them in one slot).
+const HASH_TAG: &str = "routing";
+
+/// The room sets, in the order the script declares them (then one per
+/// protocol, named as `Protocol` displays it).
+const ROOMS: [&str; 6] = ["any", "rtmp", "http", "api", "srt", "rtc"];
+
+/// Expired mappings one sweep call clears; a sweep repeats the call until
+/// less than this is left.
+const SWEEP_BATCH: usize = 1000;
+
+/// Names of the keys every call declares.
 struct Keys {
     /// Prefix of every key: the configured prefix plus the hash tag.
     ns: String,
-    fixed: [String; 3],
+    /// `origins` … `room:rtc`, in the script's `KEYS` order.
+    fixed: Vec<String>,
     gone_channel: String,
 }
 
 impl Keys {
     fn new(prefix: &str) -> Self {
-        let ns = format!("{prefix}{{routing}}:");
+        let ns = format!("{prefix}{{{HASH_TAG}}}:");
+        let mut fixed: Vec<String> = [
+            "origins",
+            "registrations",
+            "policy",
+            "load",
+            "mappings",
+            "mapping-info",
+            "expiry",
+            "gone",
+        ]
+        .iter()
+        .map(|k| format!("{ns}{k}"))
+        .collect();
+        fixed.extend(ROOMS.iter().map(|p| format!("{ns}room:{p}")));
         Self {
-            fixed: [
-                format!("{ns}origins"),
-                format!("{ns}registrations"),
-                format!("{ns}streams"),
-            ],
+            fixed,
             gone_channel: format!("{ns}origin-gone"),
             ns,
         }
+    }
+
+    fn session(&self, kind: SessionKind, id: &str) -> String {
+        format!("{}session:{}:{id}", self.ns, kind.as_str())
     }
 }
 
@@ -97,30 +133,12 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    /// Commands; fred applies the configured timeout to each.
-    client: fred::prelude::Client,
-    /// A second connection for pub/sub only: a subscribed connection can
-    /// run no other command.
-    subscriber: fred::prelude::Client,
+    connection: Connection,
     keys: Keys,
     script_sha: String,
-    timeout: Duration,
-    gone: broadcast::Sender<OriginGone>,
-    /// Relays `origin-gone` messages and logs connection changes.
-    listener: JoinHandle<()>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.listener.abort();
-        let (client, subscriber) = (self.client.clone(), self.subscriber.clone());
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = subscriber.quit().await;
-                let _ = client.quit().await;
-            });
-        }
-    }
+    /// Keeps a cluster connection on the slot's primary; ends with the
+    /// store.
+    _supervisor: Supervisor,
 }
 
 /// The fred configuration for `config`: from the URL when one is set, else
@@ -139,15 +157,73 @@ pub fn fred_config(config: &RedisConfig) -> Result<FredConfig, String> {
     };
     // Keep trying when Redis is not there at start-up; readiness says so.
     fred.fail_fast = false;
+    if config.uses_tls() {
+        fred.tls = Some(tls_connector(config)?.into());
+    }
     Ok(fred)
 }
 
-fn unavailable(e: fred::error::Error, timeout: Duration) -> StoreError {
-    StoreError::Unavailable(match e.kind() {
-        ErrorKind::Canceled => "redis connection lost".to_string(),
-        ErrorKind::Timeout => format!("redis did not answer within {timeout:?}"),
-        _ => format!("redis: {}", e.details()),
-    })
+/// TLS for a `rediss://` URL: the system's roots or `tls_ca_file`, and the
+/// client certificate when one is configured. Errors name the setting.
+fn tls_connector(config: &RedisConfig) -> Result<fred::types::config::TlsConnector, String> {
+    use fred::rustls::pki_types::pem::PemObject;
+    use fred::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use fred::rustls::{ClientConfig, RootCertStore};
+
+    let read_certs = |key: &str, path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{key}: cannot read certificates from {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{key}: no certificate in {}", path.display()));
+        }
+        Ok(certs)
+    };
+    let mut roots = RootCertStore::empty();
+    match &config.tls_ca_file {
+        Some(path) => {
+            for cert in read_certs("redis.tls_ca_file", path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("redis.tls_ca_file: {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let native = fred::rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                // A system certificate rustls cannot use is skipped, as
+                // every rustls client does.
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(fred::rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("redis TLS: {e}"))?
+        .with_root_certificates(roots);
+    let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = read_certs("redis.tls_cert_file", cert)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                format!(
+                    "redis.tls_key_file: cannot read a private key from {}: {e}",
+                    key.display()
+                )
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("redis.tls_cert_file: {e}"))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(tls.into())
+}
+
+/// SHA-1 of the script as hex: what EVALSHA names it by.
+fn script_sha() -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, SCRIPT.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
@@ -174,72 +250,40 @@ fn secs(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
 
+/// What the script keeps of an origin for the policies:
+/// `<weight> <max streams> <protocol>,<protocol>...`.
+fn policy_entry(origin: &Origin) -> String {
+    let served: Vec<String> = Protocol::ALL
+        .iter()
+        .filter(|p| origin.serves(**p))
+        .map(|p| p.to_string())
+        .collect();
+    format!("{} {} {}", origin.weight.max(1), origin.max_streams, served.join(","))
+}
+
 impl RedisStore {
     /// Connects in the background: returns at once (after at most
     /// `timeout` spent waiting for a first connection), so the proxy starts
     /// and reports not-ready while Redis is away.
     pub async fn connect(config: &RedisConfig) -> Result<Self, String> {
-        let timeout = config.timeout;
-        let client = Builder::from_config(fred_config(config)?)
-            .with_connection_config(|c| {
-                c.connection_timeout = timeout;
-                c.internal_command_timeout = timeout;
-                // A command caught by a dropped connection fails now rather
-                // than waiting for the reconnect to be sent again.
-                c.max_command_attempts = 1;
-                // A connection that leaves a command unanswered this long
-                // is dropped and re-made, so a hung Redis fails fast too.
-                c.unresponsive = UnresponsiveConfig {
-                    max_timeout: Some(timeout * 2),
-                    interval: (timeout / 2).max(Duration::from_millis(50)),
-                };
-                c.tcp = TcpConfig {
-                    nodelay: Some(true),
-                    ..TcpConfig::default()
-                };
-            })
-            .with_performance_config(|p| p.default_command_timeout = timeout)
-            // Unlimited attempts, 100 ms doubling to 1 s.
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 1000, 2))
-            .build()
-            .map_err(|e| e.details().to_string())?;
-        let subscriber = client.clone_new();
         let keys = Keys::new(&config.prefix);
         let gone = broadcast::channel(256).0;
-        let (subscribed_tx, mut subscribed) = watch::channel(false);
-        // Receivers exist before the first connection so it is not missed.
-        let listener = tokio::spawn(listen(
-            client.clone(),
-            subscriber.clone(),
+        let (connection, supervisor) = Connection::connect(
+            fred_config(config)?,
+            config.timeout,
+            HASH_TAG,
             keys.gone_channel.clone(),
-            gone.clone(),
-            subscribed_tx,
-        ));
-        client.connect();
-        subscriber.connect();
-        let store = Self {
+            gone,
+        )
+        .await?;
+        Ok(Self {
             inner: Arc::new(Inner {
-                client: client.clone(),
-                subscriber,
+                connection,
                 keys,
-                script_sha: fred::util::sha1_hash(SCRIPT),
-                timeout,
-                gone,
-                listener,
+                script_sha: script_sha(),
+                _supervisor: supervisor,
             }),
-        };
-        // Ready means commands work and removals are heard.
-        let ready = async {
-            client.wait_for_connect().await?;
-            let _ = subscribed.wait_for(|s| *s).await;
-            Ok::<(), fred::error::Error>(())
-        };
-        match tokio::time::timeout(timeout, ready).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "redis not reachable yet; retrying in the background"),
-            Err(_) => tracing::warn!("redis not reachable yet; retrying in the background"),
-        }
-        Ok(store)
+        })
     }
 
     /// Every key of this store starts with this.
@@ -247,53 +291,42 @@ impl RedisStore {
         &self.inner.keys.ns
     }
 
-    /// Fails at once while the connection is down, instead of queueing
-    /// behind reconnects. (fred's own per-command fail-fast does not reach
-    /// EVALSHA: `WithOptions` lacks the Lua interface.)
-    fn connected(&self) -> Result<(), StoreError> {
-        match self.inner.client.state() {
-            ClientState::Connected => Ok(()),
-            _ => Err(StoreError::Unavailable("redis is not connected (reconnecting)".into())),
-        }
-    }
-
-    /// Runs one operation of the script.
-    async fn run<R: fred::types::FromValue>(&self, op: &str, args: Vec<String>) -> Result<R, StoreError> {
-        self.connected()?;
+    /// Runs one operation of the script; `session` is the session key the
+    /// operation touches, if any.
+    async fn run<R: fred::types::FromValue>(
+        &self,
+        op: &str,
+        session: Option<String>,
+        args: Vec<String>,
+    ) -> Result<R, StoreError> {
         let inner = &self.inner;
-        let keys = inner.keys.fixed.to_vec();
+        let mut keys = inner.keys.fixed.clone();
+        keys.extend(session);
         let mut argv = Vec::with_capacity(args.len() + 2);
         argv.push(op.to_string());
-        argv.push(inner.keys.ns.clone());
+        argv.push(inner.keys.gone_channel.clone());
         argv.extend(args);
-        let result = match inner
-            .client
-            .evalsha(inner.script_sha.as_str(), keys.clone(), argv.clone())
-            .await
-        {
-            // Redis restarted or its script cache was flushed: EVAL runs
-            // the script and caches it again, in the same round trip.
-            Err(e) if e.details().starts_with("NOSCRIPT") => inner.client.eval(SCRIPT, keys, argv).await,
-            r => r,
-        };
-        result.map_err(|e| unavailable(e, inner.timeout))
+        let value = inner.connection.eval(&inner.script_sha, SCRIPT, keys, argv).await?;
+        R::from_value(value).map_err(|e| corrupt(op, e))
     }
 
     pub async fn upsert_origin(&self, origin: Origin, ttl: Option<Duration>) -> Result<(), StoreError> {
         let json = serde_json::to_string(&origin).map_err(|e| corrupt("origin", e))?;
         let ttl = ttl.map(millis).unwrap_or_default();
-        self.run::<i64>("upsert_origin", vec![origin.id, json, ttl]).await?;
+        let policy = policy_entry(&origin);
+        self.run::<i64>("upsert_origin", None, vec![origin.id, json, ttl, policy])
+            .await?;
         Ok(())
     }
 
     pub async fn remove_origin(&self, id: &str) -> Result<bool, StoreError> {
         // Announced through the channel, to this replica as to the others.
-        let removed: i64 = self.run("remove_origin", vec![id.to_string()]).await?;
+        let removed: i64 = self.run("remove_origin", None, vec![id.to_string()]).await?;
         Ok(removed == 1)
     }
 
     pub async fn list_origins(&self) -> Result<Vec<OriginStatus>, StoreError> {
-        let reply: Vec<Value> = self.run("list_origins", Vec::new()).await?;
+        let reply: Vec<Value> = self.run("list_origins", None, Vec::new()).await?;
         let mut out = reply
             .chunks_exact(3)
             .map(|row| {
@@ -310,7 +343,7 @@ impl RedisStore {
     }
 
     pub async fn origin(&self, id: &str) -> Result<Option<Origin>, StoreError> {
-        let reply: Option<String> = self.run("origin", vec![id.to_string()]).await?;
+        let reply: Option<String> = self.run("origin", None, vec![id.to_string()]).await?;
         reply.as_deref().map(origin_from_json).transpose()
     }
 
@@ -320,6 +353,7 @@ impl RedisStore {
         policy: Policy,
         ttl: Duration,
         protocol: Option<Protocol>,
+        salt: u64,
     ) -> Result<Claim, StoreError> {
         let key_json = serde_json::to_string(key).map_err(|e| corrupt("stream key", e))?;
         let args = vec![
@@ -327,11 +361,11 @@ impl RedisStore {
             key_json,
             millis(ttl),
             policy.as_str().to_string(),
-            salt_text(rand::random()),
-            // Empty: any origin; else the `ports` field it must have.
+            salt_text(salt),
+            // Empty: any origin; else the room set of that protocol.
             protocol.map(|p| p.to_string()).unwrap_or_default(),
         ];
-        let reply: Vec<String> = self.run("claim", args).await?;
+        let reply: Vec<String> = self.run("claim", None, args).await?;
         let outcome = match reply.first().map(String::as_str) {
             Some("none") => return Ok(Claim::NoOrigin),
             Some("hit") => ClaimOutcome::Hit,
@@ -344,25 +378,39 @@ impl RedisStore {
     }
 
     pub async fn lookup(&self, key: &StreamKey) -> Result<Option<Origin>, StoreError> {
-        let reply: Option<String> = self.run("lookup", vec![key.to_string()]).await?;
+        let reply: Option<String> = self.run("lookup", None, vec![key.to_string()]).await?;
         reply.as_deref().map(origin_from_json).transpose()
     }
 
     pub async fn refresh_stream(&self, key: &StreamKey, origin_id: &str, ttl: Duration) -> Result<bool, StoreError> {
         let key_json = serde_json::to_string(key).map_err(|e| corrupt("stream key", e))?;
         let args = vec![key.to_string(), key_json, origin_id.to_string(), millis(ttl)];
-        Ok(self.run::<i64>("refresh", args).await? == 1)
+        Ok(self.run::<i64>("refresh", None, args).await? == 1)
     }
 
     pub async fn release_stream(&self, key: &StreamKey, origin_id: &str) -> Result<(), StoreError> {
-        self.run::<i64>("release", vec![key.to_string(), origin_id.to_string()])
+        self.run::<i64>("release", None, vec![key.to_string(), origin_id.to_string()])
             .await?;
         Ok(())
     }
 
-    pub async fn list_streams(&self) -> Result<Vec<StreamStatus>, StoreError> {
-        let reply: Vec<Value> = self.run("list_streams", Vec::new()).await?;
-        let mut out = reply
+    /// One `HSCAN` step over the mappings: about `limit` of them, in no
+    /// particular order (a mapping present for the whole listing is listed
+    /// at least once).
+    pub async fn list_streams(&self, cursor: Option<&str>, limit: usize) -> Result<StreamPage, StoreError> {
+        let cursor = match cursor {
+            Some(c) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && c != "0" => c.to_string(),
+            Some(_) => return Err(StoreError::BadCursor),
+            None => "0".to_string(),
+        };
+        let reply: Vec<Value> = self
+            .run("list_streams", None, vec![cursor, limit.max(1).to_string()])
+            .await?;
+        let (next, rows) = reply
+            .split_first()
+            .ok_or_else(|| corrupt("list_streams", "empty reply"))?;
+        let next = text(next)?;
+        let mut streams = rows
             .chunks_exact(4)
             .map(|row| {
                 Ok(StreamStatus {
@@ -373,8 +421,11 @@ impl RedisStore {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        streams.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(StreamPage {
+            streams,
+            next: (next != "0").then_some(next),
+        })
     }
 
     pub async fn put_session(
@@ -385,8 +436,9 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(session).map_err(|e| corrupt("session", e))?;
-        let args = vec![kind.as_str().to_string(), id.to_string(), json, millis(ttl)];
-        self.run::<i64>("put_session", args).await?;
+        let key = self.inner.keys.session(kind, id);
+        self.run::<i64>("put_session", Some(key), vec![json, millis(ttl)])
+            .await?;
         Ok(())
     }
 
@@ -396,42 +448,40 @@ impl RedisStore {
         id: &str,
         ttl: Duration,
     ) -> Result<Option<Session>, StoreError> {
-        let args = vec![kind.as_str().to_string(), id.to_string(), millis(ttl)];
-        let reply: Option<String> = self.run("touch_session", args).await?;
+        let key = self.inner.keys.session(kind, id);
+        let reply: Option<String> = self.run("touch_session", Some(key), vec![millis(ttl)]).await?;
         reply
             .map(|json| serde_json::from_str(&json).map_err(|e| corrupt("session", e)))
             .transpose()
     }
 
     pub async fn remove_session(&self, kind: SessionKind, id: &str) -> Result<(), StoreError> {
-        let args = vec![kind.as_str().to_string(), id.to_string()];
-        self.run::<i64>("remove_session", args).await?;
+        let key = self.inner.keys.session(kind, id);
+        self.run::<i64>("remove_session", Some(key), Vec::new()).await?;
         Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.connected()?;
-        let inner = &self.inner;
-        inner
-            .client
-            .ping::<String>(None)
-            .await
-            .map(drop)
-            .map_err(|e| unavailable(e, inner.timeout))
+        self.inner.connection.ping().await
     }
 
-    /// Prunes expired origins (announcing each on the channel) and trims
-    /// the index sets; Redis itself expires mappings and sessions.
+    /// Forgets expired origins (announcing each on the channel) and clears
+    /// expired mappings, a batch per call, until none is left.
     pub async fn sweep(&self) -> Result<(), StoreError> {
-        let expired: Vec<String> = self.run("sweep", Vec::new()).await?;
-        for id in expired {
-            tracing::info!(origin = %id, "origin registration expired");
+        loop {
+            let reply: Vec<Value> = self.run("sweep", None, vec![SWEEP_BATCH.to_string()]).await?;
+            let (cleared, expired) = reply.split_first().ok_or_else(|| corrupt("sweep", "empty reply"))?;
+            for id in expired {
+                tracing::info!(origin = %text(id)?, "origin registration expired");
+            }
+            if usize::try_from(int(cleared)?).unwrap_or(0) < SWEEP_BATCH {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     pub fn subscribe_gone(&self) -> broadcast::Receiver<OriginGone> {
-        self.inner.gone.subscribe()
+        self.inner.connection.subscribe_gone()
     }
 
     /// The script's policy alone, on given candidates, touching no key:
@@ -452,66 +502,54 @@ impl RedisStore {
                 c.streams.to_string(),
             ]);
         }
-        self.run("pick", args).await
+        self.run("pick", None, args).await
     }
 }
 
-/// Relays `origin-gone` messages to local subscribers, re-subscribing on
-/// every (re)connection, and logs connection changes once each.
-async fn listen(
-    client: fred::prelude::Client,
-    subscriber: fred::prelude::Client,
-    channel: String,
-    gone: broadcast::Sender<OriginGone>,
-    subscribed: watch::Sender<bool>,
-) {
-    let mut messages = subscriber.message_rx();
-    let mut subscriber_connects = subscriber.reconnect_rx();
-    let mut connects = client.reconnect_rx();
-    let mut errors = client.error_rx();
-    let mut last_error = String::new();
-    loop {
-        tokio::select! {
-            event = subscriber_connects.recv() => match event {
-                Ok(_) | Err(RecvError::Lagged(_)) => {
-                    match subscriber.subscribe(channel.as_str()).await {
-                        Ok(()) => {
-                            let _ = subscribed.send(true);
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot subscribe to origin removals; relays notice at their next refresh"),
-                    }
-                }
-                Err(RecvError::Closed) => return,
-            },
-            message = messages.recv() => match message {
-                Ok(m) if *m.channel == *channel => {
-                    if let Some(id) = m.value.as_string() {
-                        let _ = gone.send(OriginGone { id });
-                    }
-                }
-                // Missed messages: relays still notice at their next refresh.
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return,
-            },
-            event = connects.recv() => match event {
-                Ok(server) => {
-                    tracing::info!(%server, "connected to redis");
-                    last_error.clear();
-                }
-                Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return,
-            },
-            event = errors.recv() => match event {
-                Ok((e, _)) => {
-                    let text = e.to_string();
-                    if text != last_error {
-                        tracing::warn!(error = %text, "redis connection failed; reconnecting");
-                        last_error = text;
-                    }
-                }
-                Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return,
-            },
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_is_named_by_its_sha1() {
+        assert_eq!(script_sha().len(), 40);
+        // SHA-1 of the empty string, to pin the encoding.
+        let empty = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, b"");
+        let hex: String = empty.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+    }
+
+    #[test]
+    fn every_key_shares_the_hash_tag() {
+        let keys = Keys::new("p:");
+        for k in keys.fixed.iter().chain([&keys.session(SessionKind::Hls, "x")]) {
+            assert!(k.starts_with("p:{routing}:"), "{k}");
         }
+        assert_eq!(keys.fixed.len(), 14, "the script declares 14 keys");
+    }
+
+    #[test]
+    fn room_sets_are_named_as_protocols_display() {
+        let names: Vec<String> = Protocol::ALL.iter().map(|p| p.to_string()).collect();
+        assert_eq!(ROOMS[1..], names);
+    }
+
+    #[test]
+    fn policy_entries_name_the_protocols_served() {
+        let origin = Origin {
+            id: "a".into(),
+            ip: "10.0.0.1".into(),
+            ports: crate::origin::Ports {
+                rtmp: Some(1935),
+                srt: Some(10080),
+                ..Default::default()
+            },
+            source: crate::origin::OriginSource::Static,
+            weight: 0,
+            max_streams: 7,
+            pool: None,
+            registered_by: None,
+        };
+        assert_eq!(policy_entry(&origin), "1 7 rtmp,srt");
     }
 }
