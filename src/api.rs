@@ -161,6 +161,10 @@ async fn refresh_gauges(ctx: &Context) {
     }
     let streams: u32 = origins.iter().map(|o| o.streams).sum();
     ctx.metrics.streams_active.set(i64::from(streams));
+    let unhealthy = origins.iter().filter(|o| !o.healthy).count();
+    ctx.metrics
+        .origins_unhealthy
+        .set(i64::try_from(unhealthy).unwrap_or(i64::MAX));
 }
 
 /// One page of a listing: `?limit=` items (default [`DEFAULT_PAGE`], at

@@ -8,13 +8,24 @@
 //! keeps the mapping refreshed while the relay runs and tells the relay
 //! when its origin is gone, so it ends instead of hanging on a dead origin.
 //!
+//! A request that connects to the origin it was given goes through
+//! [`Context::claim_with`] (or [`Context::claim_origin_with`]): when the
+//! connect fails before anything was sent, the origin is reported
+//! unreachable (unhealthy for every replica at once, see
+//! [`crate::health`]) and the stream is claimed once more, which places it
+//! on another origin; the client only sees the first origin's failure when
+//! no other can take the stream.
+//!
 //! This module is the data plane's only way into routing state; it never
-//! touches sockets.
+//! touches sockets itself.
 
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use std::fmt::Display;
+use std::future::Future;
 
 use crate::context::Context;
 use crate::error::{Failure, Fault};
@@ -92,6 +103,75 @@ impl Context {
     pub async fn claim(&self, key: &StreamKey, protocol: Protocol) -> Result<StreamLease, ClaimError> {
         let (origin, outcome) = self.claim_origin(key, protocol).await?;
         Ok(StreamLease::start(self.clone(), key.clone(), origin, outcome))
+    }
+
+    /// [`Context::claim_origin`], then `connect` to the origin it gave
+    /// (which gets the claim's outcome too). When the connect fails in a
+    /// way another origin could avoid ([`Failure::retry_elsewhere`]), the
+    /// origin is reported unreachable and the stream claimed once more —
+    /// now placed elsewhere — and connected there; a second failure, or no
+    /// other origin, ends the request. Any failed connect undoes a mapping
+    /// the request created.
+    pub async fn claim_origin_with<T, E, F>(
+        &self,
+        key: &StreamKey,
+        protocol: Protocol,
+        mut connect: impl FnMut(Origin, ClaimOutcome) -> F,
+    ) -> Result<(Origin, ClaimOutcome, T), E>
+    where
+        E: Failure + Display + From<ClaimError>,
+        F: Future<Output = Result<T, E>>,
+    {
+        // The origin that could not be reached, and how it failed.
+        let mut dead: Option<(String, E)> = None;
+        loop {
+            let claimed = self.claim_origin(key, protocol).await;
+            let (origin, outcome) = match (claimed, dead.take()) {
+                // No other origin: the first one's failure says most.
+                (Err(ClaimError::NoOrigin), Some((_, first))) => return Err(first),
+                // Placed there again (the report did not reach the store):
+                // there is nothing else to try.
+                (Ok((origin, _)), Some((id, first))) if origin.id == id => return Err(first),
+                (Ok(claimed), Some(first)) => {
+                    dead = Some(first);
+                    claimed
+                }
+                (Ok(claimed), None) => claimed,
+                (Err(e), _) => return Err(e.into()),
+            };
+            let e = match connect(origin.clone(), outcome).await {
+                Ok(t) => return Ok((origin, outcome, t)),
+                Err(e) => e,
+            };
+            let retry = e.retry_elsewhere();
+            if retry {
+                self.origin_unreachable(&origin, &e.to_string()).await;
+            }
+            self.forget_claim(key, &origin.id, outcome).await;
+            if !retry || dead.is_some() {
+                return Err(e);
+            }
+            tracing::info!(stream = %key, origin = %origin.id, error = %e, "origin unreachable; claiming the stream elsewhere");
+            dead = Some((origin.id.clone(), e));
+        }
+    }
+
+    /// [`Context::claim_origin_with`] for a relay: the mapping is leased
+    /// from the moment the connect succeeded.
+    pub async fn claim_with<T, E, F>(
+        &self,
+        key: &StreamKey,
+        protocol: Protocol,
+        mut connect: impl FnMut(Origin) -> F,
+    ) -> Result<(StreamLease, T), E>
+    where
+        E: Failure + Display + From<ClaimError>,
+        F: Future<Output = Result<T, E>>,
+    {
+        let (origin, outcome, t) = self
+            .claim_origin_with(key, protocol, |origin, _| connect(origin))
+            .await?;
+        Ok((StreamLease::start(self.clone(), key.clone(), origin, outcome), t))
     }
 
     /// Drops a mapping that this request created for a stream the origin

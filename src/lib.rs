@@ -27,7 +27,10 @@
 //! * [`stream_key`] — the one identity of a stream, `vhost/app/stream`.
 //! * [`origin`] — an SRS origin and the endpoint forms SRS advertises.
 //! * [`claim`] — stream key → origin, atomically; the lease that keeps the
-//!   mapping while a relay runs and ends the relay when the origin goes.
+//!   mapping while a relay runs and ends the relay when the origin goes;
+//!   connecting with one more origin when the first cannot be reached.
+//! * [`health`] — whether origins answer: failed connects reported by the
+//!   data plane, probes (one replica per origin), shared in the store.
 //! * [`store`] — routing state: origins, stream claims, sessions (memory or
 //!   Redis behind one contract); [`balance`] — pure placement policies.
 //! * [`discovery`] — Kubernetes EndpointSlices (via the [`crd`]
@@ -97,6 +100,7 @@ pub mod crd;
 pub mod discovery;
 pub mod discovery_state;
 pub mod error;
+pub mod health;
 pub mod hls;
 pub mod http;
 pub mod listener;

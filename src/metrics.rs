@@ -46,6 +46,13 @@ pub struct Metrics {
     pub origins_live: IntGaugeVec,
     /// Streams mapped to an origin in the store.
     pub streams_active: IntGauge,
+    /// Origins registered but unhealthy (a connect or probes failed).
+    pub origins_unhealthy: IntGauge,
+    /// Origins that became healthy or unhealthy, by `to`; counted by the
+    /// replica that saw the change.
+    pub origin_health_transitions_total: IntCounterVec,
+    /// Probes this replica ran, by result (ok, failed).
+    pub origin_probes_total: IntCounterVec,
     /// Store operation latency by operation and result.
     pub store_operation_seconds: HistogramVec,
     /// Discovery events by kind (origin_added, origin_removed, …).
@@ -113,6 +120,9 @@ impl Metrics {
             claims_total: register_int_counter_vec_with_registry!("claims_total", "Stream claims by result.", &["result"], r)?,
             origins_live: register_int_gauge_vec_with_registry!("origins_live", "Live origins by pool and discovery source.", &["pool", "source"], r)?,
             streams_active: register_int_gauge_with_registry!("streams_active", "Streams mapped to an origin.", r)?,
+            origins_unhealthy: register_int_gauge_with_registry!("origins_unhealthy", "Registered origins that are unhealthy.", r)?,
+            origin_health_transitions_total: register_int_counter_vec_with_registry!("origin_health_transitions_total", "Origins that became healthy or unhealthy.", &["to"], r)?,
+            origin_probes_total: register_int_counter_vec_with_registry!("origin_probes_total", "Origin probes run by this replica.", &["result"], r)?,
             store_operation_seconds: register_histogram_vec_with_registry!(buckets("store_operation_seconds", "Store operation latency.", STORE_BUCKETS), &["op", "result"], r)?,
             discovery_events_total: register_int_counter_vec_with_registry!("discovery_events_total", "Origin discovery events.", &["kind"], r)?,
             registrations_total: register_int_counter_vec_with_registry!("registrations_total", "Register API calls by result.", &["result"], r)?,

@@ -25,10 +25,21 @@ use crate::context::Context;
 use crate::listener::{bind_tcp, bind_udp, effective_backlog, BindError};
 use crate::store::{MemoryStore, RedisStore, Store};
 
-/// Static origins are registered with this TTL and refreshed every second,
-/// so in a shared store an origin taken out of every replica's config
+/// In a shared store, static origins are registered with this TTL and
+/// refreshed every second, so an origin taken out of every replica's config
 /// expires instead of staying live forever.
 pub const STATIC_ORIGIN_TTL: Duration = Duration::from_secs(10);
+
+/// The TTL static origins are registered with: none in the memory store,
+/// where nothing but this process's config names them (a process that was
+/// paused or starved must not lose them because it renewed them late);
+/// [`STATIC_ORIGIN_TTL`] in a shared store, on the store's clock.
+fn static_origin_ttl(store: &Store) -> Option<Duration> {
+    match store {
+        Store::Memory(_) => None,
+        Store::Redis(_) => Some(STATIC_ORIGIN_TTL),
+    }
+}
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +126,7 @@ pub async fn run(ctx: Context, listeners: Listeners, signal: impl Future<Output 
     );
     let mut background = JoinSet::new();
     background.spawn(housekeeping(ctx.clone()));
+    background.spawn(crate::health::probe(ctx.clone()));
     if let Some(discovery) = crate::discovery::start(&ctx) {
         background.spawn(discovery);
     }
@@ -175,7 +187,7 @@ async fn lifecycle(ctx: &Context, servers: impl Future<Output = ()>, signal: imp
 async fn register_static_origins(ctx: &Context) {
     for origin in ctx.config.static_origins() {
         tracing::info!(origin = %origin.id, ip = %origin.ip, ports = ?origin.ports, "static origin");
-        if let Err(e) = ctx.store.upsert_origin(origin, Some(STATIC_ORIGIN_TTL)).await {
+        if let Err(e) = ctx.store.upsert_origin(origin, static_origin_ttl(&ctx.store)).await {
             tracing::error!(error = %e, "cannot register static origin; will retry");
         }
     }
@@ -200,7 +212,7 @@ async fn housekeeping(ctx: Context) {
             let _ = ctx
                 .store_op(
                     "upsert_origin",
-                    ctx.store.upsert_origin(origin.clone(), Some(STATIC_ORIGIN_TTL)),
+                    ctx.store.upsert_origin(origin.clone(), static_origin_ttl(&ctx.store)),
                 )
                 .await;
         }

@@ -588,33 +588,38 @@ async fn the_origin_is_asked_for_what_the_key_names() {
     assert_eq!(names, vec!["a", "other"], "claims for missing streams were released");
 }
 
+/// A silent origin (accepts, never answers): the request gets 504 after the
+/// response timeout, and the origin is taken out: the next request gets
+/// 503 at once (there is no other origin).
 #[tokio::test]
 async fn an_origin_that_never_answers_gets_a_504_not_a_hang() {
-    let mut config = test_config();
-    config.origin_response_timeout = Duration::from_millis(300);
-    let proxy = TestProxy::start(config).await;
-    // Accepts connections and never writes a byte.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = silent.local_addr().unwrap().port();
-    let held = tokio::spawn(async move {
-        let mut conns = Vec::new();
-        while let Ok((c, _)) = silent.accept().await {
-            conns.push(c);
-        }
-    });
-    let body = format!(r#"{{"ip":"127.0.0.1","server":"silent","service":"v","pid":"1","http":["{port}"]}}"#);
-    assert_eq!(
-        client::post(proxy.api, "/api/v1/srs/register", body).await.status,
-        StatusCode::OK
-    );
     for path in ["/live/s.flv", "/live/s.m3u8"] {
+        let mut config = test_config();
+        config.origin_response_timeout = Duration::from_millis(300);
+        let proxy = TestProxy::start(config).await;
+        // Accepts connections and never writes a byte.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = silent.accept().await {
+                conns.push(c);
+            }
+        });
+        let body = format!(r#"{{"ip":"127.0.0.1","server":"silent","service":"v","pid":"1","http":["{port}"]}}"#);
+        assert_eq!(
+            client::post(proxy.api, "/api/v1/srs/register", body).await.status,
+            StatusCode::OK
+        );
         let r = tokio::time::timeout(Duration::from_secs(10), get(proxy.http, path))
             .await
             .expect("request hung");
         assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{path}: {}", r.text());
         assert!(r.text().contains("silent"), "{}", r.text());
+        let r = get(proxy.http, path).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {}", r.text());
+        held.abort();
     }
-    held.abort();
 }
 
 #[tokio::test]

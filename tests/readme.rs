@@ -28,6 +28,11 @@ fn every_metric_has_a_row() {
         .with_label_values(&["x", "200", "none"])
         .inc();
     metrics.claims_total.with_label_values(&["new"]).inc();
+    metrics
+        .origin_health_transitions_total
+        .with_label_values(&["unhealthy"])
+        .inc();
+    metrics.origin_probes_total.with_label_values(&["ok"]).inc();
     metrics.origins_live.with_label_values(&["", "static"]).set(1);
     metrics
         .store_operation_seconds

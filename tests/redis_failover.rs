@@ -348,6 +348,13 @@ async fn claims_follow_the_slot_through_a_migration() {
     store.upsert_origin(all, None).await.unwrap();
     store.upsert_origin(origin("b"), None).await.unwrap();
     assert!(store.remove_origin("b").await.unwrap());
+    // An unhealthy origin with a prober: health records and probe turns.
+    store.upsert_origin(origin("c"), None).await.unwrap();
+    store.report_failure("c", "refused").await.unwrap();
+    store
+        .probe_turns(&["c".to_string()], "p", Duration::from_secs(60))
+        .await
+        .unwrap();
     for i in 0..5 {
         place(&store, &format!("before{i}")).await.unwrap();
     }

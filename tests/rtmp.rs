@@ -1122,3 +1122,47 @@ async fn before_publishing_a_client_cannot_make_the_proxy_hold_large_messages() 
     // After publish the full message limit applies again: the 200 KB
     // keyframe of `publish_through_the_proxy_reaches_the_origin_intact`.
 }
+
+/// The origin holding a stream dies (its listener closes with it). The
+/// next publish of that stream is placed on the dead origin (the emptier
+/// one, by least-streams), finds it refusing, and is accepted by the other
+/// origin within the same request; a player then finds the stream there.
+#[tokio::test]
+async fn after_its_origin_dies_the_next_publish_is_accepted_by_the_other() {
+    let (proxy, mut origins) = proxy_with_origins(2).await;
+    let key = srs_proxy::stream_key::StreamKey::new("__defaultVhost__", "live", "cam").unwrap();
+    let mut publisher = RmlClient::connect(proxy.rtmp, "live").await;
+    publisher.publish("cam").await.expect("publish accepted");
+    let dead = origins
+        .iter()
+        .position(|o| o.is_publishing("live/cam"))
+        .expect("publishing");
+    // A second stream fills the other origin, so the dead one is emptier.
+    let mut other = RmlClient::connect(proxy.rtmp, "live").await;
+    other.publish("other").await.expect("publish accepted");
+    assert!(origins[1 - dead].is_publishing("live/other"));
+
+    origins[dead].kill();
+    assert!(publisher.closed().await, "the publisher's relay ends with its origin");
+    let released = eventually(BOUND, || async {
+        proxy.ctx.store.lookup(&key).await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(released.is_some(), "the publisher's mapping goes with it");
+
+    let survivor = origins.remove(1 - dead);
+    let mut again = RmlClient::connect(proxy.rtmp, "live").await;
+    again.publish("cam").await.expect("the next publish is accepted");
+    assert!(survivor.is_publishing("live/cam"));
+    let m = &proxy.ctx.metrics;
+    assert_eq!(
+        m.origin_health_transitions_total
+            .with_label_values(&["unhealthy"])
+            .get(),
+        1,
+        "the publish found the dead origin first"
+    );
+    let mut player = RmlClient::connect(proxy.rtmp, "live").await;
+    player.play("cam").await.expect("the player finds the stream");
+    drop(other);
+}

@@ -13,7 +13,8 @@ use rand::{Rng, SeedableRng};
 use srs_proxy::balance::{pick, Candidate, Policy};
 use srs_proxy::origin::{Origin, OriginSource, Ports, Protocol};
 use srs_proxy::store::{
-    Claim, ClaimOutcome, MemoryStore, OriginGone, RedisStore, Session, SessionKind, Store, StoreError, StreamStatus,
+    Claim, ClaimOutcome, HealthChange, HealthRules, MemoryStore, OriginGone, RedisStore, Session, SessionKind, Store,
+    StoreError, StreamStatus,
 };
 use srs_proxy::stream_key::StreamKey;
 use support::redis::RedisServer;
@@ -71,7 +72,8 @@ impl Subject {
             (_, Some((server, ns))) => {
                 // What describes origins: registrations, their policy
                 // entries and the sets of origins with room.
-                let origin_keys = ["origins", "registrations", "policy", "gone"].map(|k| format!("{ns}{k}"));
+                let origin_keys =
+                    ["origins", "registrations", "policy", "gone", "health", "probe-turns"].map(|k| format!("{ns}{k}"));
                 let keys = server.keys(&format!("{ns}*"));
                 keys.iter()
                     .filter(|k| !origin_keys.contains(k) && !k.starts_with(&format!("{ns}room:")))
@@ -610,9 +612,10 @@ async fn new_streams_go_to_origins_that_serve_the_protocol(s: Subject) {
 }
 
 /// Claims run the policies on the stores' own indexes (origins with room
-/// ordered by load, per protocol); whatever happened before, the origin a
-/// claim places a new stream on is `balance::pick` over the live origins
-/// serving the protocol, with their stream counts, and the same salt.
+/// ordered by load, per protocol); whatever happened before (origins
+/// leaving, failing, healing, changing), the origin a claim places a new
+/// stream on is `balance::pick` over the live healthy origins serving the
+/// protocol, with their stream counts, and the same salt.
 async fn claims_place_as_balance_pick_does(s: Subject) {
     let store = &s.store;
     let mut rng = StdRng::seed_from_u64(17);
@@ -638,11 +641,19 @@ async fn claims_place_as_balance_pick_does(s: Subject) {
         match rng.random_range(0..10) {
             // Now and then an origin leaves, comes back or changes.
             0 => {
-                let i = rng.random_range(0..8);
-                if rng.random_bool(0.5) {
-                    store.remove_origin(&format!("o{i}")).await.unwrap();
-                } else {
-                    store.upsert_origin(register(&mut rng, i), None).await.unwrap();
+                let id = format!("o{}", rng.random_range(0..8));
+                let heal = HealthRules {
+                    failures: 1,
+                    successes: 1,
+                };
+                match rng.random_range(0..4) {
+                    0 => drop(store.remove_origin(&id).await.unwrap()),
+                    1 => drop(store.report_failure(&id, "refused").await.unwrap()),
+                    2 => drop(store.record_probe(&id, Ok(()), heal).await.unwrap()),
+                    _ => {
+                        let i = id[1..].parse().unwrap();
+                        store.upsert_origin(register(&mut rng, i), None).await.unwrap();
+                    }
                 }
             }
             1 | 2 if !mapped.is_empty() => {
@@ -656,7 +667,7 @@ async fn claims_place_as_balance_pick_does(s: Subject) {
                 let live = store.list_origins().await.unwrap();
                 let candidates: Vec<Candidate> = live
                     .iter()
-                    .filter(|o| protocol.is_none_or(|p| o.origin.port(p).is_some()))
+                    .filter(|o| o.healthy && protocol.is_none_or(|p| o.origin.serves(p)))
                     .map(|o| Candidate {
                         origin: &o.origin,
                         streams: o.streams,
@@ -720,6 +731,136 @@ async fn streams_are_listed_a_page_at_a_time(s: Subject) {
     ));
 }
 
+/// A failed connect makes an origin unhealthy at once, for every replica:
+/// no new streams, its mappings re-claimed, its relays told to end; a
+/// heartbeat does not make it healthy again.
+async fn a_failed_origin_is_unhealthy_at_once_everywhere(s: Subject) {
+    let store = &s.store;
+    let replica = s.replica().await;
+    store.upsert_origin(origin("a"), Some(LONG)).await.unwrap();
+    claim(store, "on-a", Policy::LeastStreams).await;
+    store.upsert_origin(origin("b"), None).await.unwrap();
+    let mut there = replica.subscribe_gone();
+
+    assert_eq!(
+        replica.report_failure("a", "connection refused").await.unwrap(),
+        HealthChange::Unhealthy
+    );
+    assert_eq!(next_gone(&mut there).await, "a", "relays to it are told to end");
+    let listed = store.list_origins().await.unwrap();
+    let a = listed.iter().find(|o| o.origin.id == "a").expect("still registered");
+    assert!(!a.healthy);
+    assert_eq!(a.last_error.as_deref(), Some("connection refused"));
+    assert!(a.since.is_some());
+    assert!(listed.iter().find(|o| o.origin.id == "b").unwrap().healthy);
+
+    assert_eq!(store.origin("a").await.unwrap(), None);
+    assert_eq!(store.lookup(&key("on-a")).await.unwrap(), None);
+    assert!(!store.refresh_stream(&key("on-a"), "a", LONG).await.unwrap());
+    for policy in [Policy::LeastStreams, Policy::Random, Policy::ConsistentHash] {
+        for i in 0..5 {
+            assert_eq!(claim(store, &format!("{policy}{i}"), policy).await.0, "b");
+        }
+    }
+    assert_eq!(
+        claim(store, "on-a", Policy::LeastStreams).await,
+        ("b".into(), ClaimOutcome::Failover)
+    );
+    // Again: nothing changes, nothing more is announced.
+    assert_eq!(
+        store.report_failure("a", "still refused").await.unwrap(),
+        HealthChange::Unchanged
+    );
+    // A heartbeat keeps it registered, not healthy.
+    store.upsert_origin(origin("a"), Some(LONG)).await.unwrap();
+    assert_eq!(store.origin("a").await.unwrap(), None);
+    // An origin nobody registered has no health to change.
+    assert_eq!(
+        store.report_failure("nobody", "refused").await.unwrap(),
+        HealthChange::Unchanged
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(matches!(there.try_recv(), Err(broadcast::error::TryRecvError::Empty)));
+}
+
+/// Records probe results (`true`: answered) of `id` in order; returns
+/// what each changed.
+async fn probes(store: &Store, id: &str, rules: HealthRules, answered: &[bool]) -> Vec<HealthChange> {
+    let mut out = Vec::new();
+    for ok in answered {
+        let result = if *ok { Ok(()) } else { Err("no answer".to_string()) };
+        out.push(store.record_probe(id, result, rules).await.unwrap());
+    }
+    out
+}
+
+/// Probes move an origin with thresholds: `failures` failures in a row to
+/// fall, `successes` successes in a row to come back.
+async fn probes_make_origins_unhealthy_and_healthy_again(s: Subject) {
+    use HealthChange::{Healthy, Unchanged, Unhealthy};
+    let store = &s.store;
+    let rules = HealthRules {
+        failures: 2,
+        successes: 3,
+    };
+    store.upsert_origin(origin("a"), None).await.unwrap();
+    store.upsert_origin(origin("b"), None).await.unwrap();
+    let mut gone = store.subscribe_gone();
+    // A success in between starts the count again.
+    assert_eq!(probes(store, "a", rules, &[false, true, false]).await, [Unchanged; 3]);
+    assert!(
+        store.origin("a").await.unwrap().is_some(),
+        "one failure in a row is not enough"
+    );
+    assert_eq!(probes(store, "a", rules, &[false]).await, [Unhealthy]);
+    assert_eq!(next_gone(&mut gone).await, "a");
+    assert_eq!(store.origin("a").await.unwrap(), None);
+    for i in 0..4 {
+        assert_eq!(claim(store, &format!("down{i}"), Policy::LeastStreams).await.0, "b");
+    }
+
+    let back = probes(store, "a", rules, &[true, true, false, true, true, true]).await;
+    assert_eq!(back, [Unchanged, Unchanged, Unchanged, Unchanged, Unchanged, Healthy]);
+    let a = store.list_origins().await.unwrap().remove(0);
+    assert!(a.healthy && a.origin.id == "a");
+    // Back, and the emptier one: least-streams fills it up.
+    for i in 0..4 {
+        assert_eq!(claim(store, &format!("up{i}"), Policy::LeastStreams).await.0, "a");
+    }
+    // Removing an origin forgets its health.
+    store.report_failure("a", "refused").await.unwrap();
+    store.remove_origin("a").await.unwrap();
+    store.upsert_origin(origin("a"), None).await.unwrap();
+    assert!(store.origin("a").await.unwrap().is_some());
+}
+
+/// Each origin's probe goes to one replica: the one that took it keeps it
+/// while it asks again within the hold; another takes over only when it
+/// stops asking.
+async fn probe_turns_go_to_one_replica_at_a_time(s: Subject) {
+    let store = &s.store;
+    let replica = s.replica().await;
+    for id in ["a", "b"] {
+        store.upsert_origin(origin(id), None).await.unwrap();
+    }
+    let ids: Vec<String> = ["a", "b", "unregistered"].map(String::from).to_vec();
+    assert_eq!(store.probe_turns(&ids, "one", TTL).await.unwrap(), ["a", "b"]);
+    assert!(replica.probe_turns(&ids, "two", TTL).await.unwrap().is_empty());
+    assert_eq!(
+        store.probe_turns(&ids[..1], "one", TTL).await.unwrap(),
+        ["a"],
+        "the holder keeps its turn"
+    );
+    tokio::time::sleep(PAST_TTL).await;
+    // "one" stopped asking: its turns lapsed and go to whoever asks.
+    assert_eq!(replica.probe_turns(&ids, "two", TTL).await.unwrap(), ["a", "b"]);
+    assert!(store.probe_turns(&ids, "one", TTL).await.unwrap().is_empty());
+    // A removed origin's turn goes with it.
+    store.remove_origin("a").await.unwrap();
+    store.upsert_origin(origin("a"), None).await.unwrap();
+    assert_eq!(store.probe_turns(&ids, "one", TTL).await.unwrap(), ["a"]);
+}
+
 /// Runs each test function against both stores.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -763,4 +904,7 @@ conformance!(
     claims_place_as_balance_pick_does,
     expired_mappings_stop_counting_at_once,
     streams_are_listed_a_page_at_a_time,
+    a_failed_origin_is_unhealthy_at_once_everywhere,
+    probes_make_origins_unhealthy_and_healthy_again,
+    probe_turns_go_to_one_replica_at_a_time,
 );

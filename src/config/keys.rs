@@ -35,6 +35,14 @@ fn port(v: &str) -> Result<Option<u16>, String> {
     parse_endpoint_port(v).map(Some).map_err(|e| e.to_string())
 }
 
+/// A count of at least 1.
+fn count(v: &str) -> Result<u32, String> {
+    match v.trim().parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a whole number from 1 to 4294967295".into()),
+    }
+}
+
 /// A file or directory; empty means unset.
 fn path(v: &str) -> Result<Option<PathBuf>, String> {
     Ok(Some(v.trim()).filter(|v| !v.is_empty()).map(PathBuf::from))
@@ -98,6 +106,10 @@ pub const KEYS: &[Key] = &[
     key!("kubernetes.namespace", "PROXY_K8S_NAMESPACE", kubernetes.namespace, text),
     key!("kubernetes.service", "PROXY_K8S_SERVICE", kubernetes.service, text),
     key!("kubernetes.kubeconfig", "PROXY_K8S_KUBECONFIG", kubernetes.kubeconfig, text),
+    key!("health.probe_interval", "PROXY_HEALTH_PROBE_INTERVAL", health.probe_interval, parse_duration),
+    key!("health.failures", "PROXY_HEALTH_FAILURES", health.failures, count),
+    key!("health.successes", "PROXY_HEALTH_SUCCESSES", health.successes, count),
+    key!("health.probe_kubernetes", "PROXY_HEALTH_PROBE_KUBERNETES", health.probe_kubernetes, parse_bool),
     key!("grace_quit_timeout", "PROXY_GRACE_QUIT_TIMEOUT", grace_quit_timeout, parse_duration),
     key!("force_quit_timeout", "PROXY_FORCE_QUIT_TIMEOUT", force_quit_timeout, parse_duration),
     key!("registration_ttl", "PROXY_REGISTRATION_TTL", registration_ttl, parse_duration),

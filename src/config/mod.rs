@@ -10,6 +10,7 @@
 //! This module only parses and validates; it never opens sockets, and the
 //! only files it reads are the config file and the API token file it names.
 
+mod health;
 mod keys;
 mod origins;
 mod redis;
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::health::HealthConfig;
 pub use self::keys::{Key, KEYS};
 pub use self::origins::{DefaultBackend, StaticOrigin};
 pub use self::redis::{check_redis_url, redact_url, RedisConfig};
@@ -199,6 +201,7 @@ pub struct Config {
     pub origins: Vec<StaticOrigin>,
     pub kubernetes: KubernetesConfig,
     pub webrtc: WebrtcConfig,
+    pub health: HealthConfig,
     /// How long open streams may go on after SIGTERM.
     #[serde(with = "duration_serde")]
     pub grace_quit_timeout: Duration,
@@ -282,6 +285,7 @@ impl Default for Config {
             origins: Vec::new(),
             kubernetes: KubernetesConfig::default(),
             webrtc: WebrtcConfig::default(),
+            health: HealthConfig::default(),
             grace_quit_timeout: Duration::from_secs(20),
             force_quit_timeout: Duration::from_secs(30),
             registration_ttl: Duration::from_secs(30),
@@ -451,6 +455,17 @@ impl Config {
                 key: "redis.url",
                 reason: format!("not a usable Redis URL: {reason}"),
             })?;
+        }
+        for (key, n) in [
+            ("health.failures", self.health.failures),
+            ("health.successes", self.health.successes),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
         }
         self.redis
             .check_tls()

@@ -267,19 +267,23 @@ pub async fn send(
                 tracing::debug!(error = %e, "kept-alive origin connection failed; retrying on a new one");
                 idle = None;
             }
+            // Nothing reached the client, and the request (GET or HEAD)
+            // may go to another origin.
             Ok(Err(e)) => {
                 return Err(HttpError::origin(
                     StatusCode::BAD_GATEWAY,
                     format!("origin {} failed before answering", origin.id),
                     format!("{authority}: {e}"),
-                ))
+                )
+                .retryable())
             }
             Err(_) => {
                 return Err(HttpError::origin(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!("origin {} sent no response headers within {wait:?}", origin.id),
                     format!("{authority}: no response headers"),
-                ))
+                )
+                .retryable())
             }
         }
     }

@@ -59,17 +59,15 @@ pub async fn numbered_segment(state: &HttpState, sr: &StreamRequest<'_>) -> Resu
 /// and hand out a token once the origin has answered.
 pub async fn playlist(state: &HttpState, sr: &StreamRequest<'_>) -> Result<Response<Body>, HttpError> {
     let ctx = &state.ctx;
-    let (origin, outcome) = ctx.claim_origin(&sr.key, Protocol::Http).await?;
-    fetch_playlist(
-        state,
-        sr,
-        &origin,
-        Token::New {
+    let fetch = |origin: Origin, outcome| async move {
+        let token = Token::New {
             sessions: &state.sessions,
             outcome,
-        },
-    )
-    .await
+        };
+        fetch_playlist(state, sr, &origin, token).await
+    };
+    let (_, _, playlist) = ctx.claim_origin_with(&sr.key, Protocol::Http, fetch).await?;
+    Ok(playlist)
 }
 
 /// A segment (or other bounded resource) requested without a token: from
@@ -108,7 +106,7 @@ async fn from_origin(
     tracing::Span::current().record("origin", tracing::field::display(&origin.id));
     tracing::debug!(stream = %key, origin = %origin.id, "segment");
     let pool = Some(&state.keep_alive);
-    let upstream = forward::send(
+    let sent = forward::send(
         ctx,
         origin,
         sr.req.method(),
@@ -117,7 +115,8 @@ async fn from_origin(
         sr.peer,
         pool,
     )
-    .await?;
+    .await;
+    let upstream = ctx.reported(origin, sent).await?;
     let bytes = ctx.metrics.bytes_relayed_total.with_label_values(&["hls", "out"]);
     Ok(relay(upstream, None, bytes, None))
 }
@@ -160,7 +159,8 @@ async fn fetch_playlist(
     };
     // Always GET upstream: a HEAD answer must carry the rewritten length.
     let pool = Some(&state.keep_alive);
-    let upstream = forward::send(ctx, origin, &Method::GET, &sr.target, sr.req.headers(), sr.peer, pool).await?;
+    let sent = forward::send(ctx, origin, &Method::GET, &sr.target, sr.req.headers(), sr.peer, pool).await;
+    let upstream = ctx.reported(origin, sent).await?;
     if !upstream.response.status().is_success() {
         if let Token::New { outcome, .. } = token {
             ctx.forget_claim(&sr.key, &origin.id, outcome).await;

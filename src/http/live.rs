@@ -2,6 +2,9 @@
 //! to its origin, relay the body for as long as both sides stay connected
 //! and the origin stays live.
 //!
+//! An origin that cannot be reached is reported and the stream claimed
+//! elsewhere once ([`Context::claim_with`]).
+//!
 //! An HTTP/1.1 GET is relayed byte for byte on the raw connections
 //! ([`passthrough`]); HEAD and HTTP/1.0 go through hyper ([`forward`]).
 
@@ -17,12 +20,15 @@ use crate::origin::Protocol;
 /// A live FLV/TS stream: held open, relayed as it arrives.
 pub async fn serve(ctx: &Context, kind: StreamKind, sr: &StreamRequest<'_>) -> Result<Response<Body>, HttpError> {
     let key = &sr.key;
-    let lease = ctx.claim(key, Protocol::Http).await?;
-    let origin = lease.origin().clone();
     let protocol = if kind == StreamKind::Flv { "http-flv" } else { "http-ts" };
     let bytes = ctx.metrics.bytes_relayed_total.with_label_values(&[protocol, "out"]);
     if passthrough::eligible(sr.req) {
-        let upstream = passthrough::request(ctx, &origin, &sr.target, sr.req.headers(), sr.peer).await?;
+        let (lease, upstream) = ctx
+            .claim_with(key, Protocol::Http, |origin| async move {
+                passthrough::request(ctx, &origin, &sr.target, sr.req.headers(), sr.peer).await
+            })
+            .await?;
+        let origin = lease.origin().clone();
         let status = upstream.status();
         tracing::info!(stream = %key, origin = %origin.id, status = status.as_u16(), "relaying {protocol}");
         if !status.is_success() {
@@ -32,16 +38,21 @@ pub async fn serve(ctx: &Context, kind: StreamKind, sr: &StreamRequest<'_>) -> R
         let lease = status.is_success().then_some(lease);
         return Ok(upstream.into_response(lease, bytes, guard, ctx.config.relay_buffer_bytes));
     }
-    let upstream = forward::send(
-        ctx,
-        &origin,
-        sr.req.method(),
-        &sr.target,
-        sr.req.headers(),
-        sr.peer,
-        None,
-    )
-    .await?;
+    let (lease, upstream) = ctx
+        .claim_with(key, Protocol::Http, |origin| async move {
+            forward::send(
+                ctx,
+                &origin,
+                sr.req.method(),
+                &sr.target,
+                sr.req.headers(),
+                sr.peer,
+                None,
+            )
+            .await
+        })
+        .await?;
+    let origin = lease.origin().clone();
     let status = upstream.response.status();
     tracing::info!(stream = %key, origin = %origin.id, status = status.as_u16(), "relaying {protocol}");
     if !status.is_success() {

@@ -117,6 +117,16 @@ impl HttpError {
     }
 }
 
+/// For logs: the client's line and, when there is one, the detail.
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.detail {
+            Some(detail) => write!(f, "{} ({detail})", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
 impl Failure for HttpError {
     fn fault(&self) -> Fault {
         self.fault

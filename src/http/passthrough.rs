@@ -100,7 +100,9 @@ pub async fn request(
     // The relay ends with the body; the connection is never reused.
     out.put_slice(b"connection: close\r\n\r\n");
 
-    let failed = |reason: String, detail: String| HttpError::origin(StatusCode::BAD_GATEWAY, reason, detail);
+    // Failing before any answer, the GET may go to another origin.
+    let failed =
+        |reason: String, detail: String| HttpError::origin(StatusCode::BAD_GATEWAY, reason, detail).retryable();
     let wait = ctx.config.origin_response_timeout;
     let exchange = async {
         tcp.write_all(&out).await.map_err(|e| {
@@ -131,7 +133,8 @@ pub async fn request(
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    return Err(failed(
+                    return Err(HttpError::origin(
+                        StatusCode::BAD_GATEWAY,
                         format!("origin {} sent a bad response", origin.id),
                         format!("{authority}: {e}"),
                     ))
@@ -146,7 +149,8 @@ pub async fn request(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("origin {} sent no response headers within {wait:?}", origin.id),
                 format!("{authority}: no response headers"),
-            ))
+            )
+            .retryable())
         }
     };
     Ok(OriginResponse { tcp, head, rest })

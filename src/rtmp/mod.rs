@@ -52,6 +52,7 @@ use crate::claim::ClaimError;
 use crate::context::Context;
 use crate::error::{Failure, Fault};
 use crate::listener::Handler;
+use crate::origin::{Origin, Protocol};
 use crate::stream_key::StreamKeyError;
 
 /// Our outgoing chunk size on both legs, as SRS uses: large enough that a
@@ -115,7 +116,7 @@ pub enum RtmpError {
     #[error("invalid stream name: {0}")]
     BadStream(StreamKeyError),
     #[error("{0}")]
-    Claim(ClaimError),
+    Claim(#[from] ClaimError),
     #[error("origin {0} serves no RTMP")]
     NoRtmpPort(String),
     #[error("cannot connect to origin {0}: {1}")]
@@ -314,20 +315,16 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Context, settings: Set
             .await
         }
     };
-    let mut lease = match ctx.claim(&key, crate::origin::Protocol::Rtmp).await {
-        Ok(lease) => lease,
-        Err(e) => return refuse(&mut writer, &mut reader, Some(&request), RtmpError::Claim(e)).await,
+    // A failed connect undoes only a mapping this request created (an
+    // origin refusing a second publisher must not unmap the first one's
+    // stream); an unreachable origin is tried once elsewhere.
+    let (request_ref, settings_ref) = (&request, &settings);
+    let connect = |origin: Origin| async move { upstream::connect(&origin, request_ref, settings_ref).await };
+    let (mut lease, upstream) = match ctx.claim_with(&key, Protocol::Rtmp, connect).await {
+        Ok(connected) => connected,
+        Err(e) => return refuse(&mut writer, &mut reader, Some(&request), e).await,
     };
     span.record("origin", lease.origin().id.as_str());
-    let upstream = match upstream::connect(lease.origin(), &request, &settings).await {
-        Ok(up) => up,
-        Err(e) => {
-            // Undo only a mapping this request created: an origin refusing
-            // a second publisher must not unmap the first one's stream.
-            ctx.forget_claim(&key, &lease.origin().id, lease.outcome()).await;
-            return refuse(&mut writer, &mut reader, Some(&request), e).await;
-        }
-    };
     if request.role == Role::Publisher {
         // The publisher is the stream: when it leaves, the mapping goes.
         lease.release_on_drop(&ctx);

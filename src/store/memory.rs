@@ -25,13 +25,14 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{
-    Claim, ClaimOutcome, OriginGone, OriginStatus, Session, SessionKind, StoreError, StreamPage, StreamStatus,
+    Claim, ClaimOutcome, HealthChange, HealthRules, OriginGone, OriginStatus, Session, SessionKind, StoreError,
+    StreamPage, StreamStatus,
 };
 use crate::balance::{load, rendezvous, salt_text, tie_index, Policy};
 use crate::origin::{Origin, Protocol};
@@ -41,6 +42,60 @@ struct OriginEntry {
     origin: Origin,
     /// `None` for static origins.
     expires: Option<Instant>,
+    /// Kept across re-registrations: a heartbeat does not make a dead
+    /// origin healthy, probes do.
+    health: Health,
+}
+
+/// Whether an origin answers, and the streaks that change that.
+#[derive(Debug, Clone)]
+struct Health {
+    healthy: bool,
+    /// When `healthy` last changed.
+    since: Option<SystemTime>,
+    /// Consecutive failed probes (while healthy).
+    failures: u32,
+    /// Consecutive good probes (while unhealthy).
+    successes: u32,
+    last_error: Option<String>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            healthy: true,
+            since: None,
+            failures: 0,
+            successes: 0,
+            last_error: None,
+        }
+    }
+}
+
+impl Health {
+    fn fail(&mut self, reason: &str, at_once: bool, rules: HealthRules) -> HealthChange {
+        self.last_error = Some(reason.to_string());
+        self.successes = 0;
+        self.failures = self.failures.saturating_add(1);
+        if self.healthy && (at_once || self.failures >= rules.failures) {
+            self.healthy = false;
+            self.since = Some(SystemTime::now());
+            return HealthChange::Unhealthy;
+        }
+        HealthChange::Unchanged
+    }
+
+    fn succeed(&mut self, rules: HealthRules) -> HealthChange {
+        self.failures = 0;
+        self.successes = self.successes.saturating_add(1);
+        if !self.healthy && self.successes >= rules.successes {
+            self.healthy = true;
+            self.successes = 0;
+            self.since = Some(SystemTime::now());
+            return HealthChange::Healthy;
+        }
+        HealthChange::Unchanged
+    }
 }
 
 struct StreamEntry {
@@ -114,6 +169,8 @@ struct Inner {
     rooms: Rooms,
     sessions: HashMap<(SessionKind, String), SessionEntry>,
     session_expiry: BTreeSet<(Instant, SessionKind, String)>,
+    /// Who probes each origin and until when (see `probe_turns`).
+    probe_turns: HashMap<String, (String, Instant)>,
 }
 
 impl Inner {
@@ -151,8 +208,15 @@ impl Inner {
         if let Some(at) = entry.expires {
             self.origin_expiry.remove(&(at, id.to_string()));
         }
+        self.probe_turns.remove(id);
         self.file_room(id);
         true
+    }
+
+    /// The origin with this id if it may serve streams: registered, not
+    /// expired (expiry ran first) and healthy.
+    fn usable(&self, id: &str) -> Option<&Origin> {
+        self.origins.get(id).filter(|e| e.health.healthy).map(|e| &e.origin)
     }
 
     /// Files `id` in the room sets it belongs in now (none when it is gone
@@ -164,9 +228,12 @@ impl Inner {
                 set.remove(&entry);
             }
         }
-        let Some(OriginEntry { origin, .. }) = self.origins.get(id) else {
+        let Some(OriginEntry { origin, health, .. }) = self.origins.get(id) else {
             return;
         };
+        if !health.healthy {
+            return;
+        }
         let streams = self.loads.get(id).copied().unwrap_or(0);
         if origin.max_streams != 0 && streams >= origin.max_streams {
             return;
@@ -330,7 +397,13 @@ impl MemoryStore {
         let mut inner = self.lock();
         let expires = ttl.map(|t| inner.now + t);
         let id = origin.id.clone();
-        if let Some(old) = inner.origins.insert(id.clone(), OriginEntry { origin, expires }) {
+        let health = inner.origins.get(&id).map(|e| e.health.clone()).unwrap_or_default();
+        let entry = OriginEntry {
+            origin,
+            expires,
+            health,
+        };
+        if let Some(old) = inner.origins.insert(id.clone(), entry) {
             if let Some(at) = old.expires {
                 inner.origin_expiry.remove(&(at, id.clone()));
             }
@@ -360,6 +433,13 @@ impl MemoryStore {
                 streams: inner.loads.get(&e.origin.id).copied().unwrap_or(0),
                 expires_in_secs: e.expires.map(|t| (t - now).as_secs_f64()),
                 origin: e.origin.clone(),
+                healthy: e.health.healthy,
+                last_error: e.health.last_error.clone(),
+                since: e
+                    .health
+                    .since
+                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs_f64()),
             })
             .collect();
         out.sort_by(|a, b| a.origin.id.cmp(&b.origin.id));
@@ -367,7 +447,7 @@ impl MemoryStore {
     }
 
     pub fn origin(&self, id: &str) -> Result<Option<Origin>, StoreError> {
-        Ok(self.lock().origins.get(id).map(|e| e.origin.clone()))
+        Ok(self.lock().usable(id).cloned())
     }
 
     pub fn claim(
@@ -382,7 +462,7 @@ impl MemoryStore {
         let now = inner.now;
         let mut outcome = ClaimOutcome::New;
         if let Some(current) = inner.streams.get(key).map(|s| s.origin_id.clone()) {
-            if let Some(origin) = inner.origins.get(&current).map(|e| e.origin.clone()) {
+            if let Some(origin) = inner.usable(&current).cloned() {
                 inner.touch(key, now + ttl);
                 return Ok(Claim::Origin(origin, ClaimOutcome::Hit));
             }
@@ -399,17 +479,13 @@ impl MemoryStore {
 
     pub fn lookup(&self, key: &StreamKey) -> Result<Option<Origin>, StoreError> {
         let inner = self.lock();
-        Ok(inner
-            .streams
-            .get(key)
-            .and_then(|s| inner.origins.get(&s.origin_id))
-            .map(|e| e.origin.clone()))
+        Ok(inner.streams.get(key).and_then(|s| inner.usable(&s.origin_id)).cloned())
     }
 
     pub fn refresh_stream(&self, key: &StreamKey, origin_id: &str, ttl: Duration) -> Result<bool, StoreError> {
         let mut inner = self.lock();
         let now = inner.now;
-        if !inner.origins.contains_key(origin_id) {
+        if inner.usable(origin_id).is_none() {
             return Ok(false);
         }
         match inner.streams.get(key) {
@@ -502,6 +578,65 @@ impl MemoryStore {
             inner.session_expiry.remove(&(old.expires, kind, id.to_string()));
         }
         Ok(())
+    }
+
+    pub fn report_failure(&self, id: &str, reason: &str) -> Result<HealthChange, StoreError> {
+        let rules = HealthRules {
+            failures: 1,
+            successes: 1,
+        };
+        self.change_health(id, |h| h.fail(reason, true, rules))
+    }
+
+    pub fn record_probe(
+        &self,
+        id: &str,
+        result: Result<(), String>,
+        rules: HealthRules,
+    ) -> Result<HealthChange, StoreError> {
+        self.change_health(id, |h| match &result {
+            Ok(()) => h.succeed(rules),
+            Err(reason) => h.fail(reason, false, rules),
+        })
+    }
+
+    /// Applies `change` to a registered origin's health; files it anew and
+    /// announces it when it became unhealthy.
+    fn change_health(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Health) -> HealthChange,
+    ) -> Result<HealthChange, StoreError> {
+        let mut inner = self.lock();
+        let Some(entry) = inner.origins.get_mut(id) else {
+            return Ok(HealthChange::Unchanged);
+        };
+        let changed = change(&mut entry.health);
+        if changed != HealthChange::Unchanged {
+            inner.file_room(id);
+        }
+        drop(inner);
+        if changed == HealthChange::Unhealthy {
+            let _ = self.gone.send(OriginGone { id: id.to_string() });
+        }
+        Ok(changed)
+    }
+
+    pub fn probe_turns(&self, ids: &[String], prober: &str, hold: Duration) -> Result<Vec<String>, StoreError> {
+        let mut inner = self.lock();
+        let now = inner.now;
+        let mut mine = Vec::new();
+        for id in ids {
+            let free = inner
+                .probe_turns
+                .get(id)
+                .is_none_or(|(holder, until)| holder == prober || *until <= now);
+            if free && inner.origins.contains_key(id) {
+                inner.probe_turns.insert(id.clone(), (prober.to_string(), now + hold));
+                mine.push(id.clone());
+            }
+        }
+        Ok(mine)
     }
 
     /// Drops everything expired and announces origins that expired (every

@@ -88,7 +88,7 @@ pub enum Claim {
     NoOrigin,
 }
 
-/// A live origin as listed by the store.
+/// A registered origin as listed by the store.
 #[derive(Debug, Clone, Serialize)]
 pub struct OriginStatus {
     #[serde(flatten)]
@@ -97,6 +97,45 @@ pub struct OriginStatus {
     pub streams: u32,
     /// Seconds until the registration expires; `None` for static origins.
     pub expires_in_secs: Option<f64>,
+    /// Whether it answers: an unhealthy origin gets no streams and its
+    /// mappings are re-claimed, though it stays registered.
+    pub healthy: bool,
+    /// Why it was last found failing (a connect or a probe), if ever.
+    pub last_error: Option<String>,
+    /// When it last became healthy or unhealthy (Unix seconds); `None`
+    /// when it never changed.
+    pub since: Option<f64>,
+}
+
+/// How probe results move an origin between healthy and unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthRules {
+    /// Consecutive failed probes that make a healthy origin unhealthy.
+    pub failures: u32,
+    /// Consecutive good probes that make an unhealthy origin healthy.
+    pub successes: u32,
+}
+
+/// What a report about an origin's health changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthChange {
+    /// Nothing (the origin stayed as it was, or is not registered).
+    Unchanged,
+    /// It became unhealthy: announced as gone, its streams move.
+    Unhealthy,
+    /// It became healthy again: it takes new streams.
+    Healthy,
+}
+
+impl HealthChange {
+    /// Label value for metrics (`to`), when something changed.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            Self::Unchanged => None,
+            Self::Unhealthy => Some("unhealthy"),
+            Self::Healthy => Some("healthy"),
+        }
+    }
 }
 
 /// A stream mapping as listed by the store.
@@ -180,7 +219,7 @@ impl Store {
         }
     }
 
-    /// Live origins with their stream counts.
+    /// Registered (unexpired) origins with their stream counts and health.
     pub async fn list_origins(&self) -> Result<Vec<OriginStatus>, StoreError> {
         match self {
             Self::Memory(s) => s.list_origins(),
@@ -188,7 +227,7 @@ impl Store {
         }
     }
 
-    /// The origin with this id if it is live.
+    /// The origin with this id if it is live and healthy.
     pub async fn origin(&self, id: &str) -> Result<Option<Origin>, StoreError> {
         match self {
             Self::Memory(s) => s.origin(id),
@@ -303,6 +342,43 @@ impl Store {
         match self {
             Self::Memory(s) => s.remove_session(kind, id),
             Self::Redis(s) => s.remove_session(kind, id).await,
+        }
+    }
+
+    /// Marks an origin unhealthy at once (a connect to it failed): every
+    /// replica stops placing streams on it, its mappings are re-claimed on
+    /// their next request, and it is announced like a removal so relays to
+    /// it end. `reason` is what `last_error` shows.
+    pub async fn report_failure(&self, id: &str, reason: &str) -> Result<HealthChange, StoreError> {
+        match self {
+            Self::Memory(s) => s.report_failure(id, reason),
+            Self::Redis(s) => s.report_failure(id, reason).await,
+        }
+    }
+
+    /// Records a probe of an origin (`Err` holds why it failed) and applies
+    /// `rules`: consecutive failures make it unhealthy (as
+    /// [`Store::report_failure`] does), consecutive successes healthy again.
+    pub async fn record_probe(
+        &self,
+        id: &str,
+        result: Result<(), String>,
+        rules: HealthRules,
+    ) -> Result<HealthChange, StoreError> {
+        match self {
+            Self::Memory(s) => s.record_probe(id, result, rules),
+            Self::Redis(s) => s.record_probe(id, result, rules).await,
+        }
+    }
+
+    /// Of `ids`, the registered origins `prober` (one replica) is to probe
+    /// now. An origin's turn stays with the prober that took it for as long
+    /// as it asks again within `hold`; when it stops (it left, or stalled),
+    /// whoever asks next takes it over.
+    pub async fn probe_turns(&self, ids: &[String], prober: &str, hold: Duration) -> Result<Vec<String>, StoreError> {
+        match self {
+            Self::Memory(s) => s.probe_turns(ids, prober, hold),
+            Self::Redis(s) => s.probe_turns(ids, prober, hold).await,
         }
     }
 

@@ -16,8 +16,11 @@
 -- KEYS[8]  gone           zset   origin id -> when it was removed or expired
 -- KEYS[9..14] room:<any|rtmp|http|api|srt|rtc>
 --                         zset   origin id -> load (streams / weight), for live
---                                origins with room that serve the protocol
--- KEYS[15] (session operations only) the session's string key
+--                                healthy origins with room that serve the protocol
+-- KEYS[15] health         hash   origin id -> "<1|0 healthy> <since ms|-1> <failures> <successes> <last error>"
+--                                (absent: healthy, never checked)
+-- KEYS[16] probe-turns    hash   origin id -> "<until ms> <prober>": who probes it, until when
+-- KEYS[17] (session operations only) the session's string key
 -- ARGV[1]  operation
 -- ARGV[2]  the pub/sub channel announcing removed and expired origins
 -- ARGV[3..] the operation's arguments
@@ -33,6 +36,7 @@
 local origins, registrations, policy, load, mappings, info, expiry, gone =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local rooms = {[''] = KEYS[9], rtmp = KEYS[10], http = KEYS[11], api = KEYS[12], srt = KEYS[13], rtc = KEYS[14]}
+local health, probe_turns, session = KEYS[15], KEYS[16], KEYS[17]
 local op, gone_channel = ARGV[1], ARGV[2]
 
 local time = redis.call('TIME')
@@ -70,9 +74,31 @@ local function bytes_less(a, b)
   return #a < #b
 end
 
--- The registration JSON of a live origin, or nil.
+-- An origin's health record (healthy and never checked when absent).
+local function health_of(id)
+  local v = redis.call('HGET', health, id)
+  if not v then
+    return {healthy = true, since = -1, failures = 0, successes = 0, err = ''}
+  end
+  local h, since, failures, successes, err = string.match(v, '^(%d) (%-?%d+) (%d+) (%d+) ?(.*)$')
+  return {
+    healthy = h == '1',
+    since = tonumber(since),
+    failures = tonumber(failures),
+    successes = tonumber(successes),
+    err = err,
+  }
+end
+
+local function healthy(id)
+  local v = redis.call('HGET', health, id)
+  return not v or string.sub(v, 1, 1) == '1'
+end
+
+-- The registration JSON of an origin that may serve streams (live and
+-- healthy), or nil.
 local function live_origin(id)
-  if alive(redis.call('ZSCORE', origins, id)) then
+  if alive(redis.call('ZSCORE', origins, id)) and healthy(id) then
     return redis.call('HGET', registrations, id) or nil
   end
   return nil
@@ -90,7 +116,7 @@ local function file_room(id)
   local p = redis.call('HGET', policy, id)
   local w, m, protos, n
   local room = false
-  if p and alive(redis.call('ZSCORE', origins, id)) then
+  if p and alive(redis.call('ZSCORE', origins, id)) and healthy(id) then
     w, m, protos = parse_policy(p)
     n = tonumber(redis.call('HGET', load, id) or '0')
     room = m == 0 or n < m
@@ -146,10 +172,50 @@ local function forget_origin(id)
   redis.call('ZREM', origins, id)
   redis.call('HDEL', registrations, id)
   redis.call('HDEL', policy, id)
+  redis.call('HDEL', health, id)
+  redis.call('HDEL', probe_turns, id)
   file_room(id)
   redis.call('ZADD', gone, ms(now), id)
   redis.call('PEXPIRE', gone, GONE_MS)
   redis.call('PUBLISH', gone_channel, id)
+end
+
+-- Applies a failure (`at_once`: a failed connect; else a probe) or a
+-- success to a registered origin's health. Returns 1 when it became
+-- unhealthy (announced like a removal, so relays end), 2 when healthy
+-- again, 0 otherwise.
+local function change_health(id, ok, err, at_once, failures_to_fail, successes_to_heal)
+  if redis.call('HEXISTS', registrations, id) == 0 then
+    return 0
+  end
+  local h = health_of(id)
+  local changed = 0
+  if ok then
+    h.failures = 0
+    h.successes = h.successes + 1
+    if not h.healthy and h.successes >= successes_to_heal then
+      h.healthy, h.since, h.successes, changed = true, now, 0, 2
+    end
+  else
+    h.err = string.gsub(err, '[\r\n]', ' ')
+    h.successes = 0
+    h.failures = h.failures + 1
+    if h.healthy and (at_once or h.failures >= failures_to_fail) then
+      h.healthy, h.since, changed = false, now, 1
+    end
+  end
+  local flag = '0'
+  if h.healthy then
+    flag = '1'
+  end
+  redis.call('HSET', health, id, flag .. ' ' .. ms(h.since) .. ' ' .. h.failures .. ' ' .. h.successes .. ' ' .. h.err)
+  if changed ~= 0 then
+    file_room(id)
+  end
+  if changed == 1 then
+    redis.call('PUBLISH', gone_channel, id)
+  end
+  return changed
 end
 
 -- Clears what fell due: every expired origin (announced) and up to `batch`
@@ -264,7 +330,7 @@ elseif op == 'refresh' then
     -- empty, flushed, failed over to an empty replica). The relay goes on;
     -- the mapping returns once the origin registers again.
     return 1
-  elseif not alive(score) then
+  elseif not alive(score) or not healthy(id) then
     return 0
   end
   local current = mapped(stream)
@@ -310,7 +376,8 @@ elseif op == 'origin' then
   -- id -> origin JSON | nil
   return live_origin(ARGV[3])
 elseif op == 'list_origins' then
-  -- -> {origin JSON, streams, ms until expiry (-1 = static), ...}
+  -- -> {origin JSON, streams, ms until expiry (-1 = static), healthy (1|0),
+  --     since (ms, -1 = never changed), last error, ...}
   expire(CLAIM_EXPIRE_BATCH)
   local out = {}
   local live = redis.call('ZRANGEBYSCORE', origins, '(' .. ms(now), '+inf', 'WITHSCORES')
@@ -325,6 +392,14 @@ elseif op == 'list_origins' then
       else
         out[#out + 1] = tonumber(score) - now
       end
+      local h = health_of(id)
+      if h.healthy then
+        out[#out + 1] = 1
+      else
+        out[#out + 1] = 0
+      end
+      out[#out + 1] = h.since
+      out[#out + 1] = h.err
     end
   end
   return out
@@ -347,18 +422,41 @@ elseif op == 'list_streams' then
   return out
 elseif op == 'put_session' then
   -- Session JSON, ttl ms -> 1
-  redis.call('SET', KEYS[15], ARGV[3], 'PX', ARGV[4])
+  redis.call('SET', session, ARGV[3], 'PX', ARGV[4])
   return 1
 elseif op == 'touch_session' then
   -- ttl ms -> Session JSON | nil
-  local v = redis.call('GET', KEYS[15])
+  local v = redis.call('GET', session)
   if v then
-    redis.call('PEXPIRE', KEYS[15], ARGV[3])
+    redis.call('PEXPIRE', session, ARGV[3])
   end
   return v
 elseif op == 'remove_session' then
   -- -> 1 | 0
-  return redis.call('DEL', KEYS[15])
+  return redis.call('DEL', session)
+elseif op == 'report_failure' then
+  -- id, reason -> 1 (became unhealthy) | 0
+  return change_health(ARGV[3], false, ARGV[4], true, 1, 1)
+elseif op == 'record_probe' then
+  -- id, '1' (answered) | '0', reason, failures to fail, successes to heal -> 0 | 1 | 2
+  return change_health(ARGV[3], ARGV[4] == '1', ARGV[5], false, tonumber(ARGV[6]), tonumber(ARGV[7]))
+elseif op == 'probe_turns' then
+  -- hold ms, prober, ids... -> the ids this prober probes now
+  local hold, prober, mine = tonumber(ARGV[3]), ARGV[4], {}
+  for i = 5, #ARGV do
+    local id = ARGV[i]
+    local free = true
+    local turn = redis.call('HGET', probe_turns, id)
+    if turn then
+      local until_ms, holder = string.match(turn, '^(%-?%d+) (.*)$')
+      free = holder == prober or tonumber(until_ms) <= now
+    end
+    if free and redis.call('HEXISTS', registrations, id) == 1 then
+      redis.call('HSET', probe_turns, id, ms(now + hold) .. ' ' .. prober)
+      mine[#mine + 1] = id
+    end
+  end
+  return mine
 elseif op == 'sweep' then
   -- batch -> {mappings cleared, ids of origins that expired...}
   local expired, cleared = expire(tonumber(ARGV[3]))

@@ -67,7 +67,8 @@ use fred::prelude::{Config as FredConfig, ServerConfig, Value};
 
 use self::connection::{Connection, Supervisor};
 use super::{
-    Claim, ClaimOutcome, OriginGone, OriginStatus, Session, SessionKind, StoreError, StreamPage, StreamStatus,
+    Claim, ClaimOutcome, HealthChange, HealthRules, OriginGone, OriginStatus, Session, SessionKind, StoreError,
+    StreamPage, StreamStatus,
 };
 use crate::balance::{salt_text, Candidate, Policy};
 use crate::config::RedisConfig;
@@ -92,7 +93,7 @@ const SWEEP_BATCH: usize = 1000;
 struct Keys {
     /// Prefix of every key: the configured prefix plus the hash tag.
     ns: String,
-    /// `origins` … `room:rtc`, in the script's `KEYS` order.
+    /// `origins` … `probe-turns`, in the script's `KEYS` order.
     fixed: Vec<String>,
     gone_channel: String,
 }
@@ -114,6 +115,7 @@ impl Keys {
         .map(|k| format!("{ns}{k}"))
         .collect();
         fixed.extend(ROOMS.iter().map(|p| format!("{ns}room:{p}")));
+        fixed.extend(["health", "probe-turns"].iter().map(|k| format!("{ns}{k}")));
         Self {
             fixed,
             gone_channel: format!("{ns}origin-gone"),
@@ -250,6 +252,14 @@ fn secs(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
 
+fn health_change(reply: i64) -> HealthChange {
+    match reply {
+        1 => HealthChange::Unhealthy,
+        2 => HealthChange::Healthy,
+        _ => HealthChange::Unchanged,
+    }
+}
+
 /// What the script keeps of an origin for the policies:
 /// `<weight> <max streams> <protocol>,<protocol>...`.
 fn policy_entry(origin: &Origin) -> String {
@@ -328,13 +338,18 @@ impl RedisStore {
     pub async fn list_origins(&self) -> Result<Vec<OriginStatus>, StoreError> {
         let reply: Vec<Value> = self.run("list_origins", None, Vec::new()).await?;
         let mut out = reply
-            .chunks_exact(3)
+            .chunks_exact(6)
             .map(|row| {
                 let expires_ms = int(&row[2])?;
+                let since_ms = int(&row[4])?;
+                let last_error = text(&row[5])?;
                 Ok(OriginStatus {
                     origin: origin_from_json(&text(&row[0])?)?,
                     streams: u32::try_from(int(&row[1])?).unwrap_or(u32::MAX),
                     expires_in_secs: (expires_ms >= 0).then(|| secs(expires_ms)),
+                    healthy: int(&row[3])? == 1,
+                    last_error: (!last_error.is_empty()).then_some(last_error),
+                    since: (since_ms >= 0).then(|| secs(since_ms)),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -461,6 +476,42 @@ impl RedisStore {
         Ok(())
     }
 
+    pub async fn report_failure(&self, id: &str, reason: &str) -> Result<HealthChange, StoreError> {
+        let changed: i64 = self
+            .run("report_failure", None, vec![id.to_string(), reason.to_string()])
+            .await?;
+        Ok(health_change(changed))
+    }
+
+    pub async fn record_probe(
+        &self,
+        id: &str,
+        result: Result<(), String>,
+        rules: HealthRules,
+    ) -> Result<HealthChange, StoreError> {
+        let (ok, reason) = match result {
+            Ok(()) => ("1", String::new()),
+            Err(reason) => ("0", reason),
+        };
+        let args = vec![
+            id.to_string(),
+            ok.to_string(),
+            reason,
+            rules.failures.max(1).to_string(),
+            rules.successes.max(1).to_string(),
+        ];
+        Ok(health_change(self.run("record_probe", None, args).await?))
+    }
+
+    pub async fn probe_turns(&self, ids: &[String], prober: &str, hold: Duration) -> Result<Vec<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = vec![millis(hold), prober.to_string()];
+        args.extend(ids.iter().cloned());
+        self.run("probe_turns", None, args).await
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.inner.connection.ping().await
     }
@@ -525,7 +576,7 @@ mod tests {
         for k in keys.fixed.iter().chain([&keys.session(SessionKind::Hls, "x")]) {
             assert!(k.starts_with("p:{routing}:"), "{k}");
         }
-        assert_eq!(keys.fixed.len(), 14, "the script declares 14 keys");
+        assert_eq!(keys.fixed.len(), 16, "the script declares 16 keys");
     }
 
     #[test]

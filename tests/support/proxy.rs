@@ -3,14 +3,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use srs_proxy::config::{Config, ListenAddr};
+use srs_proxy::config::{Config, HealthConfig, ListenAddr};
 use srs_proxy::context::Context;
 use srs_proxy::server::{self, Listeners, Stopped};
 use srs_proxy::store::{MemoryStore, Store};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// Config for tests: loopback port 0 everywhere, short timeouts.
+/// Config for tests: loopback port 0 everywhere, short timeouts, no
+/// origin probes (they are connections fake origins would count; health
+/// tests turn them on).
 pub fn test_config() -> Config {
     let any = ListenAddr("127.0.0.1:0".parse().unwrap());
     Config {
@@ -23,6 +25,10 @@ pub fn test_config() -> Config {
         grace_quit_timeout: Duration::from_secs(2),
         force_quit_timeout: Duration::from_secs(4),
         origin_connect_timeout: Duration::from_secs(2),
+        health: HealthConfig {
+            probe_interval: Duration::ZERO,
+            ..HealthConfig::default()
+        },
         ..Config::default()
     }
 }
