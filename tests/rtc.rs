@@ -389,6 +389,41 @@ async fn no_webrtc_origin_is_503_and_a_dead_one_502() {
     );
 }
 
+/// The origin a stream is mapped to refuses connections: the offer goes
+/// to the other origin within the same request, and the dead one is
+/// unhealthy.
+#[tokio::test]
+async fn an_offer_for_a_stream_on_a_dead_origin_is_answered_by_another() {
+    let proxy = RtcProxy::start(WebrtcConfig::default()).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut dead = RtcOrigin::canned("dead").await.origin();
+    dead.ports.api = Some(closed);
+    let ctx = &proxy.proxy.ctx;
+    ctx.store.upsert_origin(dead, None).await.unwrap();
+    let key = srs_proxy::stream_key::StreamKey::new("__defaultVhost__", "live", "cam").unwrap();
+    let (placed, _) = ctx.claim_origin(&key, srs_proxy::origin::Protocol::Rtc).await.unwrap();
+    assert_eq!(placed.id, "dead", "the stream is mapped to the dead origin first");
+    let live = RtcOrigin::canned("live").await;
+    ctx.store.upsert_origin(live.origin(), None).await.unwrap();
+
+    let reply = proxy
+        .post_sdp("/rtc/v1/whip/?app=live&stream=cam", &offer("abcd"), &[])
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    assert_points_at(&reply.text(), &proxy);
+    assert_eq!(live.requests().len(), 1, "the live origin got the offer");
+    let listed = ctx.store.list_origins().await.unwrap();
+    assert!(!listed.iter().find(|o| o.origin.id == "dead").unwrap().healthy);
+    assert_eq!(
+        ctx.store.lookup(&key).await.unwrap().map(|o| o.id).as_deref(),
+        Some("live")
+    );
+}
+
 #[tokio::test]
 async fn a_full_session_table_refuses_new_sessions() {
     let origin = RtcOrigin::canned("origin-full").await;

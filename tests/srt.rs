@@ -300,6 +300,30 @@ async fn an_origin_with_nothing_on_its_srt_port_is_a_rejection() {
     assert_eq!(srt_metric(&proxy, "handshakes", "gateway"), 1);
 }
 
+/// The origin a stream is mapped to has nothing on its SRT port: the
+/// handshake goes to the other origin within the same connection attempt,
+/// and the dead one is unhealthy.
+#[tokio::test]
+async fn a_publisher_of_a_stream_on_a_dead_origin_reaches_another() {
+    let proxy = TestProxy::start(test_config()).await;
+    let closed = support::srt::free_udp_port();
+    register(proxy.api, register_body("deaf", Some(1), None, Some(closed))).await;
+    let ctx = &proxy.ctx;
+    let (placed, _) = ctx
+        .claim_origin(&key("live", "livestream"), srs_proxy::origin::Protocol::Srt)
+        .await
+        .unwrap();
+    assert_eq!(placed.id, "deaf", "the stream is mapped to the dead origin first");
+    let mut origin = SrtOrigin::publish_sink(None).await;
+    register(proxy.api, register_body("srt-origin", Some(1), None, Some(origin.port))).await;
+
+    let _client = publishing(&proxy, &mut origin, PUBLISH, None).await;
+    let listed = ctx.store.list_origins().await.unwrap();
+    assert!(!listed.iter().find(|o| o.origin.id == "deaf").unwrap().healthy);
+    let mapped = ctx.store.lookup(&key("live", "livestream")).await.unwrap();
+    assert_eq!(mapped.map(|o| o.id).as_deref(), Some("srt-origin"));
+}
+
 #[tokio::test]
 async fn connections_over_the_limit_are_refused() {
     let config = Config {

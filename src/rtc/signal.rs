@@ -354,25 +354,23 @@ async fn send_offer(
             ),
         ));
     }
-    let (origin, _) = state.ctx.claim_origin(key, Protocol::Rtc).await?;
-    if !origin.serves(Protocol::Rtc) {
-        return Err(HttpError::origin(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("stream {key} is on origin {}, which serves no WebRTC", origin.id),
-            "origin lacks an api or rtc port",
-        ));
-    }
-    let answer = offer::exchange(
-        &state.ctx,
-        &origin,
-        Method::POST,
-        target,
-        headers,
-        body,
-        peer,
-        state.settings.max_sdp_bytes,
-    )
-    .await?;
+    // An origin that cannot be reached is reported and the offer sent once
+    // to another.
+    let offer_to = |origin: Origin, _| {
+        let body = body.clone();
+        async move {
+            if !origin.serves(Protocol::Rtc) {
+                return Err(HttpError::origin(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("stream {key} is on origin {}, which serves no WebRTC", origin.id),
+                    "origin lacks an api or rtc port",
+                ));
+            }
+            let max = state.settings.max_sdp_bytes;
+            Ok(offer::exchange(&state.ctx, &origin, Method::POST, target, headers, body, peer, max).await?)
+        }
+    };
+    let (origin, _, answer) = state.ctx.claim_origin_with(key, Protocol::Rtc, offer_to).await?;
     Ok((origin, answer))
 }
 

@@ -97,7 +97,7 @@ pub enum SrtError {
     #[error("client already has a connection to origin socket {0:#010x}")]
     DuplicateSocket(u32),
     #[error("{0}")]
-    Claim(ClaimError),
+    Claim(#[from] ClaimError),
     #[error("origin {0} serves no SRT")]
     NoSrtPort(String),
     #[error("cannot resolve origin address {0}: {1}")]

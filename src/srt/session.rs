@@ -22,7 +22,7 @@ use super::{Settings, SrtError};
 use crate::claim::StreamLease;
 use crate::context::Context;
 use crate::error::{Failure, Fault};
-use crate::origin::Protocol;
+use crate::origin::{Origin, Protocol};
 
 /// What a connection task tells the receive loop.
 pub enum Event {
@@ -126,23 +126,20 @@ async fn establish(
     events: &mpsc::UnboundedSender<Event>,
 ) -> Result<(StreamLease, Arc<Link>), SrtError> {
     let key = &request.stream.key;
-    let mut lease = ctx.claim(key, Protocol::Srt).await.map_err(SrtError::Claim)?;
-    match connect(settings, request, events, &lease).await {
-        Ok(link) => {
-            if request.stream.role == Role::Publisher {
-                // The publisher is the stream: when it leaves, the mapping goes.
-                lease.release_on_drop(ctx);
-            }
-            Ok((lease, link))
-        }
-        Err(e) => {
-            // Only a mapping this request created goes: a publisher the
-            // origin refused (say, the stream is already being published)
-            // must not take the mapping from the one that holds it.
-            ctx.forget_claim(key, &lease.origin().id, lease.outcome()).await;
-            Err(e)
-        }
+    // An origin that does not answer is reported and the handshake tried
+    // once on another; a failed handshake undoes a mapping it created (a
+    // publisher the origin refused must not take the stream from the one
+    // publishing it).
+    let (mut lease, link) = ctx
+        .claim_with(key, Protocol::Srt, |origin| async move {
+            connect(settings, request, events, &origin).await
+        })
+        .await?;
+    if request.stream.role == Role::Publisher {
+        // The publisher is the stream: when it leaves, the mapping goes.
+        lease.release_on_drop(ctx);
     }
+    Ok((lease, link))
 }
 
 /// The origin handshake for a claimed stream, then routing.
@@ -150,9 +147,8 @@ async fn connect(
     settings: &Settings,
     request: &Request,
     events: &mpsc::UnboundedSender<Event>,
-    lease: &StreamLease,
+    origin: &Origin,
 ) -> Result<Arc<Link>, SrtError> {
-    let origin = lease.origin();
     let authority = origin
         .authority(Protocol::Srt)
         .ok_or_else(|| SrtError::NoSrtPort(origin.id.clone()))?;
