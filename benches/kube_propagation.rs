@@ -20,13 +20,13 @@ use std::process::ExitCode;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Method, StatusCode};
 use serde_json::json;
 use srs_proxy::config::{DiscoveryMode, KubernetesConfig};
 use srs_proxy::origin::OriginSource;
+use support::discovery::served_by;
 use support::kube_cluster::{self, KubeCluster, TestNamespace};
 use support::proxy::{test_config, TestProxy};
+use support::summary;
 
 const ROUNDS: usize = 15;
 const SERVICE: &str = "srs";
@@ -56,37 +56,12 @@ fn main() -> ExitCode {
     })
 }
 
-/// Who serves `stream` right now (a play request's `X-Origin`).
-async fn served_by(proxy: &TestProxy, stream: &str) -> Option<String> {
-    let resp = support::client::send(
-        proxy.http,
-        Method::GET,
-        &format!("/live/{stream}.flv"),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    (resp.status() == StatusCode::OK).then(|| resp.headers()["x-origin"].to_str().unwrap().to_string())
-}
-
 async fn live(proxy: &TestProxy) -> usize {
     let origins = proxy.ctx.store.list_origins().await.unwrap();
     origins
         .iter()
         .filter(|o| o.origin.source == OriginSource::Kubernetes)
         .count()
-}
-
-fn summary(name: &str, mut ms: Vec<f64>) {
-    ms.sort_by(f64::total_cmp);
-    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
-    println!(
-        "{name:<44} median {:>7.1} ms   p90 {:>7.1} ms   max {:>7.1} ms   ({} rounds)",
-        at(0.5),
-        at(0.9),
-        at(1.0),
-        ms.len()
-    );
 }
 
 async fn bench(cluster: &'static KubeCluster) {

@@ -19,10 +19,9 @@ use srs_proxy::store::OriginStatus;
 use support::client;
 use support::discovery::{play, until_closed};
 use support::eventually;
-use support::origin::FakeOrigin;
+use support::origin::{BlackHole, FakeOrigin};
 use support::proxy::{test_config, TestProxy};
 use support::redis::{proxy_replicas, RedisServer};
-use tokio::net::TcpListener;
 
 /// Upper bound on any single wait, so a broken proxy fails a test instead
 /// of hanging it. Never a performance threshold.
@@ -139,21 +138,10 @@ async fn a_black_hole_origin_is_given_up_after_the_response_timeout() {
     let mut config = test_config();
     config.origin_response_timeout = Duration::from_millis(500);
     let proxy = TestProxy::start(config).await;
-    let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hole_port = hole.local_addr().unwrap().port();
-    let held = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = hole.accept().await {
-            held.push(tcp);
-        }
-    });
-    let good = FakeOrigin::start("good").await;
-    let body = good
-        .register_body()
-        .replace(&good.addr.port().to_string(), &hole_port.to_string());
-    let body = body.replace("\"good\"", "\"hole\"");
-    let reply = client::post(proxy.api, "/api/v1/srs/register", body).await;
+    let hole = BlackHole::start().await;
+    let reply = client::post(proxy.api, "/api/v1/srs/register", hole.register_body("hole")).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let good = FakeOrigin::start("good").await;
     // The stream is mapped to the black hole before the good origin exists.
     assert_eq!(claim_now(&proxy, "cam").await, "hole");
     good.register(proxy.api).await;
@@ -170,7 +158,6 @@ async fn a_black_hole_origin_is_given_up_after_the_response_timeout() {
         "{:?}",
         hole_status.last_error
     );
-    held.abort();
 }
 
 /// Claims `stream` in the store directly (as a first request would) and

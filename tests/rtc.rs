@@ -110,6 +110,18 @@ async fn whip_publisher_and_whep_player_through_the_proxy() {
 
 /// A minimal offer as a browser sends one (the canned origin does not
 /// look at it beyond its ufrag).
+/// An origin whose API port refuses connections.
+async fn dead_origin() -> srs_proxy::origin::Origin {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut dead = RtcOrigin::canned("dead").await.origin();
+    dead.ports.api = Some(closed);
+    dead
+}
+
 fn offer(ufrag: &str) -> String {
     format!(
         "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
@@ -364,14 +376,7 @@ async fn no_webrtc_origin_is_503_and_a_dead_one_502() {
     proxy.proxy.ctx.store.upsert_origin(no_api, None).await.unwrap();
     let reply = proxy.post_sdp(whip, &offer("abcd"), &[]).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
-    // An origin whose API port refuses connections.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut dead = RtcOrigin::canned("dead").await.origin();
-    dead.ports.api = Some(closed);
+    let dead = dead_origin().await;
     proxy.proxy.ctx.store.upsert_origin(dead, None).await.unwrap();
     let reply = proxy.post_sdp(whip, &offer("abcd"), &[]).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
@@ -395,13 +400,7 @@ async fn no_webrtc_origin_is_503_and_a_dead_one_502() {
 #[tokio::test]
 async fn an_offer_for_a_stream_on_a_dead_origin_is_answered_by_another() {
     let proxy = RtcProxy::start(WebrtcConfig::default()).await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut dead = RtcOrigin::canned("dead").await.origin();
-    dead.ports.api = Some(closed);
+    let dead = dead_origin().await;
     let ctx = &proxy.proxy.ctx;
     ctx.store.upsert_origin(dead, None).await.unwrap();
     let key = srs_proxy::stream_key::StreamKey::new("__defaultVhost__", "live", "cam").unwrap();

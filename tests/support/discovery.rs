@@ -50,17 +50,29 @@ pub async fn readiness(proxy: &TestProxy) -> (StatusCode, String) {
     (reply.status, error)
 }
 
-/// Starts playing `stream` as HTTP-FLV; returns the origin that serves it
-/// and the body, checked to be that origin's bytes.
-pub async fn play(proxy: &TestProxy, stream: &str) -> (String, hyper::body::Incoming) {
-    let resp = client::send(
+/// An HTTP-FLV play of `stream`, answered.
+async fn flv_play(proxy: &TestProxy, stream: &str) -> hyper::Response<hyper::body::Incoming> {
+    client::send(
         proxy.http,
         Method::GET,
         &format!("/live/{stream}.flv"),
         &[],
         Bytes::new(),
     )
-    .await;
+    .await
+}
+
+/// Who serves `stream` right now (a play request's `X-Origin`), or `None`
+/// when the play is refused.
+pub async fn served_by(proxy: &TestProxy, stream: &str) -> Option<String> {
+    let resp = flv_play(proxy, stream).await;
+    (resp.status() == StatusCode::OK).then(|| resp.headers()["x-origin"].to_str().unwrap().to_string())
+}
+
+/// Starts playing `stream` as HTTP-FLV; returns the origin that serves it
+/// and the body, checked to be that origin's bytes.
+pub async fn play(proxy: &TestProxy, stream: &str) -> (String, hyper::body::Incoming) {
+    let resp = flv_play(proxy, stream).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let origin = resp.headers()["x-origin"].to_str().unwrap().to_string();
     let mut body = resp.into_body();

@@ -47,3 +47,16 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Prints a bench figure: median, p90 and max of `ms` (milliseconds).
+pub fn summary(name: &str, mut ms: Vec<f64>) {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "{name:<44} median {:>8.1} ms   p90 {:>8.1} ms   max {:>8.1} ms   ({} rounds)",
+        at(0.5),
+        at(0.9),
+        at(1.0),
+        ms.len()
+    );
+}

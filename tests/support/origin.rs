@@ -359,3 +359,43 @@ impl FakeOrigin {
         self.kill.cancel();
     }
 }
+
+/// An origin that accepts connections and never answers; it holds them
+/// until dropped.
+pub struct BlackHole {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BlackHole {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        Self { addr, task }
+    }
+
+    /// What SRS sends with `heartbeat { ports on; }`, for an origin named
+    /// `name` whose HTTP port is this black hole.
+    pub fn register_body(&self, name: &str) -> String {
+        serde_json::json!({
+            "ip": self.addr.ip().to_string(),
+            "server": name,
+            "service": "svc1",
+            "pid": "4243",
+            "http": [self.addr.port().to_string()],
+        })
+        .to_string()
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
