@@ -85,6 +85,18 @@ async fn next_play_after_death_is_served_by_the_other(first: &TestProxy, next: &
         status.last_error
     );
     assert!(status.since.is_some());
+    // The system API lists it so.
+    let listed = client::get(next.api, "/api/v1/origins").await.json();
+    let dead_row = listed["origins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == serving.as_str())
+        .cloned()
+        .expect("listed");
+    assert_eq!(dead_row["healthy"], false);
+    assert!(dead_row["last_error"].as_str().is_some_and(|e| e.contains("refused")));
+    assert!(dead_row["since"].as_f64().is_some());
     assert_eq!(
         transitions(next, "unhealthy"),
         1,

@@ -1124,37 +1124,42 @@ async fn before_publishing_a_client_cannot_make_the_proxy_hold_large_messages() 
 }
 
 /// The origin holding a stream dies (its listener closes with it). The
-/// next publish of that stream is placed on the dead origin (the emptier
-/// one, by least-streams), finds it refusing, and is accepted by the other
-/// origin within the same request; a player then finds the stream there.
-#[tokio::test]
-async fn after_its_origin_dies_the_next_publish_is_accepted_by_the_other() {
-    let (proxy, mut origins) = proxy_with_origins(2).await;
+/// next publish of that stream, through `next`, is placed on the dead
+/// origin (the emptier one, by least-streams), finds it refusing, and is
+/// accepted by the other origin within the same request; a player then
+/// finds the stream there.
+async fn next_publish_after_death_is_accepted_by_the_other(first: &TestProxy, next: &TestProxy) {
+    let mut origins = Vec::new();
+    for i in 0..2 {
+        let origin = RtmpOrigin::start(&format!("rtmp-origin-{i}")).await;
+        origin.register(first.api).await;
+        origins.push(origin);
+    }
     let key = srs_proxy::stream_key::StreamKey::new("__defaultVhost__", "live", "cam").unwrap();
-    let mut publisher = RmlClient::connect(proxy.rtmp, "live").await;
+    let mut publisher = RmlClient::connect(first.rtmp, "live").await;
     publisher.publish("cam").await.expect("publish accepted");
     let dead = origins
         .iter()
         .position(|o| o.is_publishing("live/cam"))
         .expect("publishing");
     // A second stream fills the other origin, so the dead one is emptier.
-    let mut other = RmlClient::connect(proxy.rtmp, "live").await;
+    let mut other = RmlClient::connect(first.rtmp, "live").await;
     other.publish("other").await.expect("publish accepted");
     assert!(origins[1 - dead].is_publishing("live/other"));
 
     origins[dead].kill();
     assert!(publisher.closed().await, "the publisher's relay ends with its origin");
     let released = eventually(BOUND, || async {
-        proxy.ctx.store.lookup(&key).await.unwrap().is_none().then_some(())
+        next.ctx.store.lookup(&key).await.unwrap().is_none().then_some(())
     })
     .await;
     assert!(released.is_some(), "the publisher's mapping goes with it");
 
     let survivor = origins.remove(1 - dead);
-    let mut again = RmlClient::connect(proxy.rtmp, "live").await;
+    let mut again = RmlClient::connect(next.rtmp, "live").await;
     again.publish("cam").await.expect("the next publish is accepted");
     assert!(survivor.is_publishing("live/cam"));
-    let m = &proxy.ctx.metrics;
+    let m = &next.ctx.metrics;
     assert_eq!(
         m.origin_health_transitions_total
             .with_label_values(&["unhealthy"])
@@ -1162,7 +1167,22 @@ async fn after_its_origin_dies_the_next_publish_is_accepted_by_the_other() {
         1,
         "the publish found the dead origin first"
     );
-    let mut player = RmlClient::connect(proxy.rtmp, "live").await;
+    let mut player = RmlClient::connect(first.rtmp, "live").await;
     player.play("cam").await.expect("the player finds the stream");
     drop(other);
+}
+
+#[tokio::test]
+async fn after_its_origin_dies_the_next_publish_is_accepted_by_the_other() {
+    let proxy = TestProxy::start(test_config()).await;
+    next_publish_after_death_is_accepted_by_the_other(&proxy, &proxy).await;
+}
+
+#[tokio::test]
+async fn with_redis_the_next_publish_on_another_replica_is_accepted_by_the_other_origin() {
+    let mut config = test_config();
+    config.load_balancer_type = srs_proxy::config::StoreKind::Redis;
+    config.redis = support::redis::RedisServer::shared().config("rtmp-health:");
+    let [a, b] = support::redis::proxy_replicas(&config).await;
+    next_publish_after_death_is_accepted_by_the_other(&a, &b).await;
 }

@@ -834,6 +834,50 @@ async fn probes_make_origins_unhealthy_and_healthy_again(s: Subject) {
     assert!(store.origin("a").await.unwrap().is_some());
 }
 
+/// Flapping is damped: with consistent-hash, an origin that fails and
+/// comes back moves only its own streams while it is out, and taking it
+/// back moves nothing (streams that moved stay where they went; streams on
+/// the others never moved).
+async fn an_origin_failing_and_returning_moves_only_its_own_streams(s: Subject) {
+    let store = &s.store;
+    for id in ["a", "b", "c"] {
+        store.upsert_origin(origin(id), None).await.unwrap();
+    }
+    let streams: Vec<String> = (0..30).map(|i| format!("s{i}")).collect();
+    let mut before = Vec::new();
+    for stream in &streams {
+        before.push(claim(store, stream, Policy::ConsistentHash).await.0);
+    }
+    assert!(before.iter().any(|o| o == "a"), "some streams on a: {before:?}");
+    store.report_failure("a", "refused").await.unwrap();
+    let mut during = Vec::new();
+    for (stream, was) in streams.iter().zip(&before) {
+        let (now, outcome) = claim(store, stream, Policy::ConsistentHash).await;
+        if was == "a" {
+            assert_ne!(now, "a");
+            assert_eq!(outcome, ClaimOutcome::Failover);
+        } else {
+            assert_eq!((&now, outcome), (was, ClaimOutcome::Hit), "{stream} stays");
+        }
+        during.push(now);
+    }
+    let heal = HealthRules {
+        failures: 1,
+        successes: 1,
+    };
+    assert_eq!(
+        store.record_probe("a", Ok(()), heal).await.unwrap(),
+        HealthChange::Healthy
+    );
+    for (stream, was) in streams.iter().zip(&during) {
+        assert_eq!(
+            claim(store, stream, Policy::ConsistentHash).await,
+            (was.clone(), ClaimOutcome::Hit),
+            "{stream} does not move back"
+        );
+    }
+}
+
 /// Each origin's probe goes to one replica: the one that took it keeps it
 /// while it asks again within the hold; another takes over only when it
 /// stops asking.
@@ -907,4 +951,5 @@ conformance!(
     a_failed_origin_is_unhealthy_at_once_everywhere,
     probes_make_origins_unhealthy_and_healthy_again,
     probe_turns_go_to_one_replica_at_a_time,
+    an_origin_failing_and_returning_moves_only_its_own_streams,
 );
