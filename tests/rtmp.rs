@@ -1186,3 +1186,37 @@ async fn with_redis_the_next_publish_on_another_replica_is_accepted_by_the_other
     let [a, b] = support::redis::proxy_replicas(&config).await;
     next_publish_after_death_is_accepted_by_the_other(&a, &b).await;
 }
+
+/// An RTMP origin that accepts connections and never answers the
+/// handshake: after the handshake timeout the publish is accepted by the
+/// other origin, and the silent one is unhealthy.
+#[tokio::test]
+async fn a_publish_mapped_to_a_silent_origin_is_accepted_by_another_after_the_handshake_timeout() {
+    let config = srs_proxy::config::Config {
+        rtmp_handshake_timeout: Duration::from_millis(500),
+        ..test_config()
+    };
+    let proxy = TestProxy::start(config).await;
+    let hole = support::origin::BlackHole::start().await;
+    let body = serde_json::json!({
+        "ip": "127.0.0.1", "server": "silent", "service": "s", "pid": "1",
+        "rtmp": [hole.addr.port().to_string()],
+    });
+    let reply = client::post(proxy.api, "/api/v1/srs/register", body.to_string()).await;
+    assert_eq!(reply.status, http::StatusCode::OK, "{}", reply.text());
+    let key = srs_proxy::stream_key::StreamKey::new("__defaultVhost__", "live", "cam").unwrap();
+    let (placed, _) = proxy
+        .ctx
+        .claim_origin(&key, srs_proxy::origin::Protocol::Rtmp)
+        .await
+        .unwrap();
+    assert_eq!(placed.id, "silent", "the stream is mapped to the silent origin first");
+    let origin = RtmpOrigin::start("live-origin").await;
+    origin.register(proxy.api).await;
+
+    let mut publisher = RmlClient::connect(proxy.rtmp, "live").await;
+    publisher.publish("cam").await.expect("the publish is accepted");
+    assert!(origin.is_publishing("live/cam"));
+    let listed = proxy.ctx.store.list_origins().await.unwrap();
+    assert!(!listed.iter().find(|o| o.origin.id == "silent").unwrap().healthy);
+}

@@ -201,8 +201,17 @@ impl Failure for RtmpError {
     }
 
     fn retry_elsewhere(&self) -> bool {
-        // Only a connect that failed: the origin heard nothing.
-        matches!(self, RtmpError::OriginConnect(..))
+        // A connect that failed, or a handshake the origin hung up on or
+        // never answered: it heard nothing of the client's session.
+        matches!(
+            self,
+            RtmpError::OriginConnect(..)
+                | RtmpError::OriginHandshake(
+                    handshake::HandshakeError::Truncated
+                        | handshake::HandshakeError::Timeout(_)
+                        | handshake::HandshakeError::Io(_)
+                )
+        )
     }
 }
 
