@@ -102,6 +102,11 @@ async fn next_play_after_death_is_served_by_the_other(first: &TestProxy, next: &
         1,
         "the replica that failed to connect reported it"
     );
+    let metrics = client::get(next.api, "/metrics").await.text();
+    assert!(
+        metrics.lines().any(|l| l == "srs_proxy_origins_unhealthy 1"),
+        "{metrics}"
+    );
     // It gets no new streams, on any replica.
     for i in 0..4 {
         assert_eq!(play(first, &format!("new{i}")).await.0, survivor);
@@ -118,6 +123,28 @@ async fn with_the_memory_store_the_next_play_after_an_origin_dies_is_served_by_t
 async fn with_redis_the_next_play_on_another_replica_is_served_by_the_other_origin() {
     let [a, b] = proxy_replicas(&redis_config("health-flv:")).await;
     next_play_after_death_is_served_by_the_other(&a, &b).await;
+}
+
+/// HLS: the origin serving a stream's playlist dies; the next playlist
+/// request (a new player, no token) is served by the other origin.
+#[tokio::test]
+async fn the_next_playlist_after_an_origin_dies_comes_from_the_other() {
+    let proxy = TestProxy::start(test_config()).await;
+    let mut origins = vec![FakeOrigin::start("origin-a").await, FakeOrigin::start("origin-b").await];
+    for o in &origins {
+        o.register(proxy.api).await;
+    }
+    let first = client::get(proxy.http, "/live/tv.m3u8").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    let serving = first.header("x-origin").expect("the origin's header").to_string();
+    let dead = origins.iter().position(|o| o.name == serving).unwrap();
+    drop(origins.remove(dead));
+
+    let next = client::get(proxy.http, "/live/tv.m3u8").await;
+    assert_eq!(next.status, StatusCode::OK, "{}", next.text());
+    assert_eq!(next.header("x-origin"), Some(origins[0].name.as_str()));
+    assert!(next.text().contains("tv-100.ts"), "{}", next.text());
+    assert!(!status_of(&proxy, &serving).await.healthy);
 }
 
 /// No retry loop: with every origin dead, a play tries the stream's origin
