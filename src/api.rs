@@ -145,7 +145,7 @@ async fn refresh_gauges(ctx: &Context) {
         return;
     };
     let mut counts: std::collections::BTreeMap<(String, &'static str), i64> = Default::default();
-    for o in &origins {
+    for o in origins.iter().filter(|o| o.healthy) {
         *counts
             .entry((o.origin.pool.clone().unwrap_or_default(), o.origin.source.as_str()))
             .or_default() += 1;

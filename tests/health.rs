@@ -107,6 +107,8 @@ async fn next_play_after_death_is_served_by_the_other(first: &TestProxy, next: &
         metrics.lines().any(|l| l == "srs_proxy_origins_unhealthy 1"),
         "{metrics}"
     );
+    let live = r#"srs_proxy_origins_live{pool="",source="heartbeat"} 1"#;
+    assert!(metrics.lines().any(|l| l == live), "{metrics}");
     // It gets no new streams, on any replica.
     for i in 0..4 {
         assert_eq!(play(first, &format!("new{i}")).await.0, survivor);

@@ -35,7 +35,12 @@ pub async fn by_token(
         return Ok(None);
     };
     let resp = match kind {
-        StreamKind::Playlist => fetch_playlist(state, sr, &origin, Token::Existing(&token)).await?,
+        // The session is bound to its origin: a failure is reported (the
+        // next playlist without a live token is claimed elsewhere).
+        StreamKind::Playlist => {
+            let fetched = fetch_playlist(state, sr, &origin, Token::Existing(&token)).await;
+            state.ctx.reported(&origin, fetched).await?
+        }
         _ => from_origin(state, sr, &origin, &session.key).await?,
     };
     Ok(Some(resp))
@@ -159,8 +164,7 @@ async fn fetch_playlist(
     };
     // Always GET upstream: a HEAD answer must carry the rewritten length.
     let pool = Some(&state.keep_alive);
-    let sent = forward::send(ctx, origin, &Method::GET, &sr.target, sr.req.headers(), sr.peer, pool).await;
-    let upstream = ctx.reported(origin, sent).await?;
+    let upstream = forward::send(ctx, origin, &Method::GET, &sr.target, sr.req.headers(), sr.peer, pool).await?;
     if !upstream.response.status().is_success() {
         if let Token::New { outcome, .. } = token {
             ctx.forget_claim(&sr.key, &origin.id, outcome).await;
