@@ -19,6 +19,7 @@
 //!
 //! A failure becomes a response in one place, [`HttpError::into_response`].
 
+pub mod edge;
 pub mod forward;
 pub mod framing;
 pub mod hls;
