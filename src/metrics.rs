@@ -7,8 +7,9 @@
 
 use prometheus::{
     register_histogram_vec_with_registry, register_histogram_with_registry, register_int_counter_vec_with_registry,
-    register_int_gauge_vec_with_registry, register_int_gauge_with_registry, Encoder, Histogram, HistogramOpts,
-    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
+    register_int_counter_with_registry, register_int_gauge_vec_with_registry, register_int_gauge_with_registry,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    TextEncoder,
 };
 
 /// Every metric the proxy exports.
@@ -75,6 +76,25 @@ pub struct Metrics {
     /// WebRTC datagrams dropped by reason: unknown_address, not_webrtc,
     /// queue_full.
     pub rtc_datagrams_dropped_total: IntCounterVec,
+    /// Edge mode: shared upstreams open (one per stream with players).
+    pub edge_upstreams_active: IntGauge,
+    /// Edge mode: shared upstreams closed, by reason (origin_ended,
+    /// origin_lost, origin_failed, idle).
+    pub edge_upstreams_closed_total: IntCounterVec,
+    /// Edge mode: the most players a shared upstream had, observed when it
+    /// closes.
+    pub edge_upstream_players: Histogram,
+    /// Edge mode: players fed by a shared upstream, by protocol.
+    pub edge_players_active: IntGaugeVec,
+    /// Edge mode: players that ended, by reason (origin_ended,
+    /// origin_lost, origin_failed, client_closed, client_error, too_slow).
+    pub edge_players_ended_total: IntCounterVec,
+    /// Edge mode: frames a lagging player skipped, by protocol.
+    pub edge_frames_dropped_total: IntCounterVec,
+    /// Edge mode: stream bytes read from origins by shared upstreams.
+    pub edge_upstream_bytes_total: IntCounter,
+    /// Edge mode: frame bytes held for players (GOP caches and lag room).
+    pub edge_buffer_bytes: IntGauge,
 }
 
 impl Default for Metrics {
@@ -90,6 +110,11 @@ const STORE_BUCKETS: &[f64] = &[
 /// Discovery propagation: sub-millisecond to a few seconds.
 const PROPAGATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Players per shared upstream: one to many thousands.
+const PLAYER_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
 ];
 
 impl Metrics {
@@ -132,6 +157,14 @@ impl Metrics {
             rtc_packets_total: register_int_counter_vec_with_registry!("rtc_packets_total", "WebRTC datagrams relayed (in: client to origin, out: origin to client).", &["direction"], r)?,
             rtc_stun_bindings_total: register_int_counter_vec_with_registry!("rtc_stun_bindings_total", "STUN binding requests that could bind a client address, by result.", &["result"], r)?,
             rtc_datagrams_dropped_total: register_int_counter_vec_with_registry!("rtc_datagrams_dropped_total", "WebRTC datagrams dropped, by reason.", &["reason"], r)?,
+            edge_upstreams_active: register_int_gauge_with_registry!("edge_upstreams_active", "Edge mode: shared upstreams open.", r)?,
+            edge_upstreams_closed_total: register_int_counter_vec_with_registry!("edge_upstreams_closed_total", "Edge mode: shared upstreams closed, by reason.", &["reason"], r)?,
+            edge_upstream_players: register_histogram_with_registry!(buckets("edge_upstream_players", "Edge mode: most players a shared upstream had, observed when it closes.", PLAYER_BUCKETS), r)?,
+            edge_players_active: register_int_gauge_vec_with_registry!("edge_players_active", "Edge mode: players fed by a shared upstream.", &["protocol"], r)?,
+            edge_players_ended_total: register_int_counter_vec_with_registry!("edge_players_ended_total", "Edge mode: players of a shared upstream that ended, by reason.", &["reason"], r)?,
+            edge_frames_dropped_total: register_int_counter_vec_with_registry!("edge_frames_dropped_total", "Edge mode: frames skipped for players that fell behind.", &["protocol"], r)?,
+            edge_upstream_bytes_total: register_int_counter_with_registry!("edge_upstream_bytes_total", "Edge mode: stream bytes read from origins by shared upstreams.", r)?,
+            edge_buffer_bytes: register_int_gauge_with_registry!("edge_buffer_bytes", "Edge mode: frame bytes held for players.", r)?,
             registry: r,
         })
     }

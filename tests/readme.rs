@@ -56,8 +56,12 @@ fn every_metric_has_a_row() {
         .rtc_datagrams_dropped_total
         .with_label_values(&["unknown_address"])
         .inc();
+    metrics.edge_upstreams_closed_total.with_label_values(&["idle"]).inc();
+    metrics.edge_players_active.with_label_values(&["http-flv"]).inc();
+    metrics.edge_players_ended_total.with_label_values(&["too_slow"]).inc();
+    metrics.edge_frames_dropped_total.with_label_values(&["http-flv"]).inc();
     let families = metrics.registry.gather();
-    assert!(families.len() >= 22, "a metric family was not touched above");
+    assert!(families.len() >= 30, "a metric family was not touched above");
     for family in families {
         let row = format!("| `{}` |", family.name());
         assert!(readme.contains(&row), "README metrics table lacks {row}");

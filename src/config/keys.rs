@@ -134,5 +134,11 @@ pub const KEYS: &[Key] = &[
     key!("webrtc.lookup_rate", "PROXY_WEBRTC_LOOKUP_RATE", webrtc.lookup_rate, positive),
     key!("webrtc.max_sdp_bytes", "PROXY_WEBRTC_MAX_SDP_BYTES", webrtc.max_sdp_bytes, positive),
     key!("rtmp_setup_timeout", "PROXY_RTMP_SETUP_TIMEOUT", rtmp_setup_timeout, parse_duration),
+    key!("edge.mode", "PROXY_EDGE_MODE", edge.mode, parsed),
+    key!("edge.gop_cache_bytes", "PROXY_EDGE_GOP_CACHE_BYTES", edge.gop_cache_bytes, positive),
+    key!("edge.gop_cache_duration", "PROXY_EDGE_GOP_CACHE_DURATION", edge.gop_cache_duration, parse_duration),
+    key!("edge.player_lag", "PROXY_EDGE_PLAYER_LAG", edge.player_lag, parse_duration),
+    key!("edge.player_timeout", "PROXY_EDGE_PLAYER_TIMEOUT", edge.player_timeout, parse_duration),
+    key!("edge.linger", "PROXY_EDGE_LINGER", edge.linger, parse_duration),
     key!("log_format", "PROXY_LOG_FORMAT", log_format, parsed),
 ];

@@ -10,6 +10,7 @@
 //! This module only parses and validates; it never opens sockets, and the
 //! only files it reads are the config file and the API token file it names.
 
+mod edge;
 mod health;
 mod keys;
 mod origins;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::edge::{EdgeConfig, EdgeMode};
 pub use self::health::HealthConfig;
 pub use self::keys::{Key, KEYS};
 pub use self::origins::{DefaultBackend, StaticOrigin};
@@ -202,6 +204,7 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     pub webrtc: WebrtcConfig,
     pub health: HealthConfig,
+    pub edge: EdgeConfig,
     /// How long open streams may go on after SIGTERM.
     #[serde(with = "duration_serde")]
     pub grace_quit_timeout: Duration,
@@ -286,6 +289,7 @@ impl Default for Config {
             kubernetes: KubernetesConfig::default(),
             webrtc: WebrtcConfig::default(),
             health: HealthConfig::default(),
+            edge: EdgeConfig::default(),
             grace_quit_timeout: Duration::from_secs(20),
             force_quit_timeout: Duration::from_secs(30),
             registration_ttl: Duration::from_secs(30),
@@ -425,6 +429,9 @@ impl Config {
             });
         }
         self.validate_auth()?;
+        self.edge
+            .check()
+            .map_err(|(key, reason)| ConfigError::Invalid { key, reason })?;
         if self.force_quit_timeout < self.grace_quit_timeout {
             return Err(ConfigError::Invalid {
                 key: "force_quit_timeout",

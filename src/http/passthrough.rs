@@ -492,7 +492,7 @@ impl Drop for Pump {
 /// The player's response head. The connection closes after the body, so
 /// the framing is the origin's: chunked stays chunked, a close-delimited
 /// body stays close-delimited, a length stays a length.
-fn head_bytes(parts: &Parts, framing: Framing) -> BytesMut {
+pub(crate) fn head_bytes(parts: &Parts, framing: Framing) -> BytesMut {
     let mut out = BytesMut::with_capacity(1024);
     out.put_slice(b"HTTP/1.1 ");
     out.put_slice(parts.status.as_str().as_bytes());

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use http::Request;
 use hyper::body::Incoming;
 
+use super::edge::Edge;
 use super::hls_session::HlsSessions;
 use super::pool::KeepAlive;
 use crate::context::Context;
@@ -61,6 +62,8 @@ pub struct HttpState {
     /// Playlists being fetched and rewritten at once (each may hold a
     /// whole playlist and its rewrite in memory).
     pub rewrites: tokio::sync::Semaphore,
+    /// Edge mode's shared upstreams (none while it is off).
+    pub edge: Edge,
 }
 
 /// A stream request, parsed once for every handler.

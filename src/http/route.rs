@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+use super::edge::Edge;
 use super::hls_session::HlsSessions;
 use super::pool::KeepAlive;
 use super::request::{classify, HttpState, StreamKind, StreamRequest};
@@ -37,6 +38,7 @@ pub async fn run(listener: TcpListener, ctx: Context) {
         sessions: HlsSessions::new(ctx.config.hls_session_ttl),
         keep_alive: KeepAlive::default(),
         rewrites: tokio::sync::Semaphore::new(ctx.config.hls_max_rewrites),
+        edge: Edge::new(&ctx.config.edge),
         ctx: ctx.clone(),
     });
     let server = HttpServer::new(ctx.clone(), LISTENER_NAME, move |req, peer| {
@@ -100,10 +102,10 @@ async fn stream(
         }
     }
     match kind {
-        StreamKind::Flv => live::serve(&state.ctx, kind, &sr).await,
+        StreamKind::Flv => live::serve(state, kind, &sr).await,
         StreamKind::Ts => match hls::numbered_segment(state, &sr).await? {
             Some(resp) => Ok(resp),
-            None => live::serve(&state.ctx, kind, &sr).await,
+            None => live::serve(state, kind, &sr).await,
         },
         StreamKind::Playlist => hls::playlist(state, &sr).await,
         StreamKind::Segment => hls::segment(state, &sr).await,

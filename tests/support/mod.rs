@@ -3,6 +3,8 @@
 //! * [`proxy`] — the proxy in-process with a chosen config and store.
 //! * [`origin`] — a fake SRS HTTP origin (FLV, TS, HLS) that registers itself
 //!   through the real register API.
+//! * [`flv_origin`] — a fake SRS origin serving real FLV tag by tag as the
+//!   test feeds it, with an ordered log of what it saw.
 //! * [`fast_origin`] — a raw-TCP synthetic origin for memory tests and
 //!   benchmarks (bulk or paced streams, playlists, segments).
 //! * [`client`] — a minimal HTTP/1.1 client over hyper.
@@ -19,6 +21,7 @@
 pub mod client;
 pub mod discovery;
 pub mod fast_origin;
+pub mod flv_origin;
 pub mod kube;
 pub mod kube_cluster;
 pub mod origin;

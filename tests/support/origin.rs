@@ -32,8 +32,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 const CHUNK: usize = 16 * 1024;
 /// Chunks of a finite (`end…`) stream.
@@ -268,6 +268,56 @@ fn handle(
     resp
 }
 
+/// The body SRS sends with `heartbeat { ports on; }` for an origin named
+/// `name` serving HTTP on `addr` (and nothing on the other ports).
+pub fn register_body(name: &str, addr: SocketAddr) -> String {
+    serde_json::json!({
+        "device_id": name,
+        "ip": addr.ip().to_string(),
+        "server": name,
+        "service": "svc1",
+        "pid": "4242",
+        // Nothing listens on port 1 on a test machine: RTMP is not served.
+        "rtmp": ["1"],
+        "http": [format!("0.0.0.0:{}", addr.port())],
+        "api": ["1985"],
+        "srt": ["10080"],
+        "rtc": ["udp://0.0.0.0:8000"],
+        "summaries": {"ok": true, "self": {"pid": 4242, "mem_percent": 0.1}}
+    })
+    .to_string()
+}
+
+/// Serves HTTP/1.1 on `listener` until `kill`: `accepted` numbers each
+/// connection, `handle` answers each request with the connection's number.
+pub fn serve_http(
+    listener: TcpListener,
+    kill: CancellationToken,
+    mut accepted: impl FnMut() -> usize + Send + 'static,
+    handle: impl Fn(usize, &Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static,
+) {
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = tokio::select! {
+                r = listener.accept() => match r { Ok(p) => p, Err(_) => continue },
+                _ = kill.cancelled() => return,
+            };
+            let (kill, handle, id) = (kill.clone(), handle.clone(), accepted());
+            tokio::spawn(async move {
+                let svc = service_fn(|req| {
+                    let resp = handle(id, &req);
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let conn = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = kill.cancelled() => {}
+                }
+            });
+        }
+    });
+}
+
 impl FakeOrigin {
     /// Starts an origin on 127.0.0.1:0.
     pub async fn start(name: &str) -> Self {
@@ -281,27 +331,13 @@ impl FakeOrigin {
         let counters = Arc::new(Counters::default());
         let kill = CancellationToken::new();
         let (c, k, n) = (counters.clone(), kill.clone(), name.to_string());
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = tokio::select! {
-                    r = listener.accept() => match r { Ok(p) => p, Err(_) => continue },
-                    _ = k.cancelled() => return,
-                };
-                let (c, k, n) = (c.clone(), k.clone(), n.clone());
-                let id = c.connections.fetch_add(1, Ordering::SeqCst) + 1;
-                tokio::spawn(async move {
-                    let svc = service_fn(|req| {
-                        let resp = handle(&n, &c, &k, id, &req);
-                        async move { Ok::<_, Infallible>(resp) }
-                    });
-                    let conn = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = k.cancelled() => {}
-                    }
-                });
-            }
-        });
+        let accepted = counters.clone();
+        serve_http(
+            listener,
+            kill.clone(),
+            move || accepted.connections.fetch_add(1, Ordering::SeqCst) + 1,
+            move |id, req| handle(&n, &c, &k, id, req),
+        );
         Self {
             name: name.to_string(),
             addr,
@@ -312,21 +348,7 @@ impl FakeOrigin {
 
     /// The body SRS sends with `heartbeat { ports on; }`, for this origin.
     pub fn register_body(&self) -> String {
-        serde_json::json!({
-            "device_id": self.name,
-            "ip": self.addr.ip().to_string(),
-            "server": self.name,
-            "service": "svc1",
-            "pid": "4242",
-            // Nothing listens on port 1 on a test machine: RTMP is not served.
-            "rtmp": ["1"],
-            "http": [format!("0.0.0.0:{}", self.addr.port())],
-            "api": ["1985"],
-            "srt": ["10080"],
-            "rtc": ["udp://0.0.0.0:8000"],
-            "summaries": {"ok": true, "self": {"pid": 4242, "mem_percent": 0.1}}
-        })
-        .to_string()
+        register_body(&self.name, self.addr)
     }
 
     /// Registers through the proxy's real register API.

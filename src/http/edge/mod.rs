@@ -1,9 +1,57 @@
 //! Edge mode: one origin connection per stream per replica, however many
 //! HTTP-FLV players watch it.
 //!
-//! [`flv`] cuts an origin's FLV body into tags and says what each is to a
-//! player that joins late; [`ring`] keeps a stream's recent frames once
-//! and where each player is in them.
+//! Off by default; then nothing here runs and every player gets its own
+//! origin request ([`super::live`]). On, an HTTP/1.1 GET of a live
+//! `.flv` joins the stream's [`hub::Hub`]: one claim, one origin request,
+//! the body cut into FLV tags ([`flv`]) kept once in a [`ring::Ring`] (the
+//! file header flags, `onMetaData`, the latest sequence headers and the
+//! frames since the last keyframe), and one [`player::Pump`] per player
+//! that writes them in its own framing ([`play`]) from its own cursor.
+//!
+//! This module owns the table of hubs (one per HTTP listener, in its
+//! state); it does not decide where a stream lives (that is
+//! [`crate::claim`]) and never parses HTTP requests.
 
 pub mod flv;
+pub mod hub;
+pub mod play;
+pub mod player;
 pub mod ring;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::config::EdgeConfig;
+use crate::stream_key::StreamKey;
+
+/// The hubs of this replica, by stream; a cheap handle in the context.
+#[derive(Clone)]
+pub struct Edge {
+    /// Live and starting hubs. A hub removes itself when it ends.
+    hubs: Arc<Mutex<HashMap<StreamKey, Arc<hub::Hub>>>>,
+    /// The ring bounds every hub gets, from the `edge` config.
+    limits: ring::Limits,
+}
+
+impl Edge {
+    pub fn new(config: &EdgeConfig) -> Self {
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            hubs: Arc::default(),
+            limits: ring::Limits {
+                gop_bytes: config.gop_cache_bytes as u64,
+                gop_ms: ms(config.gop_cache_duration),
+                lag_ms: ms(config.player_lag),
+            },
+        }
+    }
+
+    fn hubs(&self) -> MutexGuard<'_, HashMap<StreamKey, Arc<hub::Hub>>> {
+        self.hubs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn limits(&self) -> ring::Limits {
+        self.limits
+    }
+}
