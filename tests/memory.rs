@@ -9,9 +9,9 @@ mod support;
 use std::io::Write as _;
 use std::time::Duration;
 
-use support::eventually;
 use support::fast_origin::FastOrigin;
 use support::proxy::{test_config, TestProxy};
+use support::{eventually, rss_bytes};
 use tokio::net::TcpStream;
 
 /// Players held open at once.
@@ -22,16 +22,6 @@ const RELAY_BUFFER: usize = 32 * 1024;
 /// plus the test's own origin and client side, rounded up;
 /// the hyper relay this bound replaced held about 400 KiB more.
 const FIXED_OVERHEAD: usize = 40 * 1024;
-
-fn rss_bytes() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status");
-    kib * 1024
-}
 
 /// A player that sends its request and then reads nothing.
 async fn stalled_player(proxy: std::net::SocketAddr, n: usize) -> TcpStream {

@@ -63,3 +63,15 @@ pub fn summary(name: &str, mut ms: Vec<f64>) {
         ms.len()
     );
 }
+
+/// This process's resident memory, for tests that bound memory per
+/// connection (each alone in its test binary).
+pub fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib * 1024
+}
