@@ -4,7 +4,7 @@
 //! A fast synthetic origin and the load clients run in this process on one
 //! core; the process under test (the proxy binary with one worker thread,
 //! or Debian's nginx with one worker, `proxy_buffering off`,
-//! `proxy_buffer_size 64k`) runs on the other. "direct" reads the origin
+//! `proxy_buffer_size 64k`, `proxy_buffers 8 64k`) runs on the other. "direct" reads the origin
 //! itself. Printed:
 //!
 //! * resident memory per viewer with 1,000 viewers paced at 1 Mbit/s, and
@@ -210,12 +210,17 @@ async fn callgrind(after: &Path, origin: &FastOrigin) {
     if let Ok(before) = std::env::var("BENCH_PROXY_BEFORE") {
         runs.insert(0, ("before", PathBuf::from(before)));
     }
-    let mut line = String::from("callgrind, instructions per MB relayed (1 bulk viewer):");
+    let mut line = String::from("callgrind, user-space instructions per MB relayed (1 bulk viewer):");
+    let mut first = None;
     for (label, binary) in runs {
         let small = instructions(&binary, origin, 8).await;
         let large = instructions(&binary, origin, 40).await;
         let per_mb = (large.saturating_sub(small)) as f64 / 32.0;
-        line += &format!(" {label} {:.2} M;", per_mb / 1e6);
+        line += &format!(" {label} {:.1} k;", per_mb / 1e3);
+        match first {
+            None => first = Some(per_mb),
+            Some(before) => line += &format!(" before/this build {:.1}x;", before / per_mb.max(1.0)),
+        }
     }
     println!("{}", line.trim_end_matches(';'));
 }

@@ -107,7 +107,7 @@ async fn viewer(
             break;
         }
         unflushed += n as u64;
-        if unflushed > 1 << 20 {
+        if unflushed > 1 << 16 {
             received.fetch_add(unflushed, Ordering::Relaxed);
             unflushed = 0;
         }

@@ -137,21 +137,31 @@ pub fn nginx(origin: SocketAddr) -> Option<Target> {
 events {{ worker_connections 20000; }}\n\
 http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
   upstream origin {{ server {origin}; keepalive 64; }}\n\
-  server {{\n    listen {addr} backlog=4096;\n    location / {{\n      proxy_pass http://origin;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n      proxy_buffer_size 64k;\n    }}\n  }}\n}}\n",
+  server {{\n    listen {addr} backlog=4096;\n    location / {{\n      proxy_pass http://origin;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n      proxy_buffer_size 64k;\n      proxy_buffers 8 64k;\n      proxy_busy_buffers_size 128k;\n    }}\n  }}\n}}\n",
         dir = dir.path().display()
     );
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
-    let child = pinned(&binary)
+    let mut child = pinned(&binary)
         .arg("-p")
         .arg(dir.path())
         .arg("-c")
         .arg(&path)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .ok()?;
-    wait_listening(addr);
+    // nginx refuses a configuration at start: say why instead of waiting.
+    while std::net::TcpStream::connect(addr).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut why = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut stderr, &mut why);
+            }
+            panic!("nginx exited at start ({status}): {why}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     Some(Target {
         name: "nginx",
         addr,

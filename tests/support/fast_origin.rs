@@ -152,7 +152,8 @@ async fn serve(mut tcp: TcpStream, bodies: &Bodies, counters: &Counters) {
             .rsplit_once('-')
             .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
         let ok = match ext {
-            "flv" | "ts" if !numbered => {
+            // A numbered `.ts` is an HLS segment; an `.flv` is always live.
+            "flv" | "ts" if ext == "flv" || !numbered => {
                 let paced = stem.starts_with("paced");
                 let ct = if ext == "flv" { "video/x-flv" } else { "video/MP2T" };
                 return stream(tcp, ct, paced, http10, bodies, counters).await;
