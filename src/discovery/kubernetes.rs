@@ -415,8 +415,23 @@ impl PoolTask {
                 .watch(format!("endpointslices of service {service} (pool {})", self.name));
             let mut listed = false;
             let mut refresh = refresh_timer(&def.spec);
+            // Becoming the status writer after the last event must not
+            // wait for the next event or refresh to write status.
+            let mut leader = self.status.as_ref().map(|s| s.leader.clone());
             loop {
                 tokio::select! {
+                    became = async {
+                        match leader.as_mut() {
+                            Some(rx) => rx.changed().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        match became {
+                            Err(_) => leader = None,
+                            Ok(()) if listed => self.write_status(&def).await,
+                            Ok(()) => {}
+                        }
+                    }
                     event = events.next() => {
                         let received = Instant::now();
                         match event {
