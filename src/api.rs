@@ -293,7 +293,16 @@ async fn register_inner(ctx: &Context, req: Request<Incoming>, peer: SocketAddr)
         return Err(("disabled", error(StatusCode::FORBIDDEN, reason)));
     }
     let limit = ctx.config.http_max_body_bytes;
-    let body = match Limited::new(req.into_body(), limit).collect().await {
+    // The body has as long to arrive as the head had: a sender trickling
+    // it cannot hold a connection of the system API (and its readiness
+    // probe's room) for ever.
+    let wait = ctx.config.http_header_timeout;
+    let Ok(read) = tokio::time::timeout(wait, Limited::new(req.into_body(), limit).collect()).await else {
+        let reason = format!("body not received within {wait:?}");
+        tracing::warn!(%peer, %reason, "registration refused");
+        return Err(("invalid", error(StatusCode::REQUEST_TIMEOUT, &reason)));
+    };
+    let body = match read {
         Ok(body) => body.to_bytes(),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             let reason = format!("body larger than {limit} bytes");

@@ -285,13 +285,30 @@ async fn registration_rows() {
         .send(Method::POST, REGISTER, &auth, heartbeat("victim", "10.6.6.6", 8080))
         .await;
     row("takeover of another peer's id", &r, 409, "another peer");
-    let victim = proxy.ctx.store.origin("victim").await.unwrap().unwrap();
+    let victim = proxy.ctx.store.registration("victim").await.unwrap().unwrap();
     assert_eq!(victim.ip, "10.0.0.5", "the takeover changed nothing");
     // Its own peer may refresh and move it.
     let r = api
         .send(Method::POST, REGISTER, &auth, heartbeat("victim", "10.0.0.6", 8080))
         .await;
     row("the owner re-registers", &r, 200, "\"code\":0");
+    // Unhealthy, it still belongs to its peer.
+    proxy.ctx.store.report_failure("victim", "refused").await.unwrap();
+    let r = other_peer
+        .send(Method::POST, REGISTER, &auth, heartbeat("victim", "10.6.6.6", 8080))
+        .await;
+    row("takeover of another peer's unhealthy id", &r, 409, "another peer");
+    let victim = proxy.ctx.store.registration("victim").await.unwrap().unwrap();
+    assert_eq!(victim.ip, "10.0.0.6", "the takeover changed nothing");
+
+    // A body that starts and never finishes is given the header timeout.
+    let trickle = format!(
+        "POST {REGISTER} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"ip\":"
+    );
+    let reply = exchange(proxy.api, trickle.into_bytes()).await;
+    raw_row("a register body that never finishes", &reply, "HTTP/1.1 408");
+    assert!(reply.contains("body not received"), "{reply:?}");
 
     // 10,000 distinct ids from one peer: the per-peer cap (16) holds.
     let mut statuses = std::collections::BTreeMap::new();

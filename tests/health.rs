@@ -201,6 +201,61 @@ async fn a_black_hole_origin_is_given_up_after_the_response_timeout() {
     );
 }
 
+/// An origin that reads a play request and hangs up without answering has
+/// refused that request (an SRS hook denying a token does that): the
+/// client gets 502, and the origin stays healthy and keeps taking streams,
+/// so no client can take origins out by sending what they refuse.
+#[tokio::test]
+async fn an_origin_that_hangs_up_on_one_request_stays_healthy() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = TestProxy::start(test_config()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let refuser = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&head)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            // Probes are answered; plays are refused by hanging up.
+            if line.starts_with("HEAD ") {
+                let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+            } else {
+                let _ = seen_tx.send(line);
+            }
+        }
+    });
+    let body = serde_json::json!({
+        "ip": "127.0.0.1", "server": "refuser", "service": "svc1", "pid": "4244",
+        "http": [addr.port().to_string()],
+    });
+    let reply = client::post(proxy.api, "/api/v1/srs/register", body.to_string()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+
+    for round in 0..2 {
+        let (status, _) = try_play(proxy.http, "cam").await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "round {round}");
+        let line = tokio::time::timeout(BOUND, seen.recv())
+            .await
+            .expect("the origin got the play");
+        assert!(line.unwrap().starts_with("GET /live/cam.flv"), "round {round}");
+        let status = status_of(&proxy, "refuser").await;
+        assert!(status.healthy, "round {round}: {:?}", status.last_error);
+    }
+    assert_eq!(transitions(&proxy, "unhealthy"), 0);
+    refuser.abort();
+}
+
 /// Claims `stream` in the store directly (as a first request would) and
 /// returns the origin it was placed on.
 async fn claim_now(proxy: &TestProxy, stream: &str) -> String {

@@ -200,6 +200,7 @@ async fn expired_origins_are_never_returned(s: Subject) {
     // Before any sweep: gone from every read.
     assert_eq!(live_ids(store).await, ["static"]);
     assert_eq!(store.origin("short").await.unwrap(), None);
+    assert_eq!(store.registration("short").await.unwrap(), None);
     for i in 0..10 {
         let (id, _) = claim(store, &format!("s{i}"), Policy::Random).await;
         assert_eq!(id, "static");
@@ -755,6 +756,11 @@ async fn a_failed_origin_is_unhealthy_at_once_everywhere(s: Subject) {
     assert!(listed.iter().find(|o| o.origin.id == "b").unwrap().healthy);
 
     assert_eq!(store.origin("a").await.unwrap(), None);
+    // Its registration, and so who owns the id, is unchanged.
+    assert_eq!(
+        store.registration("a").await.unwrap().map(|o| o.id),
+        Some("a".to_string())
+    );
     assert_eq!(store.lookup(&key("on-a")).await.unwrap(), None);
     assert!(!store.refresh_stream(&key("on-a"), "a", LONG).await.unwrap());
     for policy in [Policy::LeastStreams, Policy::Random, Policy::ConsistentHash] {

@@ -48,7 +48,7 @@ fn path(v: &str) -> Result<Option<PathBuf>, String> {
     Ok(Some(v.trim()).filter(|v| !v.is_empty()).map(PathBuf::from))
 }
 
-/// A secret, untrimmed (a token is compared byte for byte).
+/// A secret, as given (trimmed once the whole config is read).
 fn secret(v: &str) -> Result<super::Secret, String> {
     Ok(super::Secret(v.to_string()))
 }

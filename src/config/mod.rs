@@ -527,9 +527,14 @@ impl Config {
     }
 
     /// Reads the API token from `http_api_auth.token_file` when no token
-    /// is given directly.
+    /// is given directly. A token is trimmed wherever it comes from, as the
+    /// presented one is (a Secret made from a file often ends in a newline).
     fn load_token_file(&mut self) -> Result<(), ConfigError> {
         let auth = &mut self.http_api_auth;
+        let given = auth.token.expose();
+        if given.trim() != given {
+            auth.token = Secret(given.trim().to_string());
+        }
         let Some(path) = auth
             .token_file
             .as_ref()
@@ -792,6 +797,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.http_api_auth.token.expose(), "direct", "a token given directly wins");
+        // Trimmed as the presented token is; blank means "read the file".
+        for (given, expect) in [("direct\n", "direct"), ("  ", "abc")] {
+            let c = load(
+                None,
+                &with(&[
+                    ("PROXY_HTTP_API_AUTH_TOKEN_FILE", path),
+                    ("PROXY_HTTP_API_AUTH_TOKEN", given),
+                ]),
+                &[],
+            )
+            .unwrap();
+            assert_eq!(c.http_api_auth.token.expose(), expect, "{given:?}");
+        }
         std::fs::write(&file, "\n").unwrap();
         let err = load(None, &with(&[("PROXY_HTTP_API_AUTH_TOKEN_FILE", path)]), &[]).unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");

@@ -319,7 +319,7 @@ pub async fn register(ctx: &Context, body: &[u8], peer: SocketAddr) -> Result<Re
     origin.registered_by = Some(peer_ip);
 
     let known = ctx
-        .store_op("origin", ctx.store.origin(&origin.id))
+        .store_op("registration", ctx.store.registration(&origin.id))
         .await
         .map_err(Refusal::Store)?;
     match &known {

@@ -267,15 +267,15 @@ pub async fn send(
                 tracing::debug!(error = %e, "kept-alive origin connection failed; retrying on a new one");
                 idle = None;
             }
-            // Nothing reached the client, and the request (GET or HEAD)
-            // may go to another origin.
+            // The origin took the connection and then failed this request:
+            // it may have refused this client (an SRS hook closing on a
+            // bad token does that), which says nothing about its health.
             Ok(Err(e)) => {
                 return Err(HttpError::origin(
                     StatusCode::BAD_GATEWAY,
                     format!("origin {} failed before answering", origin.id),
                     format!("{authority}: {e}"),
-                )
-                .retryable())
+                ))
             }
             Err(_) => {
                 return Err(HttpError::origin(

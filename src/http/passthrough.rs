@@ -100,9 +100,11 @@ pub async fn request(
     // The relay ends with the body; the connection is never reused.
     out.put_slice(b"connection: close\r\n\r\n");
 
-    // Failing before any answer, the GET may go to another origin.
-    let failed =
-        |reason: String, detail: String| HttpError::origin(StatusCode::BAD_GATEWAY, reason, detail).retryable();
+    // An origin that fails while the request is written may go elsewhere
+    // (it did not even take it); one that closes after reading it may have
+    // refused this request (an SRS hook denying a token does that), which
+    // says nothing about its health: a 502 for this client alone.
+    let failed = |reason: String, detail: String| HttpError::origin(StatusCode::BAD_GATEWAY, reason, detail);
     let wait = ctx.config.origin_response_timeout;
     let exchange = async {
         tcp.write_all(&out).await.map_err(|e| {
@@ -110,6 +112,7 @@ pub async fn request(
                 format!("origin {} failed before answering", origin.id),
                 format!("{authority}: {e}"),
             )
+            .retryable()
         })?;
         let mut buf = BytesMut::with_capacity(4096);
         loop {

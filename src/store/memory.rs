@@ -450,6 +450,10 @@ impl MemoryStore {
         Ok(self.lock().usable(id).cloned())
     }
 
+    pub fn registration(&self, id: &str) -> Result<Option<Origin>, StoreError> {
+        Ok(self.lock().origins.get(id).map(|e| e.origin.clone()))
+    }
+
     pub fn claim(
         &self,
         key: &StreamKey,

@@ -235,6 +235,15 @@ impl Store {
         }
     }
 
+    /// The registration under this id while it lasts, healthy or not:
+    /// who owns an id does not change while its origin is unhealthy.
+    pub async fn registration(&self, id: &str) -> Result<Option<Origin>, StoreError> {
+        match self {
+            Self::Memory(s) => s.registration(id),
+            Self::Redis(s) => s.registration(id).await,
+        }
+    }
+
     /// Returns the live origin serving `key`, or places the stream with
     /// `policy` and records the mapping for `ttl` — atomically.
     pub async fn claim(&self, key: &StreamKey, policy: Policy, ttl: Duration) -> Result<Claim, StoreError> {

@@ -375,6 +375,12 @@ elseif op == 'remove_origin' then
 elseif op == 'origin' then
   -- id -> origin JSON | nil
   return live_origin(ARGV[3])
+elseif op == 'registration' then
+  -- id -> origin JSON | nil, healthy or not
+  if alive(redis.call('ZSCORE', origins, ARGV[3])) then
+    return redis.call('HGET', registrations, ARGV[3]) or nil
+  end
+  return nil
 elseif op == 'list_origins' then
   -- -> {origin JSON, streams, ms until expiry (-1 = static), healthy (1|0),
   --     since (ms, -1 = never changed), last error, ...}

@@ -362,6 +362,11 @@ impl RedisStore {
         reply.as_deref().map(origin_from_json).transpose()
     }
 
+    pub async fn registration(&self, id: &str) -> Result<Option<Origin>, StoreError> {
+        let reply: Option<String> = self.run("registration", None, vec![id.to_string()]).await?;
+        reply.as_deref().map(origin_from_json).transpose()
+    }
+
     pub async fn claim(
         &self,
         key: &StreamKey,

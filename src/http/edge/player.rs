@@ -214,8 +214,11 @@ impl<W: AsyncWrite + Unpin, E: Encode> Pump<W, E> {
                         None => {}
                     }
                     let since = *self.stuck_at.get_or_insert(clock);
-                    if clock - since > self.timeout_ms {
-                        return Poll::Ready(End::TooSlow(clock - since));
+                    // A hub that lost its origin starts a fresh ring (clock
+                    // 0) before its phase says so: not time going back.
+                    let stuck = clock.saturating_sub(since);
+                    if stuck > self.timeout_ms {
+                        return Poll::Ready(End::TooSlow(stuck));
                     }
                     self.flush_count();
                     return Poll::Pending;
