@@ -139,8 +139,15 @@ pub struct Feed {
 
 impl Feed {
     async fn new(peer: Option<SocketAddr>) -> Self {
+        // A receive buffer of seconds of stream rather than the default
+        // fraction of one: a test process descheduled on a busy machine
+        // must not lose what srt-live-transmit hands it over plain UDP.
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        let _ = socket.set_recv_buffer_size(4 << 20);
+        socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        socket.set_nonblocking(true).unwrap();
         Self {
-            socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            socket: UdpSocket::from_std(socket.into()).unwrap(),
             peer,
         }
     }
