@@ -130,8 +130,11 @@ pub async fn run(ctx: Context, listeners: Listeners, signal: impl Future<Output 
     if let Some(discovery) = crate::discovery::start(&ctx) {
         background.spawn(discovery);
     }
+    // One table of shared upstreams for the whole replica, so every
+    // listener's players of a stream share its one origin connection.
+    let edge = crate::http::edge::Edge::new(&ctx.config.edge);
     let mut servers = JoinSet::new();
-    servers.spawn(crate::http::route::run(listeners.http, ctx.clone()));
+    servers.spawn(crate::http::route::run(listeners.http, ctx.clone(), edge));
     servers.spawn(crate::rtmp::run(listeners.rtmp, ctx.clone()));
     servers.spawn(crate::api::run(listeners.system_api, ctx.clone()));
     servers.spawn(crate::srt::run(listeners.srt, ctx.clone()));

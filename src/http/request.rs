@@ -62,7 +62,8 @@ pub struct HttpState {
     /// Playlists being fetched and rewritten at once (each may hold a
     /// whole playlist and its rewrite in memory).
     pub rewrites: tokio::sync::Semaphore,
-    /// Edge mode's shared upstreams (none while it is off).
+    /// Edge mode's shared upstreams (none while it is off): the replica's
+    /// table, built once for every listener.
     pub edge: Edge,
 }
 

@@ -31,14 +31,15 @@ use crate::stream_key::StreamKey;
 /// The streaming listener's name in metrics.
 pub const LISTENER_NAME: &str = "http";
 
-/// Runs the streaming server until the drain has stopped it.
-pub async fn run(listener: TcpListener, ctx: Context) {
+/// Runs the streaming server until the drain has stopped it; `edge` is
+/// the replica's table of shared upstreams.
+pub async fn run(listener: TcpListener, ctx: Context, edge: Edge) {
     let max = ctx.config.http_max_connections;
     let state = Arc::new(HttpState {
         sessions: HlsSessions::new(ctx.config.hls_session_ttl),
         keep_alive: KeepAlive::default(),
         rewrites: tokio::sync::Semaphore::new(ctx.config.hls_max_rewrites),
-        edge: Edge::new(&ctx.config.edge),
+        edge,
         ctx: ctx.clone(),
     });
     let server = HttpServer::new(ctx.clone(), LISTENER_NAME, move |req, peer| {

@@ -9,8 +9,9 @@
 //! frames since the last keyframe), and one [`player::Pump`] per player
 //! that writes them in its own framing ([`play`]) from its own cursor.
 //!
-//! This module owns the table of hubs (one per HTTP listener, in its
-//! state); it does not decide where a stream lives (that is
+//! This module owns the table of hubs (one per replica, built by
+//! [`crate::server`] and shared by the listeners whose players join hubs);
+//! it does not decide where a stream lives (that is
 //! [`crate::claim`]) and never parses HTTP requests.
 
 pub mod flv;
