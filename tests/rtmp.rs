@@ -6,30 +6,24 @@
 
 mod support;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-use rml_rtmp::sessions::{
-    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType, StreamMetadata,
-};
-use rml_rtmp::time::RtmpTimestamp;
-use srs_proxy::rtmp::amf0::{self, Object, Value};
+use rml_rtmp::sessions::ClientSessionEvent;
+use srs_proxy::rtmp::amf0::{self, Value};
 use srs_proxy::rtmp::chunk::Message;
 use srs_proxy::rtmp::command::{status, Command};
-use srs_proxy::rtmp::conn::{MessageReader, MessageWriter};
-use srs_proxy::rtmp::handshake;
 use srs_proxy::rtmp::message::{type_id, Control};
 use srs_proxy::store::{MemoryStore, Store};
 use support::client;
 use support::eventually;
 use support::proxy::{test_config, TestProxy};
+use support::raw_rtmp::RawClient;
+use support::rml::RmlClient;
 use support::rtmp_origin::{parse_flv, RtmpOrigin, FORBIDDEN_APP};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 /// Upper bound on any single wait, so a broken proxy fails a test instead
@@ -45,196 +39,6 @@ async fn proxy_with_origins(n: usize) -> (TestProxy, Vec<RtmpOrigin>) {
         origins.push(origin);
     }
     (proxy, origins)
-}
-
-// ---------------------------------------------------------------------------
-// An independent client: rml_rtmp's session, driven over a TcpStream.
-
-struct RmlClient {
-    tcp: TcpStream,
-    session: ClientSession,
-    events: VecDeque<ClientSessionEvent>,
-}
-
-impl RmlClient {
-    /// TCP, the digest handshake rml_rtmp sends, and `connect`.
-    async fn connect(addr: SocketAddr, app: &str) -> Self {
-        Self::try_connect(addr, app).await.expect("connect accepted")
-    }
-
-    /// As [`RmlClient::connect`]; `Err` with the description when the
-    /// server rejects the `connect`.
-    async fn try_connect(addr: SocketAddr, app: &str) -> Result<Self, String> {
-        let mut tcp = TcpStream::connect(addr).await.expect("connect to proxy");
-        let mut hs = Handshake::new(PeerType::Client);
-        tcp.write_all(&hs.generate_outbound_p0_and_p1().unwrap()).await.unwrap();
-        let mut buf = vec![0u8; 8192];
-        let leftover = loop {
-            let n = tokio::time::timeout(BOUND, tcp.read(&mut buf))
-                .await
-                .expect("handshake")
-                .unwrap();
-            assert!(n > 0, "proxy closed during handshake");
-            match hs.process_bytes(&buf[..n]).expect("handshake bytes") {
-                HandshakeProcessResult::InProgress { response_bytes } => tcp.write_all(&response_bytes).await.unwrap(),
-                HandshakeProcessResult::Completed {
-                    response_bytes,
-                    remaining_bytes,
-                } => {
-                    tcp.write_all(&response_bytes).await.unwrap();
-                    break remaining_bytes;
-                }
-            }
-        };
-        let config = ClientSessionConfig {
-            tc_url: Some(format!("rtmp://{addr}/{app}")),
-            ..ClientSessionConfig::new()
-        };
-        let (session, initial) = ClientSession::new(config).unwrap();
-        let mut client = RmlClient {
-            tcp,
-            session,
-            events: VecDeque::new(),
-        };
-        client.apply(initial).await;
-        if !leftover.is_empty() {
-            let results = client.session.handle_input(&leftover).unwrap();
-            client.apply(results).await;
-        }
-        let request = client.session.request_connection(app.to_string()).unwrap();
-        client.apply(vec![request]).await;
-        let outcome = client
-            .wait_for(|e| {
-                matches!(
-                    e,
-                    ClientSessionEvent::ConnectionRequestAccepted
-                        | ClientSessionEvent::ConnectionRequestRejected { .. }
-                )
-            })
-            .await;
-        match outcome {
-            Some(ClientSessionEvent::ConnectionRequestAccepted) => Ok(client),
-            Some(ClientSessionEvent::ConnectionRequestRejected { description }) => Err(description),
-            other => Err(format!("no answer to connect: {other:?}")),
-        }
-    }
-
-    async fn apply(&mut self, results: Vec<ClientSessionResult>) {
-        for r in results {
-            match r {
-                ClientSessionResult::OutboundResponse(packet) => {
-                    // A write error means the proxy closed; reads report it.
-                    let _ = self.tcp.write_all(&packet.bytes).await;
-                }
-                ClientSessionResult::RaisedEvent(e) => self.events.push_back(e),
-                ClientSessionResult::UnhandleableMessageReceived(_) => {}
-            }
-        }
-    }
-
-    /// The next event, reading from the socket as needed; `None` when the
-    /// connection closed.
-    async fn next_event(&mut self) -> Option<ClientSessionEvent> {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            if let Some(e) = self.events.pop_front() {
-                return Some(e);
-            }
-            let n = match tokio::time::timeout(BOUND, self.tcp.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => n,
-                Ok(_) => return None,
-                Err(_) => panic!("no event within {BOUND:?}"),
-            };
-            let results = self
-                .session
-                .handle_input(&buf[..n])
-                .expect("rml_rtmp accepts what the proxy sends");
-            self.apply(results).await;
-        }
-    }
-
-    async fn wait_for(&mut self, pred: impl Fn(&ClientSessionEvent) -> bool) -> Option<ClientSessionEvent> {
-        while let Some(e) = self.next_event().await {
-            if pred(&e) {
-                return Some(e);
-            }
-        }
-        None
-    }
-
-    /// Requests publishing; `Ok` on `NetStream.Publish.Start`, otherwise the
-    /// status code received (or "closed").
-    async fn publish(&mut self, name: &str) -> Result<(), String> {
-        let r = self
-            .session
-            .request_publishing(name.to_string(), PublishRequestType::Live)
-            .unwrap();
-        self.apply(vec![r]).await;
-        self.outcome(|e| matches!(e, ClientSessionEvent::PublishRequestAccepted))
-            .await
-    }
-
-    async fn play(&mut self, name: &str) -> Result<(), String> {
-        let r = self.session.request_playback(name.to_string()).unwrap();
-        self.apply(vec![r]).await;
-        self.outcome(|e| matches!(e, ClientSessionEvent::PlaybackRequestAccepted))
-            .await
-    }
-
-    async fn outcome(&mut self, accepted: impl Fn(&ClientSessionEvent) -> bool) -> Result<(), String> {
-        loop {
-            match self.next_event().await {
-                Some(e) if accepted(&e) => return Ok(()),
-                // Informational codes SRS sends around a successful start.
-                Some(ClientSessionEvent::UnhandleableOnStatusCode { code })
-                    if code == status::PLAY_RESET || code == "NetStream.Data.Start" => {}
-                Some(ClientSessionEvent::UnhandleableOnStatusCode { code }) => return Err(code),
-                Some(_) => {}
-                None => return Err("closed".into()),
-            }
-        }
-    }
-
-    async fn video(&mut self, ts: u32, data: Bytes) {
-        let r = self
-            .session
-            .publish_video_data(data, RtmpTimestamp::new(ts), false)
-            .unwrap();
-        self.apply(vec![r]).await;
-    }
-
-    async fn audio(&mut self, ts: u32, data: Bytes) {
-        let r = self
-            .session
-            .publish_audio_data(data, RtmpTimestamp::new(ts), false)
-            .unwrap();
-        self.apply(vec![r]).await;
-    }
-
-    async fn metadata(&mut self) {
-        let mut m = StreamMetadata::new();
-        m.video_width = Some(1280);
-        m.video_height = Some(720);
-        m.encoder = Some("rtmp-test".into());
-        let r = self.session.publish_metadata(&m).unwrap();
-        self.apply(vec![r]).await;
-    }
-
-    /// Whether the proxy closes the connection (reading and discarding
-    /// whatever comes first).
-    async fn closed(mut self) -> bool {
-        let mut buf = vec![0u8; 64 * 1024];
-        tokio::time::timeout(BOUND, async {
-            loop {
-                match self.tcp.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await
-        .is_ok()
-    }
 }
 
 /// Deterministic test media: `(type, timestamp, payload)`; sizes from a few
@@ -658,91 +462,6 @@ async fn ffmpeg_publishes_and_plays_through_the_proxy() {
     let played = parse_flv(&std::fs::read(&played).unwrap());
     assert!(played.iter().any(|(t, _, _)| *t == type_id::VIDEO), "player got video");
     assert!(played.iter().any(|(t, _, _)| *t == type_id::AUDIO), "player got audio");
-}
-
-// ---------------------------------------------------------------------------
-// A client built on the proxy's own codec, for what real clients never send.
-
-struct RawClient {
-    reader: MessageReader<OwnedReadHalf>,
-    writer: MessageWriter<OwnedWriteHalf>,
-}
-
-impl RawClient {
-    async fn connect(addr: SocketAddr) -> Self {
-        let mut tcp = TcpStream::connect(addr).await.expect("connect to proxy");
-        handshake::connect(&mut tcp, BOUND).await.expect("handshake with proxy");
-        let (r, w) = tcp.into_split();
-        RawClient {
-            reader: MessageReader::new(r, 16 << 20),
-            writer: MessageWriter::new(w),
-        }
-    }
-
-    async fn send(&mut self, m: &Message) {
-        let _ = self.writer.send(m).await;
-    }
-
-    async fn send_raw(&mut self, bytes: &[u8]) {
-        let _ = self.writer.get_mut().write_all(bytes).await;
-    }
-
-    /// `connect` with this tcUrl, waiting for the `_result`.
-    async fn rtmp_connect(&mut self, tc_url: &str, app: &str) {
-        let properties = Object::new()
-            .with("app", app)
-            .with("tcUrl", tc_url)
-            .with("objectEncoding", 0.0);
-        let connect = Command::Connect(srs_proxy::rtmp::command::Connect {
-            transaction_id: 1.0,
-            properties,
-            args: vec![],
-        });
-        self.send(&connect.to_message(0)).await;
-        match self.next_command().await {
-            Some(Command::Result { transaction_id, .. }) => assert_eq!(transaction_id, 1.0),
-            other => panic!("connect answered with {other:?}"),
-        }
-    }
-
-    /// createStream, returning the stream id the proxy gave.
-    async fn create_stream(&mut self) -> u32 {
-        self.send(&Command::CreateStream { transaction_id: 2.0 }.to_message(0))
-            .await;
-        loop {
-            match self.next_command().await {
-                Some(Command::Result {
-                    transaction_id: 2.0,
-                    values,
-                }) => return values[1].as_f64().unwrap() as u32,
-                Some(_) => {}
-                None => panic!("closed before createStream result"),
-            }
-        }
-    }
-
-    async fn next_command(&mut self) -> Option<Command> {
-        loop {
-            let m = tokio::time::timeout(BOUND, self.reader.read())
-                .await
-                .expect("reply within bound");
-            match m {
-                Ok(Some(m)) if m.type_id == type_id::COMMAND_AMF0 => {
-                    let c = Command::from_message(&m).unwrap();
-                    if c.name() != "onBWDone" {
-                        return Some(c);
-                    }
-                }
-                Ok(Some(_)) => {}
-                _ => return None,
-            }
-        }
-    }
-
-    /// Whether the proxy closes the connection.
-    async fn closed(mut self) -> bool {
-        client::closed_within(self.reader.get_mut(), BOUND).await
-    }
 }
 
 /// Opens a TCP connection, sends `bytes`, and reports whether the proxy

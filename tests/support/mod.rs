@@ -10,6 +10,9 @@
 //! * [`client`] — a minimal HTTP/1.1 client over hyper.
 //! * [`discovery`] — what discovery tests check through the proxy.
 //! * [`redis`] — a real redis-server on a free port.
+//! * [`rml`] — an independent RTMP client (`rml_rtmp`).
+//! * [`raw_rtmp`] — an RTMP client on the proxy's own codec, for what real
+//!   clients never send.
 //! * [`rtmp_origin`] — a fake SRS RTMP origin (with HTTP-FLV of what was
 //!   published), built on the proxy's RTMP codec.
 //! * [`kube`] — a fake Kubernetes API server (list/watch, status, leases).
@@ -26,7 +29,9 @@ pub mod kube;
 pub mod kube_cluster;
 pub mod origin;
 pub mod proxy;
+pub mod raw_rtmp;
 pub mod redis;
+pub mod rml;
 pub mod rtmp_origin;
 pub mod srt;
 
