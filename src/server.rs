@@ -134,8 +134,8 @@ pub async fn run(ctx: Context, listeners: Listeners, signal: impl Future<Output 
     // listener's players of a stream share its one origin connection.
     let edge = crate::http::edge::Edge::new(&ctx.config.edge);
     let mut servers = JoinSet::new();
-    servers.spawn(crate::http::route::run(listeners.http, ctx.clone(), edge));
-    servers.spawn(crate::rtmp::run(listeners.rtmp, ctx.clone()));
+    servers.spawn(crate::http::route::run(listeners.http, ctx.clone(), edge.clone()));
+    servers.spawn(crate::rtmp::run(listeners.rtmp, ctx.clone(), edge));
     servers.spawn(crate::api::run(listeners.system_api, ctx.clone()));
     servers.spawn(crate::srt::run(listeners.srt, ctx.clone()));
     servers.spawn(crate::rtc::run(listeners.http_api, listeners.webrtc, ctx.clone()));

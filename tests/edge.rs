@@ -1,5 +1,6 @@
-//! Edge mode: HTTP-FLV players of one stream share one origin request,
-//! against an origin that serves real FLV tag by tag as the test feeds it.
+//! Edge mode: HTTP-FLV and RTMP players of one stream share one origin
+//! request, against an origin that serves real FLV tag by tag as the test
+//! feeds it.
 
 mod support;
 
@@ -10,13 +11,22 @@ use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use rml_rtmp::sessions::ClientSessionEvent;
 use srs_proxy::config::{Config, EdgeMode};
 use srs_proxy::http::edge::flv::{self, tag_type, FlvDecoder, Item, Tag};
+use srs_proxy::rtmp::amf0;
+use srs_proxy::rtmp::chunk::Message;
+use srs_proxy::rtmp::command::status;
+use srs_proxy::rtmp::command::Command;
+use srs_proxy::rtmp::message::{type_id, Control, UserControl};
 use support::client;
 use support::eventually;
 use support::flv_origin::{Event, FlvOrigin};
 use support::origin::FakeOrigin;
 use support::proxy::{test_config, TestProxy};
+use support::raw_rtmp::RawClient;
+use support::rml::RmlClient;
+use support::rtmp_origin::{self, RtmpOrigin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -353,16 +363,47 @@ fn probe_video_keyflags(path: &std::path::Path) -> (Vec<bool>, String) {
     (flags, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-#[tokio::test]
-async fn a_late_joiner_of_a_real_stream_decodes_from_its_first_frame() {
+/// Four seconds of ffmpeg's H.264 and AAC on an edge proxy's origin, fed
+/// up to `ms` in, and a first player that has read all of that.
+struct RealStream {
+    dir: tempfile::TempDir,
+    tags: Vec<Tag>,
+    /// The first tag not fed yet.
+    cut: usize,
+    proxy: TestProxy,
+    origin: FlvOrigin,
+    first: Player,
+}
+
+async fn real_stream_fed_to(ms: u32) -> RealStream {
     let dir = tempfile::tempdir().unwrap();
     let tags = ffmpeg_flv(dir.path(), 4);
     let (proxy, origin) = edge_proxy(edge_config()).await;
-    // 2.5 s in: the proxy's GOP starts at the keyframe of second 2.
-    let cut = tags.iter().position(|t| t.timestamp >= 2500).unwrap();
+    let cut = tags.iter().position(|t| t.timestamp >= ms).unwrap();
     origin.feed(&tags[..cut]);
     let mut first = Player::join(proxy.http, "/live/real.flv").await;
     first.until(&tags[cut - 1].payload).await;
+    RealStream {
+        dir,
+        tags,
+        cut,
+        proxy,
+        origin,
+        first,
+    }
+}
+
+#[tokio::test]
+async fn a_late_joiner_of_a_real_stream_decodes_from_its_first_frame() {
+    // 2.5 s in: the proxy's GOP starts at the keyframe of second 2.
+    let RealStream {
+        dir,
+        tags,
+        cut,
+        proxy,
+        origin,
+        mut first,
+    } = real_stream_fed_to(2500).await;
     let mut late = Player::join(proxy.http, "/live/real.flv").await;
     origin.feed(&tags[cut..]);
     origin.end();
@@ -743,6 +784,410 @@ async fn an_origin_without_the_stream_or_sending_noise_ends_its_players() {
             &proxy,
             "srs_proxy_edge_upstreams_closed_total{reason=\"origin_failed\"}"
         ),
+        1.0
+    );
+}
+
+// ---------------------------------------------------------------------------
+// RTMP players of the shared upstream.
+
+/// Upper bound on any single wait, so a broken proxy fails a test instead
+/// of hanging it. Never a performance threshold.
+const BOUND: Duration = Duration::from_secs(20);
+
+/// What an RTMP player got: metadata seen, then `(type, timestamp,
+/// payload)` of every audio and video message, in order.
+#[derive(Default)]
+struct RtmpReceived {
+    metadata_before_media: bool,
+    media: Vec<(u8, u32, Bytes)>,
+}
+
+impl RtmpReceived {
+    /// Reads events until a message with `payload` arrives.
+    async fn until(&mut self, player: &mut RmlClient, payload: &[u8]) {
+        let wait = tokio::time::timeout(BOUND, async {
+            loop {
+                let item = match player.next_event().await.expect("the player's connection stays open") {
+                    ClientSessionEvent::StreamMetadataReceived { .. } => {
+                        self.metadata_before_media = self.media.is_empty();
+                        continue;
+                    }
+                    ClientSessionEvent::VideoDataReceived { timestamp, data } => {
+                        (tag_type::VIDEO, timestamp.value, data)
+                    }
+                    ClientSessionEvent::AudioDataReceived { timestamp, data } => {
+                        (tag_type::AUDIO, timestamp.value, data)
+                    }
+                    _ => continue,
+                };
+                let done = item.2 == payload;
+                self.media.push(item);
+                if done {
+                    return;
+                }
+            }
+        });
+        wait.await.expect("the awaited message never came");
+    }
+}
+
+#[tokio::test]
+async fn an_rtmp_player_and_an_flv_player_share_one_upstream_and_get_the_same_frames() {
+    let (proxy, origin) = edge_proxy(edge_config()).await;
+    let mut sent = stream_start();
+    sent.extend(gop(0, 10, 300));
+    sent.extend(gop(1, 10, 300));
+    // Into the second GOP: joiners start at its keyframe.
+    let cut = sent.len() - 6;
+    origin.feed(&sent[..cut]);
+    let mut flv_player = Player::join(proxy.http, "/live/show.flv").await;
+    flv_player.until(&sent[cut - 1].payload).await;
+
+    let mut rtmp_player = RmlClient::connect(proxy.rtmp, "live").await;
+    rtmp_player.play("show").await.expect("the play is accepted");
+    let mut rtmp = RtmpReceived::default();
+    rtmp.until(&mut rtmp_player, &sent[cut - 1].payload).await;
+    // Both players are on the hub now; the rest goes out live.
+    let mut live = gop(2, 10, 70_000);
+    live.extend(gop(3, 10, 300));
+    origin.feed(&sent[cut..]);
+    origin.feed(&live);
+    sent.extend(live);
+    let last = &sent.last().unwrap().payload;
+    flv_player.until(last).await;
+    rtmp.until(&mut rtmp_player, last).await;
+    assert_eq!(origin.requests(), 1, "one origin request for both players");
+    assert!(
+        origin
+            .events()
+            .iter()
+            .all(|e| !matches!(e, Event::Request { path, .. } if path != "/live/show.flv")),
+        "the shared upstream asks for the stream's FLV: {:?}",
+        origin.events()
+    );
+
+    // The RTMP player: metadata, the two sequence headers, then a keyframe,
+    // its own timestamps never going back, every frame from there on.
+    assert!(rtmp.metadata_before_media, "onMetaData before any media");
+    let configs: Vec<&[u8]> = rtmp.media[..2].iter().map(|(_, _, p)| &p[..]).collect();
+    assert_eq!(
+        configs,
+        [&sent[1].payload[..], &sent[2].payload[..]],
+        "sequence headers first"
+    );
+    let frames = &rtmp.media[2..];
+    let first = tag(frames[0].0, frames[0].1, frames[0].2.to_vec());
+    assert!(
+        is_key(&first),
+        "the first frame after the sequence headers is a keyframe"
+    );
+    assert_eq!(frames[0].1, 0, "the player's timestamps start at 0");
+    assert!(
+        rtmp.media.windows(2).all(|w| w[0].1 <= w[1].1),
+        "timestamps never go back"
+    );
+    let origin_media: Vec<Tag> = sent.iter().filter(|t| !is_config(t)).cloned().collect();
+    let start = origin_media
+        .iter()
+        .position(|t| t.payload == frames[0].2)
+        .expect("a frame the origin sent");
+    assert!(start > 0, "joined at the second GOP's keyframe");
+    let expected: Vec<(u8, Bytes)> = origin_media[start..]
+        .iter()
+        .map(|t| (t.tag_type, t.payload.clone()))
+        .collect();
+    let got: Vec<(u8, Bytes)> = frames.iter().map(|(t, _, p)| (*t, p.clone())).collect();
+    assert_eq!(got, expected, "the origin's frames from that keyframe on, in order");
+
+    // The FLV player got the same frames.
+    assert_valid_join(&flv_player, &origin_media, "flv player");
+    let flv_frames: Vec<(u8, Bytes)> = flv_player
+        .tags
+        .iter()
+        .filter(|t| !is_config(t))
+        .map(|t| (t.tag_type, t.payload.clone()))
+        .collect();
+    assert_eq!(got, flv_frames, "both players got the same frames");
+    assert_eq!(metric(&proxy, "srs_proxy_edge_players_active{protocol=\"rtmp\"}"), 1.0);
+}
+
+/// The audio and video tags of an FLV file that carry media (not decoder
+/// configurations or end-of-sequence markers), by track, in order.
+fn media_by_track(tags: &[Tag]) -> (Vec<Bytes>, Vec<Bytes>) {
+    let pick = |kind| {
+        tags.iter()
+            .filter(|t| t.tag_type == kind && t.payload.len() > 2 && t.payload[1] == 1)
+            .map(|t| t.payload.clone())
+            .collect()
+    };
+    (pick(tag_type::VIDEO), pick(tag_type::AUDIO))
+}
+
+/// Two players' frames of one track are the same, in order (reported by
+/// count and first difference: frames are too large to print).
+fn assert_same_frames(got: &[Bytes], expected: &[Bytes], track: &str) {
+    let head = |b: &Bytes| b[..b.len().min(12)].to_vec();
+    if let Some(i) = got.iter().zip(expected).position(|(a, b)| a != b) {
+        panic!(
+            "{track} frame {i} differs: {:02x?} ({} bytes) vs {:02x?} ({} bytes)",
+            head(&got[i]),
+            got[i].len(),
+            head(&expected[i]),
+            expected[i].len()
+        );
+    }
+    assert_eq!(got.len(), expected.len(), "{track}: as many frames");
+}
+
+#[tokio::test]
+async fn ffmpeg_plays_over_rtmp_the_frames_an_flv_player_of_the_same_upstream_gets() {
+    // 1.5 s in: later joiners start at the keyframe of second 1.
+    let real = real_stream_fed_to(1500).await;
+    let (dir, tags, cut, proxy, origin) = (real.dir, real.tags, real.cut, real.proxy, real.origin);
+    let mut flv_player = real.first;
+
+    let out = dir.path().join("rtmp.flv");
+    let ffmpeg = tokio::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(["-i", &format!("rtmp://{}/live/real", proxy.rtmp)])
+        .args(["-c", "copy", "-f", "flv"])
+        .arg(&out)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ffmpeg runs");
+    eventually(BOUND, || async {
+        (metric(&proxy, "srs_proxy_edge_players_active{protocol=\"rtmp\"}") == 1.0).then_some(())
+    })
+    .await
+    .expect("ffmpeg joined the shared upstream");
+    origin.feed(&tags[cut..]);
+    origin.end();
+    flv_player.read_to_end().await;
+    let ffmpeg = tokio::time::timeout(BOUND, ffmpeg.wait_with_output())
+        .await
+        .expect("ffmpeg ends with the stream")
+        .unwrap();
+    assert!(
+        ffmpeg.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&ffmpeg.stderr)
+    );
+    assert_eq!(origin.requests(), 1, "one origin request for both players");
+
+    // ffmpeg's FLV muxer writes its own metadata and headers, so the
+    // comparison is of the frames: each track's, in order.
+    let mut buf = BytesMut::from(&std::fs::read(&out).unwrap()[..]);
+    let mut decoder = FlvDecoder::new(16 << 20);
+    let mut written = Vec::new();
+    while let Some(item) = decoder.decode(&mut buf).expect("ffmpeg writes FLV") {
+        if let Item::Tag(t) = item {
+            written.push(t);
+        }
+    }
+    let (rtmp_video, rtmp_audio) = media_by_track(&written);
+    let (flv_video, flv_audio) = media_by_track(&flv_player.tags);
+    assert!(flv_video.len() > 25, "seconds of video: {}", flv_video.len());
+    // The FLV player started the upstream and got it all; ffmpeg joined
+    // at the keyframe of second 1 and got the same frames from there on.
+    let joined = |got: &[Bytes], all: &[Bytes]| {
+        all.iter()
+            .position(|p| *p == got[0])
+            .expect("a frame the FLV player got")
+    };
+    let video_from = joined(&rtmp_video, &flv_video);
+    assert_eq!(video_from, 25, "ffmpeg starts at the second keyframe");
+    assert_same_frames(&rtmp_video, &flv_video[video_from..], "video");
+    let audio_from = joined(&rtmp_audio, &flv_audio);
+    assert_same_frames(&rtmp_audio, &flv_audio[audio_from..], "audio");
+    let first_video = written
+        .iter()
+        .find(|t| t.tag_type == tag_type::VIDEO && !is_config(t))
+        .unwrap();
+    assert!(is_key(first_video), "ffmpeg's first video frame is a keyframe");
+    // And it decodes from its first frame.
+    let (keys, errors) = probe_video_keyflags(&out);
+    assert_eq!(errors, "", "ffprobe reports no decoding errors");
+    assert_eq!(keys.len(), rtmp_video.len());
+    assert!(keys[0]);
+}
+
+#[tokio::test]
+async fn an_rtmp_play_of_a_stream_the_origin_lacks_is_told_and_publishing_stays_transparent() {
+    let proxy = TestProxy::start(edge_config()).await;
+    let origin = RtmpOrigin::start("rtmp-origin").await;
+    origin.register(proxy.api).await;
+
+    // Nobody publishes it: the origin's HTTP-FLV answers 404.
+    let mut player = RmlClient::connect(proxy.rtmp, "live").await;
+    assert_eq!(player.play("tv").await, Err(status::PLAY_STREAM_NOT_FOUND.to_string()));
+    assert!(player.closed().await, "the refused player is closed");
+
+    // A publish goes to the origin's RTMP port as without edge mode.
+    let mut publisher = RmlClient::connect(proxy.rtmp, "live").await;
+    publisher.publish("tv").await.expect("publish accepted");
+    publisher.metadata().await;
+    publisher
+        .video(0, Bytes::from_static(b"\x17\x00\x00\x00\x00sps+pps"))
+        .await;
+    publisher.audio(0, Bytes::from_static(b"\xaf\x00\x12\x10")).await;
+    let key = Bytes::from_static(b"\x17\x01\x00\x00\x00key");
+    publisher.video(40, key.clone()).await;
+    eventually(BOUND, || async { origin.is_publishing("live/tv").then_some(()) })
+        .await
+        .expect("the publish reached the origin over RTMP");
+
+    // Now the stream plays, from the shared upstream.
+    let mut player = RmlClient::connect(proxy.rtmp, "live").await;
+    player.play("tv").await.expect("the play is accepted");
+    let mut got = RtmpReceived::default();
+    got.until(&mut player, &key).await;
+    let late = Bytes::from_static(b"\x27\x01\x00\x00\x00late");
+    publisher.video(80, late.clone()).await;
+    got.until(&mut player, &late).await;
+    let payloads: Vec<&[u8]> = got.media.iter().map(|(_, _, p)| &p[..]).collect();
+    assert_eq!(
+        payloads,
+        [
+            &b"\x17\x00\x00\x00\x00sps+pps"[..],
+            b"\xaf\x00\x12\x10",
+            b"\x17\x01\x00\x00\x00key",
+            b"\x27\x01\x00\x00\x00late"
+        ]
+    );
+    assert!(
+        !origin
+            .events()
+            .iter()
+            .any(|e| matches!(e, rtmp_origin::Event::Played { .. })),
+        "no RTMP play reached the origin"
+    );
+}
+
+/// What the proxy sent an RTMP client, one line per message.
+fn describe(m: &Message) -> String {
+    match m.type_id {
+        type_id::USER_CONTROL | type_id::SET_CHUNK_SIZE | type_id::WINDOW_ACK_SIZE => {
+            format!("{:?}", Control::decode(m).unwrap().unwrap())
+        }
+        type_id::COMMAND_AMF0 => {
+            let c = Command::from_message(m).unwrap();
+            c.status_code().unwrap_or(c.name()).to_string()
+        }
+        type_id::DATA_AMF0 => match &amf0::decode_all(&m.payload).unwrap()[..] {
+            [amf0::Value::String(name), amf0::Value::Object(o), ..] if name == "onStatus" => {
+                o.get_str("code").unwrap_or("").to_string()
+            }
+            [amf0::Value::String(name), ..] => name.clone(),
+            other => format!("{other:?}"),
+        },
+        _ => {
+            let t = tag(m.type_id, m.timestamp, m.payload.to_vec());
+            let role = flv::classify(t.tag_type, &t.payload).role;
+            format!(
+                "{} {role:?}",
+                if m.type_id == type_id::VIDEO { "video" } else { "audio" }
+            )
+        }
+    }
+}
+
+/// Reads messages until one `describe`s as `what` (or carries `what` as its
+/// payload); what came, in order.
+async fn read_until(client: &mut RawClient, what: &[u8]) -> Vec<(String, Message)> {
+    let mut got = Vec::new();
+    let wait = tokio::time::timeout(BOUND, async {
+        loop {
+            let m = client
+                .reader
+                .read()
+                .await
+                .unwrap()
+                .expect("the proxy keeps the play open");
+            let line = describe(&m);
+            let done = line.as_bytes() == what || m.payload == what;
+            got.push((line, m));
+            if done {
+                return;
+            }
+        }
+    });
+    wait.await.expect("the awaited message never came");
+    got
+}
+
+#[tokio::test]
+async fn a_playing_rtmp_client_is_answered_as_srs_answers_and_ends_its_play_with_close_stream() {
+    let (proxy, origin) = edge_proxy(edge_config()).await;
+    let mut sent = stream_start();
+    sent.extend(gop(0, 5, 300));
+    origin.feed(&sent);
+    let mut client = RawClient::connect(proxy.rtmp).await;
+    let tc_url = format!("rtmp://{}/live", proxy.rtmp);
+    client.rtmp_connect(&tc_url, "live").await;
+    let id = client.create_stream().await;
+    let play = Command::Play {
+        transaction_id: 0.0,
+        stream_name: "show?token=t0k".into(),
+        args: vec![],
+    };
+    client.send(&play.to_message(id)).await;
+    let got = read_until(&mut client, &sent.last().unwrap().payload).await;
+    let lines: Vec<&str> = got.iter().map(|(l, _)| l.as_str()).take(10).collect();
+    assert_eq!(
+        lines,
+        [
+            &format!("User(StreamBegin({id}))")[..],
+            status::PLAY_RESET,
+            status::PLAY_START,
+            "|RtmpSampleAccess",
+            "NetStream.Data.Start",
+            "onMetaData",
+            "video Config { variant: 0 }",
+            "audio Config { variant: 0 }",
+            "video Keyframe",
+            "audio Frame",
+        ]
+    );
+    assert!(
+        got[1..].iter().all(|(_, m)| m.stream_id == id),
+        "on the client's stream"
+    );
+    assert_eq!(
+        origin.events()[0],
+        Event::Request {
+            conn: 1,
+            path: "/live/show.flv".into()
+        },
+        "the hub asks for the stream's FLV"
+    );
+
+    // Mid-play: the client changes its chunk size and pings.
+    client.send(&Control::SetChunkSize(4096).to_message()).await;
+    client
+        .send(&Control::User(UserControl::PingRequest(77)).to_message())
+        .await;
+    let got = read_until(&mut client, b"User(PingResponse(77))").await;
+    assert!(got.iter().all(|(l, _)| l != "onStatus"), "{got:?}");
+    // Frames go on after the reply.
+    let more = gop(1, 5, 300);
+    origin.feed(&more);
+    read_until(&mut client, &more.last().unwrap().payload).await;
+
+    client
+        .send(&Command::CloseStream { transaction_id: 0.0 }.to_message(id))
+        .await;
+    assert!(client.closed().await, "closeStream ends the play");
+    eventually(BOUND, || async {
+        (metric(&proxy, "srs_proxy_edge_players_active{protocol=\"rtmp\"}") == 0.0).then_some(())
+    })
+    .await
+    .expect("the player left its hub");
+    assert_eq!(
+        metric(&proxy, "srs_proxy_edge_players_ended_total{reason=\"client_closed\"}"),
         1.0
     );
 }

@@ -444,6 +444,48 @@ impl ChunkEncoder {
     /// switches this encoder to the new size for everything after it, the
     /// same moment the peer's decoder switches.
     pub fn encode(&mut self, msg: &Message, out: &mut BytesMut) -> Result<(), ChunkError> {
+        let plan = self.start(msg, out)?;
+        let mut rest = &msg.payload[..];
+        loop {
+            let n = rest.len().min(plan.chunk_size);
+            out.put_slice(&rest[..n]);
+            rest = &rest[n..];
+            if rest.is_empty() {
+                break;
+            }
+            plan.continuation(out);
+        }
+        self.finish(msg, plan);
+        Ok(())
+    }
+
+    /// As [`ChunkEncoder::encode`], without copying the payload: `piece`
+    /// gets, in wire order, the chunk headers (split off `headers`, which
+    /// only ever holds a few bytes) and slices of `msg.payload`.
+    pub fn encode_shared(
+        &mut self,
+        msg: &Message,
+        headers: &mut BytesMut,
+        mut piece: impl FnMut(Bytes),
+    ) -> Result<(), ChunkError> {
+        let plan = self.start(msg, headers)?;
+        let mut at = 0;
+        loop {
+            let n = (msg.payload.len() - at).min(plan.chunk_size);
+            piece(headers.split().freeze());
+            piece(msg.payload.slice(at..at + n));
+            at += n;
+            if at == msg.payload.len() {
+                break;
+            }
+            plan.continuation(headers);
+        }
+        self.finish(msg, plan);
+        Ok(())
+    }
+
+    /// Checks `msg` and writes its first chunk header.
+    fn start(&self, msg: &Message, out: &mut BytesMut) -> Result<Plan, ChunkError> {
         let csid = msg.csid;
         if !(MIN_CHUNK_STREAM_ID..=MAX_CHUNK_STREAM_ID).contains(&csid) {
             return Err(ChunkError::InvalidChunkStreamId(csid));
@@ -495,26 +537,18 @@ impl ChunkEncoder {
         if extended {
             out.put_u32(field);
         }
+        Ok(Plan {
+            csid,
+            length,
+            extended: extended.then_some(field),
+            chunk_size: self.chunk_size as usize,
+            new_chunk_size,
+        })
+    }
 
-        let chunk_size = self.chunk_size as usize;
-        let mut rest = &msg.payload[..];
-        let mut first = true;
-        loop {
-            if !first {
-                put_basic_header(out, 3, csid);
-                if extended {
-                    out.put_u32(field);
-                }
-            }
-            let n = rest.len().min(chunk_size);
-            out.put_slice(&rest[..n]);
-            rest = &rest[n..];
-            first = false;
-            if rest.is_empty() {
-                break;
-            }
-        }
-
+    /// Remembers the header of a message written whole.
+    fn finish(&mut self, msg: &Message, plan: Plan) {
+        let csid = plan.csid;
         if self.sent.len() >= MAX_CHUNK_STREAMS && !self.sent.contains_key(&csid) {
             // Forgetting is always safe: the next message gets a full header.
             self.sent.clear();
@@ -523,15 +557,35 @@ impl ChunkEncoder {
             csid,
             SentHeader {
                 timestamp: msg.timestamp,
-                length,
+                length: plan.length,
                 type_id: msg.type_id,
                 stream_id: msg.stream_id,
             },
         );
-        if let Some(size) = new_chunk_size {
+        if let Some(size) = plan.new_chunk_size {
             self.chunk_size = size;
         }
-        Ok(())
+    }
+}
+
+/// One message's framing, decided by its first chunk header.
+struct Plan {
+    csid: u32,
+    length: u32,
+    /// The extended timestamp every chunk repeats, if there is one.
+    extended: Option<u32>,
+    chunk_size: usize,
+    /// The size a Set Chunk Size switches to after this message.
+    new_chunk_size: Option<u32>,
+}
+
+impl Plan {
+    /// The header of every chunk after the first.
+    fn continuation(&self, out: &mut BytesMut) {
+        put_basic_header(out, 3, self.csid);
+        if let Some(field) = self.extended {
+            out.put_u32(field);
+        }
     }
 }
 
@@ -969,6 +1023,23 @@ mod tests {
             8 => media,
             1 => prop_oneof![1u32..300, Just(MAX_CHUNK_SIZE)].prop_map(set_chunk_size),
         ]
+    }
+
+    proptest! {
+        #[test]
+        fn shared_encoding_writes_the_same_bytes(messages in prop::collection::vec(arb_message(), 1..24)) {
+            let copied = encode_all(&mut ChunkEncoder::new(), &messages);
+            let mut encoder = ChunkEncoder::new();
+            let mut headers = BytesMut::new();
+            let mut shared = Vec::new();
+            for m in &messages {
+                encoder
+                    .encode_shared(m, &mut headers, |piece| shared.extend_from_slice(&piece))
+                    .unwrap();
+                prop_assert!(headers.is_empty(), "every header byte handed out");
+            }
+            prop_assert_eq!(&shared[..], &copied[..]);
+        }
     }
 
     proptest! {

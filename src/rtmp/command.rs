@@ -33,6 +33,8 @@ pub mod status {
     pub const PLAY_START: &str = "NetStream.Play.Start";
     pub const PLAY_STREAM_NOT_FOUND: &str = "NetStream.Play.StreamNotFound";
     pub const PLAY_FAILED: &str = "NetStream.Play.Failed";
+    pub const PLAY_UNPUBLISH_NOTIFY: &str = "NetStream.Play.UnpublishNotify";
+    pub const DATA_START: &str = "NetStream.Data.Start";
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

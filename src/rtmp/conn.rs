@@ -175,6 +175,12 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.io
     }
+
+    /// The socket, the framing state of this direction and what is queued
+    /// but not written, for a writer that goes on where this one stops.
+    pub fn into_parts(self) -> (W, ChunkEncoder, BytesMut) {
+        (self.io, self.encoder, self.buf)
+    }
 }
 
 #[cfg(test)]

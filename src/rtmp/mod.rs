@@ -22,6 +22,8 @@
 //! * [`key`] — tcUrl and stream name to [`crate::stream_key::StreamKey`].
 //! * [`upstream`] — the origin connection and the replayed setup.
 //! * [`relay`] — both directions until either side ends.
+//! * [`edge`] — instead of the last two, with edge mode on: a play joins
+//!   the stream's shared upstream (the one HTTP-FLV players join).
 //!
 //! Failures that the client should hear about become an `_error` or an
 //! `onStatus` error in one place, [`RtmpError::reply`].
@@ -30,6 +32,7 @@ pub mod amf0;
 pub mod chunk;
 pub mod command;
 pub mod conn;
+pub mod edge;
 pub mod handshake;
 pub mod key;
 pub mod message;
@@ -51,6 +54,7 @@ use self::session::{Request, Role};
 use crate::claim::ClaimError;
 use crate::context::Context;
 use crate::error::{Failure, Fault};
+use crate::http::edge::Edge;
 use crate::listener::Handler;
 use crate::origin::{Origin, Protocol};
 use crate::stream_key::StreamKeyError;
@@ -137,6 +141,14 @@ pub enum RtmpError {
         code: String,
         description: String,
     },
+    /// Edge mode: the stream's shared upstream did not start.
+    #[error("{reason}")]
+    SharedUpstream {
+        /// The `onStatus` code the player gets.
+        code: &'static str,
+        reason: String,
+        fault: Fault,
+    },
 }
 
 fn verb(role: Role) -> &'static str {
@@ -177,6 +189,7 @@ impl RtmpError {
         let request = request?;
         let code = match (self, request.role) {
             (RtmpError::OriginRefused { code, .. }, _) if !code.is_empty() => code.as_str(),
+            (RtmpError::SharedUpstream { code, .. }, _) => code,
             (_, Role::Publisher) => status::PUBLISH_REJECTED,
             (_, Role::Player) => status::PLAY_FAILED,
         };
@@ -188,6 +201,7 @@ impl Failure for RtmpError {
     fn fault(&self) -> Fault {
         match self {
             RtmpError::Claim(e) => e.fault(),
+            RtmpError::SharedUpstream { fault, .. } => *fault,
             RtmpError::NoRtmpPort(_)
             | RtmpError::OriginConnect(..)
             | RtmpError::OriginHandshake(_)
@@ -220,6 +234,8 @@ impl Failure for RtmpError {
 struct RtmpServer {
     ctx: Context,
     settings: Settings,
+    /// The replica's shared upstreams, which players join in edge mode.
+    edge: Edge,
 }
 
 impl Handler for RtmpServer {
@@ -231,7 +247,7 @@ impl Handler for RtmpServer {
             stream = tracing::field::Empty,
             origin = tracing::field::Empty,
         );
-        serve(tcp, peer, self.ctx.clone(), self.settings.clone())
+        serve(tcp, peer, self.ctx.clone(), self.settings.clone(), &self.edge)
             .instrument(span)
             .await
     }
@@ -259,18 +275,20 @@ impl Handler for RtmpServer {
 pub const LISTENER_NAME: &str = "rtmp";
 
 /// Accepts RTMP clients until draining starts, then waits for open relays
-/// (which end at the latest when the proxy aborts them).
-pub async fn run(listener: TcpListener, ctx: Context) {
+/// (which end at the latest when the proxy aborts them). `edge` is the
+/// replica's table of shared upstreams.
+pub async fn run(listener: TcpListener, ctx: Context, edge: Edge) {
     let server = RtmpServer {
         settings: Settings::from_context(&ctx),
         ctx: ctx.clone(),
+        edge,
     };
     let max = ctx.config.rtmp_max_connections;
     crate::listener::serve(listener, ctx, LISTENER_NAME, max, server).await
 }
 
 /// One client connection, start to end.
-async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Context, settings: Settings) {
+async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Context, settings: Settings, edge: &Edge) {
     let _ = tcp.set_nodelay(true);
     // One deadline for everything before publish/play: a client that keeps
     // sending pings never reaches an idle timeout, but reaches this.
@@ -324,6 +342,9 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Context, settings: Set
             .await
         }
     };
+    if request.role == Role::Player && ctx.config.edge.enabled() {
+        return edge::play(&ctx, edge, &key, &request, peer, reader, writer).await;
+    }
     // A failed connect undoes only a mapping this request created (an
     // origin refusing a second publisher must not unmap the first one's
     // stream); an unreachable origin is tried once elsewhere.

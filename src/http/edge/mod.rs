@@ -1,9 +1,10 @@
 //! Edge mode: one origin connection per stream per replica, however many
-//! HTTP-FLV players watch it.
+//! HTTP-FLV and RTMP players watch it.
 //!
 //! Off by default; then nothing here runs and every player gets its own
 //! origin request ([`super::live`]). On, an HTTP/1.1 GET of a live
-//! `.flv` joins the stream's [`hub::Hub`]: one claim, one origin request,
+//! `.flv` (and an RTMP play, in `rtmp/edge.rs`) joins the stream's
+//! [`hub::Hub`]: one claim, one origin request,
 //! the body cut into FLV tags ([`flv`]) kept once in a [`ring::Ring`] (the
 //! file header flags, `onMetaData`, the latest sequence headers and the
 //! frames since the last keyframe), and one [`player::Pump`] per player

@@ -44,6 +44,12 @@ impl Outbox {
         self.slices.is_empty()
     }
 
+    /// Everything queued, in order.
+    #[cfg(test)]
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.slices.iter().flat_map(|b| b.iter().copied()).collect()
+    }
+
     fn advance(&mut self, mut n: usize) {
         while n > 0 {
             let front = self.slices.front_mut().expect("written bytes were queued");
@@ -156,6 +162,18 @@ impl<W: AsyncWrite + Unpin, E: Encode> Pump<W, E> {
             total: 0,
             finished: false,
         }
+    }
+
+    /// Queues bytes of the player's own protocol (a reply to something its
+    /// client sent) after the frames already queued; they go out on the
+    /// next [`Pump::poll_play`].
+    pub fn queue(&mut self, put: impl FnOnce(&mut E, &mut Outbox)) {
+        put(&mut self.encoder, &mut self.outbox);
+    }
+
+    /// Buffers queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.outbox.slices.len()
     }
 
     fn flush_count(&mut self) {
