@@ -16,9 +16,13 @@
 //!   p50 latency added over direct;
 //! * instructions per MB relayed (callgrind), for this build and, when
 //!   `BENCH_PROXY_BEFORE` names another proxy binary, for that one;
-//! * memory-store claims against a bare map lookup.
+//! * memory-store claims against a bare map lookup;
+//! * edge mode: 1,000 viewers of one 2 Mbit/s HTTP-FLV stream, with edge
+//!   mode on and off (transparent): origin stream requests, origin egress in
+//!   multiples of the stream, and proxy CPU per viewer.
 //!
-//! `BENCH_ONLY=viewers,bulk,hls,callgrind,claims` runs a subset. The open
+//! `BENCH_ONLY=viewers,bulk,hls,callgrind,claims,edge` runs a subset;
+//! `BENCH_EDGE_VIEWERS` sets the edge viewer count. The open
 //! file limit is raised to its hard limit at start (5,000 viewers need
 //! about 10,000 descriptors here and as many in the proxy).
 
@@ -135,6 +139,61 @@ async fn run(nofile: u64) {
     if wanted("claims") {
         claims().await;
     }
+    if wanted("edge") {
+        edge(&binary, &origin).await;
+    }
+}
+
+/// One stream, 1,000 viewers, edge mode on and off.
+async fn edge(binary: &Path, origin: &FastOrigin) {
+    let viewers_n: usize = std::env::var("BENCH_EDGE_VIEWERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    const SECONDS: u64 = 5;
+    let stream = support::fast_origin::LIVE_BITRATE as f64 / 8.0;
+    let mut cpu = Vec::new();
+    for (mode, name) in [("off", "transparent"), ("on", "edge")] {
+        let target = process::proxy_with(binary, origin.addr, &[], name, &[("PROXY_EDGE_MODE", mode)]);
+        let requests0 = origin.live_requests();
+        let viewers = Viewers::open(target.addr, viewers_n, 500.0, |_| "/live/live-edge.flv".to_string()).await;
+        viewers.settle(viewers_n).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (bytes0, received0, cpu0, t0) = (
+            origin.bytes(),
+            viewers.received.load(Ordering::Relaxed),
+            target.cpu_split(),
+            Instant::now(),
+        );
+        tokio::time::sleep(Duration::from_secs(SECONDS)).await;
+        let seconds = t0.elapsed().as_secs_f64();
+        let egress = (origin.bytes() - bytes0) as f64 / seconds;
+        let received = (viewers.received.load(Ordering::Relaxed) - received0) as f64 / seconds;
+        let cpu1 = target.cpu_split();
+        let (user, system) = ((cpu1.0 - cpu0.0) / seconds, (cpu1.1 - cpu0.1) / seconds);
+        let per_viewer = (user + system) / viewers_n as f64;
+        let requests = origin.live_requests() - requests0;
+        let (playing, failed) = (
+            viewers.playing.load(Ordering::Relaxed),
+            viewers.failed.load(Ordering::Relaxed),
+        );
+        println!(
+            "edge mode {mode:<3}: {viewers_n} viewers of one 2 Mbit/s FLV stream: origin stream requests {requests}, origin egress {:.1}x the stream, viewers received {:.0}x the stream; proxy CPU {:.1} % (user {:.1} %, kernel {:.1} %; {:.3} ms/s per viewer); playing {playing}, failed {failed}",
+            egress / stream,
+            received / stream,
+            (user + system) * 100.0,
+            user * 100.0,
+            system * 100.0,
+            per_viewer * 1e3,
+        );
+        cpu.push(per_viewer);
+        viewers.close().await;
+        target.stop();
+    }
+    println!(
+        "edge mode: proxy CPU per viewer, edge/transparent {:.2}x",
+        cpu[1] / cpu[0].max(1e-12)
+    );
 }
 
 fn micros(d: Duration) -> f64 {

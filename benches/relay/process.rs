@@ -50,13 +50,19 @@ impl Target {
 
     /// User + system CPU seconds used so far.
     pub fn cpu_seconds(&self) -> f64 {
+        let (user, system) = self.cpu_split();
+        user + system
+    }
+
+    /// User and system CPU seconds used so far.
+    pub fn cpu_split(&self) -> (f64, f64) {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         // Fields after the command name (which may hold spaces).
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let f: Vec<&str> = rest.split_whitespace().collect();
         let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         // utime and stime are fields 14 and 15; `rest` starts at field 3.
-        (ticks(11) + ticks(12)) / 100.0
+        (ticks(11) / 100.0, ticks(12) / 100.0)
     }
 
     /// Sends SIGTERM and waits for the exit.
@@ -90,6 +96,17 @@ pub fn wait_listening(addr: SocketAddr) {
 /// The proxy binary on one worker thread, with `origin` as its static
 /// origin. `wrapper` runs it under another program (valgrind).
 pub fn proxy(binary: &Path, origin: SocketAddr, wrapper: &[&str], name: &'static str) -> Target {
+    proxy_with(binary, origin, wrapper, name, &[])
+}
+
+/// [`proxy`] with more settings.
+pub fn proxy_with(
+    binary: &Path,
+    origin: SocketAddr,
+    wrapper: &[&str],
+    name: &'static str,
+    settings: &[(&str, &str)],
+) -> Target {
     let addr = free_port();
     let mut cmd = if wrapper.is_empty() {
         pinned(binary)
@@ -110,6 +127,7 @@ pub fn proxy(binary: &Path, origin: SocketAddr, wrapper: &[&str], name: &'static
         .env("PROXY_GRACE_QUIT_TIMEOUT", "1s")
         .env("PROXY_FORCE_QUIT_TIMEOUT", "2s")
         .env("RUST_LOG", "error")
+        .envs(settings.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let child = cmd.spawn().expect("start the proxy");

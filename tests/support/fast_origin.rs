@@ -6,10 +6,17 @@
 //!   HTTP/1.0 requests), written from one shared buffer as fast as the
 //!   socket takes it; names starting with `paced` are sent at
 //!   [`FastOrigin::pace`] bytes per second instead, in ten slices a second.
+//! * `…/live….flv` — a real FLV stream at [`LIVE_BITRATE`]: file header,
+//!   `onMetaData`, AVC and AAC sequence headers, then 25 video frames a
+//!   second (a keyframe every second) and 50 audio frames, paced by the
+//!   clock and written in batches of 360 ms as SRS writes to its players
+//!   (`mw_latency`), timestamps from the origin's start. What edge mode
+//!   parses.
 //! * `….m3u8` — a small live playlist; `…-N.ts`, `.m4s` — a segment of
 //!   [`FastOrigin::segment_bytes`]; both with Content-Length and keep-alive.
 //!
-//! It counts connections accepted and body bytes written.
+//! It counts connections accepted, live FLV requests and body bytes
+//! written.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -24,10 +31,22 @@ use tokio_util::sync::CancellationToken;
 /// Payload bytes of one chunk of a bulk stream.
 pub const BULK_CHUNK: usize = 64 * 1024;
 
+/// Bits per second of a `live….flv` stream (audio and video payloads).
+pub const LIVE_BITRATE: usize = 2_000_000;
+/// Video frame interval of a live stream, ms (25 fps); two audio frames
+/// go with each.
+const LIVE_FRAME_MS: u32 = 40;
+const LIVE_AUDIO_BYTES: usize = 160;
+/// Video frames per write of a live stream (with their audio): 360 ms.
+const LIVE_BATCH_FRAMES: u64 = 9;
+const LIVE_VIDEO_BYTES: usize = LIVE_BITRATE / 8 / 25 - 2 * LIVE_AUDIO_BYTES;
+
 #[derive(Default)]
 struct Counters {
     connections: AtomicUsize,
     bytes: AtomicU64,
+    /// Requests of `live….flv` streams.
+    live: AtomicUsize,
 }
 
 /// Pre-built responses, shared by every connection.
@@ -37,6 +56,10 @@ struct Bodies {
     paced_chunk: Bytes,
     paced_raw: Bytes,
     segment: Bytes,
+    video: Bytes,
+    audio: Bytes,
+    /// The live streams' clock starts here.
+    epoch: tokio::time::Instant,
 }
 
 /// A running fast origin; stops when dropped.
@@ -79,6 +102,9 @@ impl FastOrigin {
             paced_chunk: framed(&slice),
             paced_raw: Bytes::from(slice),
             segment: Bytes::from(payload(segment_bytes)),
+            video: Bytes::from(payload(LIVE_VIDEO_BYTES)),
+            audio: Bytes::from(payload(LIVE_AUDIO_BYTES)),
+            epoch: tokio::time::Instant::now(),
         });
         let counters = Arc::new(Counters::default());
         let stop = CancellationToken::new();
@@ -105,6 +131,11 @@ impl FastOrigin {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.counters.connections.load(Ordering::Relaxed)
+    }
+
+    /// Requests of `live….flv` streams so far.
+    pub fn live_requests(&self) -> usize {
+        self.counters.live.load(Ordering::Relaxed)
     }
 
     /// Body bytes handed to sockets so far.
@@ -153,6 +184,7 @@ async fn serve(mut tcp: TcpStream, bodies: &Bodies, counters: &Counters) {
             .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
         let ok = match ext {
             // A numbered `.ts` is an HLS segment; an `.flv` is always live.
+            "flv" if stem.starts_with("live") && !http10 => return live_flv(tcp, bodies, counters).await,
             "flv" | "ts" if ext == "flv" || !numbered => {
                 let paced = stem.starts_with("paced");
                 let ct = if ext == "flv" { "video/x-flv" } else { "video/MP2T" };
@@ -226,4 +258,96 @@ async fn stream(
         }
         counters.bytes.fetch_add(payload, Ordering::Relaxed);
     }
+}
+
+/// A chunked live FLV body: the decoder set-up, then frames as the clock
+/// makes them, the first one a keyframe.
+async fn live_flv(mut tcp: TcpStream, bodies: &Bodies, counters: &Counters) {
+    use srs_proxy::http::edge::flv::{previous_tag_size, put_tag_header, FILE_HEADER};
+    counters.live.fetch_add(1, Ordering::Relaxed);
+    let head = "HTTP/1.1 200 OK\r\nserver: SRS/7.0.0(fast)\r\ncontent-type: video/x-flv\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    let frame_ms = u64::from(LIVE_FRAME_MS);
+    let mut n = bodies.epoch.elapsed().as_millis() as u64 / frame_ms;
+    let first = n;
+    let at = |n: u64| (n * frame_ms) as u32;
+    let mut start = BytesMut::new();
+    start.put_slice(head.as_bytes());
+    let mut tags = BytesMut::new();
+    tags.put_slice(&FILE_HEADER);
+    let metadata: &[u8] = b"\x02\x00\x0aonMetaData\x08\x00\x00\x00\x00\x00\x00\x09";
+    let avc_config: &[u8] = &[
+        0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 4, 0x67, 0x64, 0, 0x1f, 1, 0, 4, 0x68, 0xee, 0x3c, 0x80,
+    ];
+    let aac_config: &[u8] = &[0xaf, 0, 0x11, 0x90];
+    for (tag_type, payload) in [(18u8, metadata), (9, avc_config), (8, aac_config)] {
+        put_tag_header(&mut tags, tag_type, at(n), payload.len());
+        tags.put_slice(payload);
+        tags.put_slice(&previous_tag_size(payload.len()));
+    }
+    start.put_slice(format!("{:x}\r\n", tags.len()).as_bytes());
+    start.put_slice(&tags);
+    start.put_slice(b"\r\n");
+    if tcp.write_all(&start).await.is_err() {
+        return;
+    }
+    loop {
+        // Written in batches, as SRS writes to players with its default
+        // `mw_latency` (350 ms).
+        tokio::time::sleep_until(bodies.epoch + Duration::from_millis((n + LIVE_BATCH_FRAMES - 1) * frame_ms)).await;
+        // Each video and audio frame a tag around the shared payload:
+        // written without copying the payloads.
+        let audio_first: [u8; 2] = [0xaf, 1];
+        let mut frames: Vec<(u8, u32, [u8; 5], usize, &Bytes)> = Vec::with_capacity(3 * LIVE_BATCH_FRAMES as usize);
+        for n in n..n + LIVE_BATCH_FRAMES {
+            let key = if (n - first) % 25 == 0 { 0x17 } else { 0x27 };
+            frames.push((9, at(n), [key, 1, 0, 0, 0], 5, &bodies.video));
+            frames.push((8, at(n), [0xaf, 1, 0, 0, 0], audio_first.len(), &bodies.audio));
+            frames.push((
+                8,
+                at(n) + LIVE_FRAME_MS / 2,
+                [0xaf, 1, 0, 0, 0],
+                audio_first.len(),
+                &bodies.audio,
+            ));
+        }
+        let len: usize = frames.iter().map(|f| 15 + f.3 + f.4.len()).sum();
+        let mut pieces: Vec<Bytes> = Vec::with_capacity(2 * frames.len() + 1);
+        let mut small = BytesMut::with_capacity(32 * frames.len());
+        small.put_slice(format!("{len:x}\r\n").as_bytes());
+        for (tag_type, time, first, first_len, payload) in frames {
+            put_tag_header(&mut small, tag_type, time, first_len + payload.len());
+            small.put_slice(&first[..first_len]);
+            pieces.push(small.split().freeze());
+            pieces.push(payload.clone());
+            small.put_slice(&previous_tag_size(first_len + payload.len()));
+        }
+        small.put_slice(b"\r\n");
+        pieces.push(small.freeze());
+        if write_all_pieces(&mut tcp, pieces).await.is_err() {
+            return;
+        }
+        counters.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        n += LIVE_BATCH_FRAMES;
+    }
+}
+
+async fn write_all_pieces(tcp: &mut TcpStream, mut pieces: Vec<Bytes>) -> std::io::Result<()> {
+    use bytes::Buf;
+    let mut i = 0;
+    while i < pieces.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = pieces[i..].iter().map(|b| std::io::IoSlice::new(b)).collect();
+        let mut n = tcp.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let take = n.min(pieces[i].len());
+            pieces[i].advance(take);
+            n -= take;
+            if pieces[i].is_empty() {
+                i += 1;
+            }
+        }
+    }
+    Ok(())
 }

@@ -94,6 +94,10 @@ fn idle(client: &TcpStream, cx: &mut TaskContext<'_>) -> Poll<End> {
     }
 }
 
+/// Payloads up to this size (audio frames, metadata) are copied in with
+/// the tag headers rather than written as slices of their own.
+const COPY_BELOW: usize = 512;
+
 /// Chunked HTTP framing of FLV tags.
 pub struct Chunked {
     /// The FLV file header's flags, until the header is written.
@@ -112,7 +116,12 @@ impl Encode for Chunked {
         }
         // Chunk size line, FLV tag headers and sizes: small pieces of one
         // buffer around the shared payloads, which are never copied.
-        let mut small = BytesMut::with_capacity(16 + frames.len() * 16 + flv::FILE_HEADER.len());
+        let copied: usize = frames
+            .iter()
+            .map(|(_, f)| f.payload.len())
+            .filter(|&n| n <= COPY_BELOW)
+            .sum();
+        let mut small = BytesMut::with_capacity(16 + frames.len() * 16 + flv::FILE_HEADER.len() + copied);
         small.put_slice(format!("{len:x}\r\n").as_bytes());
         if let Some(flags) = self.flv_header.take() {
             small.put_slice(&flv::FILE_HEADER[..4]);
@@ -121,8 +130,12 @@ impl Encode for Chunked {
         }
         for (timestamp, frame) in frames {
             put_tag_header(&mut small, frame.tag_type, *timestamp, frame.payload.len());
-            out.push(small.split().freeze());
-            out.push(frame.payload.clone());
+            if frame.payload.len() <= COPY_BELOW {
+                small.put_slice(&frame.payload);
+            } else {
+                out.push(small.split().freeze());
+                out.push(frame.payload.clone());
+            }
             small.put_slice(&flv::previous_tag_size(frame.payload.len()));
         }
         small.put_slice(b"\r\n");

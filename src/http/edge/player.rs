@@ -4,7 +4,8 @@
 //! A poll loop in the player's own task, like the transparent relay's:
 //! frames are pulled only when everything before them was written, so
 //! what a player holds is at most one batch of small headers and handles
-//! on frames the hub already has, never a copy of the stream. A player
+//! on frames the hub already has, never a copy of the stream (only
+//! payloads of a few hundred bytes go in with their headers). A player
 //! whose socket cannot take what is queued while the stream goes on for
 //! `edge.player_timeout` (stream time) is disconnected; one that lags
 //! skips frames in the ring ([`super::ring`]).
@@ -24,8 +25,14 @@ use tokio::time::Sleep;
 use super::hub::{EndReason, Pull, Subscription};
 use super::ring::Frame;
 
-/// Most slices handed to one vectored write.
-const MAX_SLICES: usize = 64;
+/// Most slices handed to one vectored write (the kernel takes 1024).
+const MAX_SLICES: usize = 256;
+
+/// Fewest payload bytes a player pulls at once. What it pulls are handles
+/// on frames the ring holds anyway, so a large pull costs no memory and
+/// lets a batch an origin wrote at once (SRS merges 350 ms of frames for
+/// its players) reach the player in one write.
+const MIN_PULL_BYTES: usize = 512 * 1024;
 
 /// Bytes queued for one player, as handles on shared buffers.
 #[derive(Default)]
@@ -153,7 +160,7 @@ impl<W: AsyncWrite + Unpin, E: Encode> Pump<W, E> {
             sub,
             encoder,
             outbox,
-            batch,
+            batch: batch.max(MIN_PULL_BYTES),
             timeout_ms,
             stuck_at: None,
             drain: None,
