@@ -273,7 +273,7 @@ async fn live_flv(mut tcp: TcpStream, bodies: &Bodies, counters: &Counters) {
     let mut start = BytesMut::new();
     start.put_slice(head.as_bytes());
     let mut tags = BytesMut::new();
-    tags.put_slice(&FILE_HEADER);
+    tags.put_slice(FILE_HEADER);
     let metadata: &[u8] = b"\x02\x00\x0aonMetaData\x08\x00\x00\x00\x00\x00\x00\x09";
     let avc_config: &[u8] = &[
         0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, 4, 0x67, 0x64, 0, 0x1f, 1, 0, 4, 0x68, 0xee, 0x3c, 0x80,
