@@ -2,7 +2,7 @@
 # chunk, AMF0 and handshake decoders, the SRT handshake and stream id
 # parsers, the STUN parser, the SDP answer rewriter, the HTTP framing of
 # origin responses, register bodies, HTTP stream keys, the m3u8
-# rewriter and edge mode's FLV tag decoder.
+# rewriter and edge mode's FLV tag decoder and MPEG-TS cutter.
 #
 # Not part of `make test`: it needs `cargo install cargo-fuzz` and a nightly
 # toolchain (`rustup toolchain install nightly`), and it runs until
@@ -10,7 +10,7 @@
 
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := rtmp_chunk rtmp_amf0 srt_handshake srt_stream_id rtc_stun rtc_sdp http_framing \
-  rtmp_handshake register_body stream_key_http m3u8_rewrite edge_flv
+  rtmp_handshake register_body stream_key_http m3u8_rewrite edge_flv edge_ts
 
 .PHONY: fuzz
 

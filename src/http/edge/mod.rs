@@ -20,6 +20,7 @@ pub mod hub;
 pub mod play;
 pub mod player;
 pub mod ring;
+pub mod ts;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
