@@ -43,7 +43,8 @@
 //! * [`http`] — HTTP-FLV / HTTP-TS / HLS and static files; [`hls`]
 //!   rewrites playlists so segments follow their stream; `http/edge`
 //!   is edge mode (off by default): one origin connection per stream per
-//!   replica feeds every HTTP-FLV and RTMP player of it from a GOP cache.
+//!   replica and format feeds every HTTP-FLV and RTMP (HTTP-TS) player of
+//!   it from a GOP cache.
 //! * [`rtmp`] — RTMP publish/play: codec, session, origin replay, relay.
 //! * [`srt`] — SRT publish/play: codec, the UDP port's receive loop, the
 //!   origin handshake, relay by client address and socket id.

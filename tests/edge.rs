@@ -1,6 +1,6 @@
 //! Edge mode: HTTP-FLV and RTMP players of one stream share one origin
 //! request, against an origin that serves real FLV tag by tag as the test
-//! feeds it.
+//! feeds it; HTTP-TS players share one TS request the same way.
 
 mod support;
 
@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use rml_rtmp::sessions::ClientSessionEvent;
 use srs_proxy::config::{Config, EdgeMode};
 use srs_proxy::http::edge::flv::{self, tag_type, FlvDecoder, Item, Tag};
+use srs_proxy::http::edge::ts;
 use srs_proxy::rtmp::amf0;
 use srs_proxy::rtmp::chunk::Message;
 use srs_proxy::rtmp::command::status;
@@ -56,11 +57,17 @@ struct Player {
     tags: Vec<Tag>,
 }
 
+/// A player's response to `GET path`: 200 with the origin's content type.
+async fn play(proxy: SocketAddr, path: &str, content_type: &str) -> hyper::Response<Incoming> {
+    let resp = client::send(proxy, Method::GET, path, &[], Bytes::new()).await;
+    assert_eq!(resp.status(), StatusCode::OK, "{path}");
+    assert_eq!(resp.headers()["content-type"], content_type, "the origin's headers");
+    resp
+}
+
 impl Player {
     async fn join(proxy: SocketAddr, path: &str) -> Self {
-        let resp = client::send(proxy, Method::GET, path, &[], Bytes::new()).await;
-        assert_eq!(resp.status(), StatusCode::OK, "{path}");
-        assert_eq!(resp.headers()["content-type"], "video/x-flv", "the origin's headers");
+        let resp = play(proxy, path, "video/x-flv").await;
         Self {
             origin: resp.headers()["x-origin"].to_str().unwrap().to_string(),
             body: resp.into_body(),
@@ -243,13 +250,8 @@ async fn players_joining_at_different_times_share_one_origin_request_and_start_a
         .map(|(p, name)| assert_valid_join(p, &media, name))
         .collect();
     assert_eq!(starts, [0, 20, 40], "each joined at the newest keyframe the proxy had");
-    let requests: Vec<Event> = origin
-        .events()
-        .into_iter()
-        .filter(|e| matches!(e, Event::Request { .. }))
-        .collect();
     assert_eq!(
-        requests,
+        origin.request_events(),
         [Event::Request {
             conn: 1,
             path: "/live/cam.flv".into()
@@ -308,10 +310,10 @@ async fn with_edge_mode_off_every_player_gets_its_own_origin_request() {
     }
 }
 
-/// An FLV file of `seconds` of 25 fps H.264 (a keyframe every second) and
-/// AAC, made by ffmpeg; its tags.
-fn ffmpeg_flv(dir: &std::path::Path, seconds: u32) -> Vec<Tag> {
-    let path = dir.join("source.flv");
+/// A file of `seconds` of 25 fps H.264 (a keyframe every second) and AAC
+/// in `format` (`flv`, `mpegts`), made by ffmpeg; its bytes.
+fn ffmpeg_source(dir: &std::path::Path, seconds: u32, format: &str) -> Vec<u8> {
+    let path = dir.join(format!("source.{format}"));
     let status = std::process::Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-y"])
         .args(["-f", "lavfi", "-i", "testsrc=size=160x120:rate=25"])
@@ -319,12 +321,17 @@ fn ffmpeg_flv(dir: &std::path::Path, seconds: u32) -> Vec<Tag> {
         .args(["-t", &seconds.to_string()])
         .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency"])
         .args(["-g", "25", "-keyint_min", "25", "-sc_threshold", "0"])
-        .args(["-c:a", "aac", "-f", "flv"])
+        .args(["-c:a", "aac", "-f", format])
         .arg(&path)
         .status()
         .expect("ffmpeg runs");
     assert!(status.success(), "ffmpeg failed");
-    let mut buf = BytesMut::from(&std::fs::read(&path).unwrap()[..]);
+    std::fs::read(&path).unwrap()
+}
+
+/// An FLV file made by ffmpeg ([`ffmpeg_source`]); its tags.
+fn ffmpeg_flv(dir: &std::path::Path, seconds: u32) -> Vec<Tag> {
+    let mut buf = BytesMut::from(&ffmpeg_source(dir, seconds, "flv")[..]);
     let mut decoder = FlvDecoder::new(16 << 20);
     let mut tags = Vec::new();
     while let Some(item) = decoder.decode(&mut buf).expect("ffmpeg writes FLV") {
@@ -335,17 +342,11 @@ fn ffmpeg_flv(dir: &std::path::Path, seconds: u32) -> Vec<Tag> {
     tags
 }
 
-/// `ffprobe`'s view of the video frames of a file: key_frame flags.
-fn probe_video_keyflags(path: &std::path::Path) -> (Vec<bool>, String) {
+/// `ffprobe`'s view of the video of a file: one line per entry shown
+/// (`frame=key_frame` decodes, `packet=flags` demuxes), and its errors.
+fn probe_video(path: &std::path::Path, entries: &str) -> (Vec<String>, String) {
     let out = std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "frame=key_frame",
-        ])
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", entries])
         .args(["-of", "csv=p=0"])
         .arg(path)
         .output()
@@ -355,12 +356,18 @@ fn probe_video_keyflags(path: &std::path::Path) -> (Vec<bool>, String) {
         "ffprobe failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let flags = String::from_utf8_lossy(&out.stdout)
+    let lines = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| l.trim().starts_with('1'))
+        .map(|l| l.trim().to_string())
         .collect();
-    (flags, String::from_utf8_lossy(&out.stderr).into_owned())
+    (lines, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The key_frame flags of the decoded video frames of a file.
+fn probe_video_keyflags(path: &std::path::Path) -> (Vec<bool>, String) {
+    let (lines, errors) = probe_video(path, "frame=key_frame");
+    (lines.iter().map(|l| l.starts_with('1')).collect(), errors)
 }
 
 /// Four seconds of ffmpeg's H.264 and AAC on an edge proxy's origin, fed
@@ -482,6 +489,22 @@ fn metric(proxy: &TestProxy, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A player that stopped reading was disconnected as too slow, having got
+/// only what its socket held.
+async fn assert_cut_off(proxy: &TestProxy, stalled: &mut TcpStream) {
+    let got = read_to_close(stalled).await;
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(
+        got.len() < 12 << 20,
+        "it got only what its socket held: {} bytes",
+        got.len()
+    );
+    assert_eq!(
+        metric(proxy, "srs_proxy_edge_players_ended_total{reason=\"too_slow\"}"),
+        1.0
+    );
+}
+
 /// A stream with a player that reads everything and one that reads
 /// nothing (yet), through 20 s of 32 KiB frames: far more than the socket
 /// buffers between the proxy and the silent player hold, and more than the
@@ -496,12 +519,18 @@ struct SilentPlayer {
     bound_held: bool,
 }
 
-async fn reader_and_silent_player(player_timeout: Duration) -> SilentPlayer {
+/// Edge mode keeping 1 MiB of a stream, lag never reached (it is wall
+/// time), and `player_timeout`.
+fn slow_player_config(player_timeout: Duration) -> Config {
     let mut config = edge_config();
     config.edge.gop_cache_bytes = 1 << 20;
     config.edge.player_lag = Duration::from_secs(3600);
     config.edge.player_timeout = player_timeout;
-    let (proxy, origin) = edge_proxy(config).await;
+    config
+}
+
+async fn reader_and_silent_player(player_timeout: Duration) -> SilentPlayer {
+    let (proxy, origin) = edge_proxy(slow_player_config(player_timeout)).await;
     origin.feed(&stream_start());
     let mut reader = Player::join(proxy.http, "/live/busy.flv").await;
     let silent = raw_player(proxy.http, "/live/busy.flv").await;
@@ -529,20 +558,9 @@ async fn a_player_that_stops_reading_is_disconnected_while_another_gets_every_fr
     let mut s = reader_and_silent_player(timeout).await;
     assert!(s.bound_held, "what the proxy holds stays within the cache bounds");
     let (proxy, origin, reader, gops) = (&s.proxy, &s.origin, &mut s.reader, &s.gops);
-    let stalled = &mut s.silent;
     // The stalled player was cut off: its response ends although the
     // stream goes on.
-    let got = read_to_close(stalled).await;
-    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
-    assert!(
-        got.len() < 12 << 20,
-        "it got only what its socket held: {} bytes",
-        got.len()
-    );
-    assert_eq!(
-        metric(proxy, "srs_proxy_edge_players_ended_total{reason=\"too_slow\"}"),
-        1.0
-    );
+    assert_cut_off(proxy, &mut s.silent).await;
     // The reader missed nothing and the stream goes on for it.
     origin.feed(&gop(20, 25, 100));
     origin.end();
@@ -1189,5 +1207,354 @@ async fn a_playing_rtmp_client_is_answered_as_srs_answers_and_ends_its_play_with
     assert_eq!(
         metric(&proxy, "srs_proxy_edge_players_ended_total{reason=\"client_closed\"}"),
         1.0
+    );
+}
+
+// ---- HTTP-TS players share one TS upstream ----
+
+const TS: usize = ts::PACKET;
+
+async fn ts_proxy(config: Config) -> (TestProxy, FlvOrigin) {
+    let proxy = TestProxy::start(config).await;
+    let origin = FlvOrigin::start_ts("origin-a").await;
+    origin.register(proxy.api).await;
+    (proxy, origin)
+}
+
+fn pid(p: &[u8]) -> u16 {
+    u16::from_be_bytes([p[1] & 0x1f, p[2]])
+}
+
+/// A packet that starts a video PES with the random access indicator set.
+fn is_random_access(p: &[u8]) -> bool {
+    let start = p[1] & 0x40 != 0;
+    let adaptation = p[3] & 0x20 != 0 && p[4] > 0;
+    let payload = &p[5 + usize::from(p[4]).min(182)..];
+    start && adaptation && p[5] & 0x40 != 0 && payload.starts_with(&[0, 0, 1]) && payload[3] & 0xf0 == 0xe0
+}
+
+/// The PMT PID a PAT packet names (its first program).
+fn pmt_pid(pat: &[u8]) -> u16 {
+    assert_eq!(pid(pat), 0, "a PAT");
+    let section = &pat[5 + usize::from(pat[4])..];
+    u16::from_be_bytes([section[10] & 0x1f, section[11]])
+}
+
+/// A player reading a TS response as it comes.
+struct TsPlayer {
+    body: Incoming,
+    raw: Vec<u8>,
+}
+
+impl TsPlayer {
+    async fn join(proxy: SocketAddr, path: &str) -> Self {
+        Self {
+            body: play(proxy, path, "video/MP2T").await.into_body(),
+            raw: Vec::new(),
+        }
+    }
+
+    /// Reads until its bytes end with `packet`.
+    async fn until(&mut self, packet: &[u8]) {
+        let wait = tokio::time::timeout(Duration::from_secs(20), async {
+            while !self.raw.ends_with(packet) {
+                match self.body.frame().await {
+                    Some(Ok(frame)) => self.raw.extend_from_slice(&frame.into_data().unwrap_or_default()),
+                    other => panic!("the body ended before the awaited packet: {other:?}"),
+                }
+            }
+        });
+        wait.await.expect("the awaited packet never came");
+    }
+
+    async fn read_to_end(&mut self) {
+        let wait = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(frame) = self.body.frame().await {
+                let frame = frame.expect("the body ends cleanly");
+                self.raw.extend_from_slice(&frame.into_data().unwrap_or_default());
+            }
+        });
+        wait.await.expect("the body did not end");
+    }
+}
+
+/// `n` TS players of `path`, each having read up to `packet`.
+async fn ts_players_until(proxy: SocketAddr, path: &str, n: usize, packet: &[u8]) -> Vec<TsPlayer> {
+    let mut players = Vec::new();
+    for _ in 0..n {
+        let mut p = TsPlayer::join(proxy, path).await;
+        p.until(packet).await;
+        players.push(p);
+    }
+    players
+}
+
+/// What a TS player must have got: the PAT and PMT, then the origin's
+/// packets from a random access point to the end, untouched. Where in
+/// the origin's bytes it started.
+fn assert_valid_ts_join(got: &[u8], sent: &[u8], name: &str) -> usize {
+    assert_eq!(got.len() % TS, 0, "{name}: whole packets");
+    assert_eq!(pid(&got[..TS]), 0, "{name}: the PAT first");
+    assert_eq!(pid(&got[TS..2 * TS]), pmt_pid(got), "{name}: then the PMT");
+    let rest = &got[2 * TS..];
+    assert!(is_random_access(&rest[..TS]), "{name}: then a random access point");
+    let start = sent.len() - rest.len();
+    assert_eq!(start % TS, 0, "{name}: starts at a packet of the origin's");
+    assert!(
+        sent[start..] == *rest,
+        "{name}: the origin's packets from there on, untouched"
+    );
+    start
+}
+
+#[tokio::test]
+async fn ts_players_joining_at_different_times_share_one_ts_request_and_start_at_a_random_access_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = ffmpeg_source(dir.path(), 4, "mpegts");
+    let (proxy, origin) = ts_proxy(edge_config()).await;
+    let whole = source.len();
+    let keyframes: Vec<usize> = (0..whole)
+        .step_by(TS)
+        .filter(|&at| is_random_access(&source[at..at + TS]))
+        .collect();
+    assert_eq!(keyframes.len(), 4, "a keyframe every second");
+    // Four pieces, each one second up to just before the next keyframe,
+    // cut inside a packet: the proxy reassembles them.
+    let cuts = [0, keyframes[1] - 77, keyframes[2] - 77, keyframes[3] - 77, whole];
+    let piece = |i: usize| &source[cuts[i]..cuts[i + 1]];
+    // The last whole packet the origin has sent after piece `i`.
+    let last_packet = |i: usize| {
+        let end = cuts[i + 1] / TS * TS;
+        &source[end - TS..end]
+    };
+    origin.feed_bytes(piece(0));
+    let mut a = TsPlayer::join(proxy.http, "/live/cam.ts?token=first").await;
+    a.until(last_packet(0)).await;
+    origin.feed_bytes(piece(1));
+    a.until(last_packet(1)).await;
+    // The proxy has everything up to second 2: B starts at the keyframe
+    // of second 1.
+    let mut b = TsPlayer::join(proxy.http, "/live/cam.ts?token=second").await;
+    origin.feed_bytes(piece(2));
+    a.until(last_packet(2)).await;
+    let mut c = TsPlayer::join(proxy.http, "/live/cam.ts").await;
+    assert_eq!(
+        metric(&proxy, "srs_proxy_edge_players_active{protocol=\"http-ts\"}"),
+        3.0
+    );
+    assert_eq!(metric(&proxy, "srs_proxy_edge_upstreams_active"), 1.0);
+    origin.feed_bytes(piece(3));
+    origin.end();
+    for p in [&mut a, &mut b, &mut c] {
+        p.read_to_end().await;
+    }
+    let starts: Vec<usize> = [(&a, "a"), (&b, "b"), (&c, "c")]
+        .iter()
+        .map(|(p, name)| assert_valid_ts_join(&p.raw, &source, name))
+        .collect();
+    assert_eq!(
+        starts,
+        keyframes[..3],
+        "each joined at the newest random access point the proxy had"
+    );
+    assert_eq!(
+        origin.request_events(),
+        [Event::Request {
+            conn: 1,
+            path: "/live/cam.ts".into()
+        }],
+        "three TS players, one origin request for the TS"
+    );
+    assert!(
+        metric(
+            &proxy,
+            "srs_proxy_bytes_relayed_total{direction=\"out\",protocol=\"http-ts\"}"
+        ) > 0.0
+    );
+
+    // A real demuxer and decoder: the late joiner's TS starts at a
+    // keyframe and holds every video frame from there on.
+    let file = dir.path().join("late.ts");
+    std::fs::write(&file, &c.raw).unwrap();
+    let (flags, errors) = probe_video(&file, "packet=flags");
+    assert_eq!(errors, "", "ffprobe reports no errors");
+    assert!(
+        flags[0].contains('K'),
+        "the first video packet is a keyframe: {flags:?}"
+    );
+    let video_pid = pid(&c.raw[2 * TS..]);
+    let sent_pictures = source[starts[2]..]
+        .chunks(TS)
+        .filter(|p| pid(p) == video_pid && p[1] & 0x40 != 0)
+        .count();
+    assert_eq!(flags.len(), sent_pictures, "every picture from the keyframe on");
+    let (keys, errors) = probe_video_keyflags(&file);
+    assert_eq!(errors, "", "ffprobe decodes without errors");
+    assert!(keys[0], "the first decoded frame is a keyframe");
+}
+
+#[tokio::test]
+async fn flv_and_ts_players_of_one_stream_are_two_upstreams() {
+    let (proxy, origin) = ts_proxy(edge_config()).await;
+    let stream = ts_gop(0, 2, 2);
+    origin.feed_bytes(&stream.concat());
+    let mut ts_players = ts_players_until(proxy.http, "/live/both.ts", 2, stream.last().unwrap()).await;
+    // The same stream as FLV is another upstream: the origin is asked for
+    // the FLV (which this TS origin cannot serve as FLV: the player is
+    // told so, and the TS players are not disturbed).
+    let reply = client::get(proxy.http, "/live/both.flv").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        origin.request_events(),
+        [
+            Event::Request {
+                conn: 1,
+                path: "/live/both.ts".into()
+            },
+            Event::Request {
+                conn: 2,
+                path: "/live/both.flv".into()
+            }
+        ]
+    );
+    let more = ts_gop(1, 2, 2);
+    origin.feed_bytes(&more.concat());
+    origin.end();
+    for p in &mut ts_players {
+        p.read_to_end().await;
+        assert!(p.raw.ends_with(more.last().unwrap()));
+    }
+}
+
+#[tokio::test]
+async fn with_edge_mode_off_every_ts_player_gets_its_own_origin_request() {
+    let (proxy, origin) = ts_proxy(test_config()).await;
+    let stream = ts_gop(0, 5, 2);
+    origin.feed_bytes(&stream.concat());
+    let mut players = ts_players_until(proxy.http, "/live/cam.ts", 3, stream.last().unwrap()).await;
+    assert_eq!(origin.requests(), 3);
+    assert_eq!(origin.open_bodies(), 3);
+    origin.end();
+    for p in &mut players {
+        p.read_to_end().await;
+        assert_eq!(p.raw, stream.concat(), "transparent: the origin's bytes from the start");
+    }
+}
+
+/// GOP `n` of a synthetic 25 fps H.264 TS: PAT, PMT, then `frames`
+/// pictures of `packets` packets each (the first a keyframe the muxer
+/// flags); every packet names its GOP, picture and place, so each is
+/// unique.
+fn ts_gop(n: u32, frames: u32, packets: u32) -> Vec<Vec<u8>> {
+    use ts::build::{packet, pat, pes, pmt};
+    let mut out = vec![pat(0x1000), pmt(0x1000, &[(0x100, ts::stream_type::H264)])];
+    for i in 0..frames {
+        let ms = (n * frames + i) * 40;
+        let key = i == 0;
+        let nal: &[u8] = if key { b"\0\0\x01\x65" } else { b"\0\0\x01\x41" };
+        let es = [nal, format!("g{n}f{i}p0").as_bytes()].concat();
+        out.push(packet(0x100, true, key, &pes(ms, &es)));
+        for k in 1..packets {
+            out.push(packet(0x100, false, false, format!("g{n}f{i}p{k}").as_bytes()));
+        }
+    }
+    out
+}
+
+/// A TS stream with a player that reads everything and one that reads
+/// nothing (yet), through 20 s of 32 KiB pictures.
+struct SilentTsPlayer {
+    proxy: TestProxy,
+    origin: FlvOrigin,
+    reader: TsPlayer,
+    silent: TcpStream,
+    sent: Vec<Vec<u8>>,
+    bound_held: bool,
+}
+
+async fn ts_reader_and_silent_player(player_timeout: Duration) -> SilentTsPlayer {
+    let (proxy, origin) = ts_proxy(slow_player_config(player_timeout)).await;
+    let first = ts_gop(0, 25, 175);
+    origin.feed_bytes(&first.concat());
+    let mut reader = TsPlayer::join(proxy.http, "/live/busy.ts").await;
+    reader.until(first.last().unwrap()).await;
+    let silent = raw_player(proxy.http, "/live/busy.ts").await;
+    let mut sent = first;
+    let mut bound_held = true;
+    for n in 1..20 {
+        let gop = ts_gop(n, 25, 175);
+        origin.feed_bytes(&gop.concat());
+        reader.until(gop.last().unwrap()).await;
+        bound_held &= metric(&proxy, "srs_proxy_edge_buffer_bytes") <= f64::from((1 << 20) + 64 * 1024);
+        sent.extend(gop);
+    }
+    SilentTsPlayer {
+        proxy,
+        origin,
+        reader,
+        silent,
+        sent,
+        bound_held,
+    }
+}
+
+#[tokio::test]
+async fn a_ts_player_that_stops_reading_is_disconnected_while_another_gets_every_packet() {
+    let mut s = ts_reader_and_silent_player(Duration::from_secs(2)).await;
+    assert!(s.bound_held, "what the proxy holds stays within the cache bounds");
+    assert_cut_off(&s.proxy, &mut s.silent).await;
+    let last = ts_gop(20, 5, 2);
+    s.origin.feed_bytes(&last.concat());
+    s.origin.end();
+    s.reader.read_to_end().await;
+    s.sent.extend(last);
+    assert_eq!(
+        assert_valid_ts_join(&s.reader.raw, &s.sent.concat(), "reader"),
+        2 * TS,
+        "the reader missed nothing after the tables"
+    );
+    assert_eq!(s.origin.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_ts_player_that_falls_behind_skips_whole_packets_to_a_random_access_point() {
+    let mut s = ts_reader_and_silent_player(Duration::from_secs(3600)).await;
+    s.origin.end();
+    let got = read_to_close(&mut s.silent).await;
+    s.reader.read_to_end().await;
+    let body = dechunk(&got);
+    assert_eq!(body.len() % TS, 0, "whole packets only");
+    let index: std::collections::HashMap<&[u8], usize> = s.sent.iter().enumerate().map(|(i, p)| (&p[..], i)).collect();
+    // The tables repeat (identical) every GOP: only media packets place.
+    let positions: Vec<usize> = body
+        .chunks(TS)
+        .filter(|p| pid(p) == 0x100)
+        .map(|p| *index.get(p).expect("a packet the origin sent, untouched"))
+        .collect();
+    assert!(
+        is_random_access(&s.sent[positions[0]]),
+        "starts at a random access point"
+    );
+    let mut gaps = 0;
+    for w in positions.windows(2) {
+        assert!(w[0] < w[1], "in order");
+        if w[1] != w[0] + 1 {
+            gaps += 1;
+            assert!(
+                is_random_access(&s.sent[w[1]]),
+                "after a gap the player resumes at a random access point"
+            );
+        }
+    }
+    assert!(gaps > 0, "the paused player skipped packets");
+    assert!(metric(&s.proxy, "srs_proxy_edge_frames_dropped_total{protocol=\"http-ts\"}") > 0.0);
+    assert_eq!(
+        metric(&s.proxy, "srs_proxy_edge_players_ended_total{reason=\"too_slow\"}"),
+        0.0
+    );
+    assert_eq!(
+        assert_valid_ts_join(&s.reader.raw, &s.sent.concat(), "reader"),
+        2 * TS,
+        "the reader missed nothing after the tables"
     );
 }

@@ -1,6 +1,7 @@
-//! The `edge` section: whether HTTP-FLV players of one stream share one
-//! origin connection per replica, and the bounds of what that sharing
-//! keeps in memory (the GOP cache, how far a player may fall behind).
+//! The `edge` section: whether the HTTP-FLV and RTMP players of one
+//! stream share one origin connection per replica (and its HTTP-TS
+//! players another), and the bounds of what that sharing keeps in memory
+//! (the GOP cache, how far a player may fall behind).
 
 use std::fmt;
 use std::str::FromStr;
@@ -51,7 +52,8 @@ impl<'de> Deserialize<'de> for EdgeMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EdgeConfig {
-    /// On: one upstream per stream per replica for HTTP-FLV players.
+    /// On: one upstream per stream per replica for its HTTP-FLV and RTMP
+    /// players, one for its HTTP-TS players.
     pub mode: EdgeMode,
     /// Most bytes of frames kept per stream, so the longest GOP kept for
     /// players that join (joiners of a longer one wait for the next

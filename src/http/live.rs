@@ -7,11 +7,12 @@
 //!
 //! An HTTP/1.1 GET is relayed byte for byte on the raw connections
 //! ([`passthrough`]); HEAD and HTTP/1.0 go through hyper ([`forward`]).
-//! With edge mode on, an HTTP/1.1 GET of FLV joins the stream's shared
-//! upstream instead ([`super::edge`]).
+//! With edge mode on, an HTTP/1.1 GET joins the stream's shared upstream
+//! of its format (FLV or TS) instead ([`super::edge`]).
 
 use http::Response;
 
+use super::edge::format::Format;
 use super::forward::{self, relay};
 use super::passthrough;
 use super::request::{HttpState, StreamKind, StreamRequest};
@@ -21,11 +22,16 @@ use crate::origin::Protocol;
 /// A live FLV/TS stream: held open, relayed as it arrives.
 pub async fn serve(state: &HttpState, kind: StreamKind, sr: &StreamRequest<'_>) -> Result<Response<Body>, HttpError> {
     let ctx = &state.ctx;
-    if kind == StreamKind::Flv && ctx.config.edge.enabled() && passthrough::eligible(sr.req) {
-        return super::edge::play::serve(ctx, &state.edge, sr).await;
+    let format = if kind == StreamKind::Flv {
+        Format::Flv
+    } else {
+        Format::Ts
+    };
+    if ctx.config.edge.enabled() && passthrough::eligible(sr.req) {
+        return super::edge::play::serve(ctx, &state.edge, sr, format).await;
     }
     let key = &sr.key;
-    let protocol = if kind == StreamKind::Flv { "http-flv" } else { "http-ts" };
+    let protocol = format.protocol();
     let bytes = ctx.metrics.bytes_relayed_total.with_label_values(&[protocol, "out"]);
     if passthrough::eligible(sr.req) {
         let (lease, upstream) = ctx

@@ -1,9 +1,11 @@
-//! A fake SRS origin serving real FLV, tag by tag, as the test feeds it.
+//! A fake SRS origin serving real FLV, tag by tag, as the test feeds it
+//! (or, started with [`FlvOrigin::start_ts`], MPEG-TS bytes).
 //!
 //! `GET /{app}/{stream}.flv` (any name) answers `video/x-flv`, chunked,
 //! with its name in `X-Origin`:
 //! the FLV file header, every tag fed so far, then each tag as it is fed,
-//! until [`FlvOrigin::end`] ends every body. The origin keeps an ordered
+//! until [`FlvOrigin::end`] ends every body. A TS origin answers
+//! `video/MP2T` with every piece fed so far, then each as it is fed. The origin keeps an ordered
 //! log of [`Event`]s (requests, bodies closing, marks the test adds), so a
 //! test can assert what happened in which order without timing.
 
@@ -36,7 +38,9 @@ pub enum Event {
 
 #[derive(Default)]
 struct Feed {
-    /// Every tag fed, encoded.
+    /// What every body starts with (the FLV file header).
+    header: &'static [u8],
+    /// Every tag (or TS piece) fed, encoded.
     tags: Mutex<Vec<Bytes>>,
     ended: Mutex<bool>,
     /// Woken when a tag is fed or the stream ends.
@@ -86,7 +90,7 @@ fn body(feed: Arc<Feed>, conn: usize) -> Body {
             if !ready.is_empty() {
                 let mut data = Vec::new();
                 if next == 0 {
-                    data.extend_from_slice(flv::FILE_HEADER);
+                    data.extend_from_slice(feed.header);
                 }
                 for tag in &ready {
                     data.extend_from_slice(tag);
@@ -107,9 +111,21 @@ fn body(feed: Arc<Feed>, conn: usize) -> Body {
 impl FlvOrigin {
     /// Starts on 127.0.0.1:0.
     pub async fn start(name: &str) -> Self {
+        Self::start_with(name, flv::FILE_HEADER, "video/x-flv").await
+    }
+
+    /// An origin of MPEG-TS: what is fed with [`FlvOrigin::feed_bytes`].
+    pub async fn start_ts(name: &str) -> Self {
+        Self::start_with(name, b"", "video/MP2T").await
+    }
+
+    async fn start_with(name: &str, header: &'static [u8], content_type: &'static str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind flv origin");
         let addr = listener.local_addr().unwrap();
-        let feed = Arc::new(Feed::default());
+        let feed = Arc::new(Feed {
+            header,
+            ..Feed::default()
+        });
         let kill = CancellationToken::new();
         let (f, n) = (feed.clone(), name.to_string());
         let mut conns = 0;
@@ -123,7 +139,7 @@ impl FlvOrigin {
             let mut resp = Response::new(body(f.clone(), conn));
             *resp.status_mut() = StatusCode::OK;
             let h = resp.headers_mut();
-            h.insert(header::CONTENT_TYPE, "video/x-flv".parse().unwrap());
+            h.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
             h.insert("x-origin", n.parse().unwrap());
             resp
         });
@@ -150,6 +166,13 @@ impl FlvOrigin {
         self.feed.more.notify_waiters();
     }
 
+    /// Sends `bytes` as they are to every open body (and to later
+    /// requests).
+    pub fn feed_bytes(&self, bytes: &[u8]) {
+        self.feed.tags.lock().unwrap().push(Bytes::copy_from_slice(bytes));
+        self.feed.more.notify_waiters();
+    }
+
     /// Ends every body after the tags fed so far.
     pub fn end(&self) {
         *self.feed.ended.lock().unwrap() = true;
@@ -163,6 +186,14 @@ impl FlvOrigin {
 
     pub fn events(&self) -> Vec<Event> {
         self.feed.events.lock().unwrap().clone()
+    }
+
+    /// The stream requests received so far, in order.
+    pub fn request_events(&self) -> Vec<Event> {
+        self.events()
+            .into_iter()
+            .filter(|e| matches!(e, Event::Request { .. }))
+            .collect()
     }
 
     /// Stream requests received so far.

@@ -4,9 +4,10 @@
 //! The first player of a stream creates the [`Hub`]; its task claims the
 //! stream (one [`StreamLease`] for every player), sends the first player's
 //! request to the origin and, while the origin answers, reads the body,
-//! cuts it into FLV tags ([`super::flv`]) and appends them to the hub's
-//! [`Ring`], waking the players that wait. Players that arrive while it
-//! starts wait for the same answer: the origin is asked once.
+//! cuts it into frames (FLV tags or TS units, [`super::format`]) and
+//! appends them to the hub's [`Ring`], waking the players that wait.
+//! Players that arrive while it starts wait for the same answer: the
+//! origin is asked once.
 //!
 //! The hub ends when the origin ends the body, fails, or is gone (the
 //! lease), and a [`linger`](crate::config::EdgeConfig::linger) after its
@@ -23,8 +24,8 @@ use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use super::flv::{self, FlvDecoder, Item, Role, Track};
-use super::ring::{Cursor, Frame, Kind, Limits, Ring};
+use super::format::{CutError, Cutter, Format};
+use super::ring::{Cursor, Frame, Limits, Ring};
 use super::Edge;
 use crate::claim::StreamLease;
 use crate::context::Context;
@@ -51,7 +52,8 @@ pub struct Head {
     pub status: StatusCode,
     /// Its headers, minus hop-by-hop and length: every player gets them.
     pub headers: HeaderMap,
-    /// The flags of the origin's FLV file header (audio 4, video 1).
+    /// The flags of the origin's FLV file header (audio 4, video 1); 0
+    /// for TS.
     pub flv_flags: u8,
 }
 
@@ -128,7 +130,8 @@ pub enum EndReason {
     /// The origin is gone, the stream moved, or the proxy is aborting:
     /// players end at once.
     Lost,
-    /// The origin failed or sent what is not FLV: players end at once.
+    /// The origin failed or sent what is not FLV (TS): players end at
+    /// once.
     Failed,
     /// No player for the linger time.
     Idle,
@@ -165,6 +168,7 @@ enum Phase {
 /// A shared upstream.
 pub struct Hub {
     pub key: StreamKey,
+    pub format: Format,
     state: Mutex<State>,
     /// Set once the hub is live, failed or ended.
     started: watch::Sender<bool>,
@@ -195,9 +199,10 @@ struct State {
 }
 
 impl Hub {
-    fn new(key: StreamKey, limits: Limits, buffered: IntGauge) -> Self {
+    fn new(key: StreamKey, format: Format, limits: Limits, buffered: IntGauge) -> Self {
         Self {
             key,
+            format,
             state: Mutex::new(State {
                 phase: Phase::Starting,
                 head: None,
@@ -428,8 +433,8 @@ impl Drop for Subscription {
 }
 
 impl Edge {
-    /// Subscribes a player to the stream's hub, starting one (with `open`)
-    /// when there is none.
+    /// Subscribes a player to the stream's FLV hub (its HTTP-FLV and RTMP
+    /// players), starting one (with `open`) when there is none.
     pub async fn join(
         &self,
         ctx: &Context,
@@ -437,22 +442,37 @@ impl Edge {
         open: &OpenRequest,
         protocol: &'static str,
     ) -> Result<Subscription, StartError> {
-        let joining = self.hub(ctx, key, open);
+        self.join_format(ctx, key, Format::Flv, open, protocol).await
+    }
+
+    /// Subscribes a player to the stream's hub of `format` (the FLV and
+    /// the TS upstream of a stream are different hubs), starting one (with
+    /// `open`) when there is none.
+    pub async fn join_format(
+        &self,
+        ctx: &Context,
+        key: &StreamKey,
+        format: Format,
+        open: &OpenRequest,
+        protocol: &'static str,
+    ) -> Result<Subscription, StartError> {
+        let joining = self.hub(ctx, key, format, open);
         joining.hub.as_ref().expect("joining a hub").started().await;
         joining.subscribe(ctx, protocol)
     }
 
     /// The live or starting hub of `key`, or a new one, with the player
     /// counted in it.
-    fn hub(&self, ctx: &Context, key: &StreamKey, open: &OpenRequest) -> Joining {
+    fn hub(&self, ctx: &Context, key: &StreamKey, format: Format, open: &OpenRequest) -> Joining {
         let mut hubs = self.hubs();
-        if let Some(hub) = hubs.get(key).filter(|h| h.enter()) {
+        let id = (key.clone(), format);
+        if let Some(hub) = hubs.get(&id).filter(|h| h.enter()) {
             return Joining { hub: Some(hub.clone()) };
         }
         let buffered = ctx.metrics.edge_buffer_bytes.clone();
-        let hub = Arc::new(Hub::new(key.clone(), self.limits(), buffered));
+        let hub = Arc::new(Hub::new(key.clone(), format, self.limits(), buffered));
         hub.enter();
-        hubs.insert(key.clone(), hub.clone());
+        hubs.insert(id, hub.clone());
         tokio::spawn(run(hub.clone(), ctx.clone(), self.clone(), open.clone()));
         Joining { hub: Some(hub) }
     }
@@ -460,8 +480,9 @@ impl Edge {
     /// Drops `hub` from the table if it is still the one there.
     fn forget(&self, hub: &Arc<Hub>) {
         let mut hubs = self.hubs();
-        if hubs.get(&hub.key).is_some_and(|h| Arc::ptr_eq(h, hub)) {
-            hubs.remove(&hub.key);
+        let id = (hub.key.clone(), hub.format);
+        if hubs.get(&id).is_some_and(|h| Arc::ptr_eq(h, hub)) {
+            hubs.remove(&id);
         }
     }
 }
@@ -469,9 +490,9 @@ impl Edge {
 /// The hub's task: start, relay, end.
 async fn run(hub: Arc<Hub>, ctx: Context, edge: Edge, open: OpenRequest) {
     let max_tag = u32::try_from(ctx.config.rtmp_max_message_bytes).unwrap_or(u32::MAX);
-    let mut decoder = FlvDecoder::new(max_tag);
+    let mut cutter = Cutter::new(hub.format, max_tag);
     let mut buf = BytesMut::new();
-    let (lease, head, body) = match start(&hub, &ctx, &open, &mut decoder, &mut buf).await {
+    let (lease, head, body) = match start(&hub, &ctx, &open, &mut cutter, &mut buf).await {
         Ok(started) => started,
         Err(e) => {
             tracing::info!(stream = %hub.key, "shared upstream did not start");
@@ -485,7 +506,7 @@ async fn run(hub: Arc<Hub>, ctx: Context, edge: Edge, open: OpenRequest) {
     tracing::info!(stream = %hub.key, origin = %lease.origin().id, "shared upstream open");
     hub.lock().head = Some(Arc::new(head));
     hub.set_phase(Phase::Live);
-    let reason = relay(&hub, &ctx, &lease, body, decoder, buf).await;
+    let reason = relay(&hub, &ctx, &lease, body, cutter, buf).await;
     let peak = {
         let mut st = hub.lock();
         if reason != EndReason::Done {
@@ -510,13 +531,13 @@ async fn run(hub: Arc<Hub>, ctx: Context, edge: Edge, open: OpenRequest) {
 }
 
 /// Claims the stream and asks the origin for it; the lease, the answer's
-/// head and its body (read up to the FLV file header) when the origin has
-/// the stream.
+/// head and its body (read up to the FLV file header, or the first TS
+/// byte) when the origin has the stream.
 async fn start(
     hub: &Hub,
     ctx: &Context,
     open: &OpenRequest,
-    decoder: &mut FlvDecoder,
+    cutter: &mut Cutter,
     buf: &mut BytesMut,
 ) -> Result<(StreamLease, Head, Body), StartError> {
     let refused = |e: HttpError| StartError::Refused(e.into());
@@ -544,22 +565,24 @@ async fn start(
     let mut headers = parts.headers;
     headers.remove(header::CONTENT_LENGTH);
     // Players get the origin's FLV header flags (players such as flv.js
-    // wait for the tracks they announce): read up to the header first.
+    // wait for the tracks they announce): read up to the header first. A
+    // TS body is checked to be TS before players are answered.
     let wait = ctx.config.origin_response_timeout;
-    let flv_flags = match tokio::time::timeout(wait, flv_header(decoder, &mut body, buf)).await {
+    let name = hub.format.name();
+    let flv_flags = match tokio::time::timeout(wait, body_start(cutter, &mut body, buf)).await {
         Ok(Ok(flags)) => flags,
         Ok(Err(detail)) => {
             return Err(refused(HttpError::origin(
                 StatusCode::BAD_GATEWAY,
-                format!("origin {} sent no FLV", origin.id),
+                format!("origin {} sent no {name}", origin.id),
                 detail,
             )))
         }
         Err(_) => {
             return Err(refused(HttpError::origin(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("origin {} sent no FLV header within {wait:?}", origin.id),
-                "no FLV header",
+                format!("origin {} sent no {name} within {wait:?}", origin.id),
+                format!("no {name} start"),
             )))
         }
     };
@@ -571,16 +594,14 @@ async fn start(
     Ok((lease, head, body))
 }
 
-/// Reads the body up to the FLV file header; its flags.
-async fn flv_header(decoder: &mut FlvDecoder, body: &mut Body, buf: &mut BytesMut) -> Result<u8, String> {
+/// Reads the body up to what starts it ([`Cutter::start`]).
+async fn body_start(cutter: &mut Cutter, body: &mut Body, buf: &mut BytesMut) -> Result<u8, String> {
     loop {
-        match decoder.decode(buf).map_err(|e| e.to_string())? {
-            Some(Item::Header { flags }) => return Ok(flags),
-            Some(Item::Tag(_)) => return Err("a tag before the header".into()),
-            None => {}
+        if let Some(flags) = cutter.start(buf).map_err(|e| e.to_string())? {
+            return Ok(flags);
         }
         match body.frame().await {
-            None => return Err("the body ended before the FLV header".into()),
+            None => return Err("the body ended before it started".into()),
             Some(Err(e)) => return Err(e.to_string()),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
@@ -597,11 +618,11 @@ async fn relay(
     ctx: &Context,
     lease: &StreamLease,
     mut body: Body,
-    mut decoder: FlvDecoder,
+    mut cutter: Cutter,
     mut buf: BytesMut,
 ) -> EndReason {
     // What came with the header.
-    if let Err(e) = feed(hub, &mut decoder, &mut buf) {
+    if let Err(e) = feed(hub, &mut cutter, &mut buf) {
         tracing::warn!(stream = %hub.key, error = %e, "origin sent a body the shared upstream cannot read; ending it");
         return EndReason::Failed;
     }
@@ -634,7 +655,7 @@ async fn relay(
                 Some(Ok(frame)) => {
                     let Ok(data) = frame.into_data() else { continue };
                     buf.extend_from_slice(&data);
-                    if let Err(e) = feed(hub, &mut decoder, &mut buf) {
+                    if let Err(e) = feed(hub, &mut cutter, &mut buf) {
                         tracing::warn!(stream = %hub.key, error = %e, "origin sent a body the shared upstream cannot read; ending it");
                         return EndReason::Failed;
                     }
@@ -644,50 +665,25 @@ async fn relay(
     }
 }
 
-/// Cuts what `buf` holds into tags, appends them to the hub's ring and
+/// Cuts what `buf` holds into frames, appends them to the hub's ring and
 /// wakes the players.
-fn feed(hub: &Hub, decoder: &mut FlvDecoder, buf: &mut BytesMut) -> Result<(), flv::FlvError> {
+fn feed(hub: &Hub, cutter: &mut Cutter, buf: &mut BytesMut) -> Result<(), CutError> {
     let now = hub.now_ms();
     let mut st = hub.lock();
     let before = st.ring.held_bytes();
     let mut pushed = false;
-    let result = loop {
-        match decoder.decode(buf) {
-            // Read before the hub went live; never twice.
-            Ok(Some(Item::Header { .. })) => {}
-            Ok(Some(Item::Tag(tag))) => {
-                let kind = flv_kind(&tag);
-                st.ring.push(now, tag.timestamp, kind, tag.tag_type, tag.payload);
-                pushed = true;
-            }
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(e),
-        }
-    };
+    let result = cutter.cut(buf, |(time, kind, tag_type, payload)| {
+        st.ring.push(now, time, kind, tag_type, payload);
+        pushed = true;
+    });
     let after = st.ring.held_bytes();
     let wakers = if pushed { take_wakers(&mut st) } else { Vec::new() };
     drop(st);
     hub.buffered.add(after as i64 - before as i64);
     wakers.into_iter().for_each(Waker::wake);
-    result
-}
-
-/// Ring slots of decoder configurations: video variants from 0, audio
-/// from 8.
-fn flv_kind(tag: &flv::Tag) -> Kind {
-    let class = flv::classify(tag.tag_type, &tag.payload);
-    match class.role {
-        Role::Config { variant } => Kind::Config {
-            slot: match class.track {
-                Track::Audio => 8 + variant.min(7),
-                _ => variant.min(7),
-            },
-        },
-        Role::Keyframe => Kind::Key,
-        Role::Frame => Kind::Frame {
-            video: class.track == Track::Video,
-        },
-        Role::Metadata => Kind::Metadata,
-        Role::Data => Kind::Data,
+    let skipped = cutter.take_skipped();
+    if skipped > 0 {
+        tracing::warn!(stream = %hub.key, skipped, "origin's MPEG-TS lost sync; skipped to the next packet");
     }
+    result
 }

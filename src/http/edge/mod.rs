@@ -1,14 +1,16 @@
-//! Edge mode: one origin connection per stream per replica, however many
-//! HTTP-FLV and RTMP players watch it.
+//! Edge mode: one origin connection per stream and format per replica,
+//! however many HTTP-FLV, RTMP or HTTP-TS players watch it.
 //!
 //! Off by default; then nothing here runs and every player gets its own
 //! origin request ([`super::live`]). On, an HTTP/1.1 GET of a live
-//! `.flv` (and an RTMP play, in `rtmp/edge.rs`) joins the stream's
-//! [`hub::Hub`]: one claim, one origin request,
-//! the body cut into FLV tags ([`flv`]) kept once in a [`ring::Ring`] (the
-//! file header flags, `onMetaData`, the latest sequence headers and the
-//! frames since the last keyframe), and one [`player::Pump`] per player
-//! that writes them in its own framing ([`play`]) from its own cursor.
+//! `.flv` or `.ts` (and an RTMP play, in `rtmp/edge.rs`, which shares the
+//! FLV hub) joins the stream's [`hub::Hub`] of that format: one claim, one
+//! origin request, the body cut into frames ([`format`]: FLV tags from
+//! [`flv`], TS units from [`ts`]) kept once in a [`ring::Ring`] (the FLV
+//! header flags, `onMetaData` and the latest sequence headers, or the
+//! latest PAT and PMT; and the frames since the last keyframe), and one
+//! [`player::Pump`] per player that writes them in its own framing
+//! ([`play`]) from its own cursor.
 //!
 //! This module owns the table of hubs (one per replica, built by
 //! [`crate::server`] and shared by the listeners whose players join hubs);
@@ -16,6 +18,7 @@
 //! [`crate::claim`]) and never parses HTTP requests.
 
 pub mod flv;
+pub mod format;
 pub mod hub;
 pub mod play;
 pub mod player;
@@ -28,11 +31,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::config::EdgeConfig;
 use crate::stream_key::StreamKey;
 
-/// The hubs of this replica, by stream; a cheap handle in the context.
+/// A hub's place in the table: its stream and what the origin sends.
+type HubId = (StreamKey, format::Format);
+
+/// The hubs of this replica, by stream and format; a cheap handle shared
+/// by the listeners.
 #[derive(Clone)]
 pub struct Edge {
     /// Live and starting hubs. A hub removes itself when it ends.
-    hubs: Arc<Mutex<HashMap<StreamKey, Arc<hub::Hub>>>>,
+    hubs: Arc<Mutex<HashMap<HubId, Arc<hub::Hub>>>>,
     /// The ring bounds every hub gets, from the `edge` config.
     limits: ring::Limits,
 }
@@ -50,7 +57,7 @@ impl Edge {
         }
     }
 
-    fn hubs(&self) -> MutexGuard<'_, HashMap<StreamKey, Arc<hub::Hub>>> {
+    fn hubs(&self) -> MutexGuard<'_, HashMap<HubId, Arc<hub::Hub>>> {
         self.hubs.lock().unwrap_or_else(|p| p.into_inner())
     }
 

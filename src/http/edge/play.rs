@@ -1,11 +1,14 @@
-//! HTTP-FLV players of a shared upstream.
+//! HTTP-FLV and HTTP-TS players of a shared upstream.
 //!
 //! The response head is the origin's (as the hub's first request got it),
 //! and the body is written on the raw connection once the router has added
 //! its headers ([`Detach`]), chunked: one HTTP chunk per batch of frames.
-//! A player gets an FLV file header with the origin's flags, then the
+//! An FLV player gets an FLV file header with the origin's flags, then the
 //! metadata, the decoder configurations and the cached GOP, every tag with
-//! this player's own timestamps.
+//! this player's own timestamps ([`Chunked`]). A TS player gets the latest
+//! PAT and PMT, then the packets from the last random access point on,
+//! exactly as the origin sent them: the timestamps are the ones inside the
+//! TS, never rewritten ([`ChunkedTs`]).
 
 use std::future::poll_fn;
 use std::io;
@@ -16,7 +19,8 @@ use http::Response;
 use tokio::net::TcpStream;
 
 use super::flv::{self, put_tag_header};
-use super::hub::{OpenRequest, StartError};
+use super::format::Format;
+use super::hub::{OpenRequest, StartError, Subscription};
 use super::player::{Encode, End, Outbox, Pump};
 use super::ring::Frame;
 use super::Edge;
@@ -27,31 +31,53 @@ use crate::http::request::StreamRequest;
 use crate::http::serve::Detach;
 use crate::http::{full, Body, HttpError};
 
-const PROTOCOL: &str = "http-flv";
-
-/// Serves a live FLV request (an HTTP/1.1 GET) from the stream's shared
-/// upstream.
-pub async fn serve(ctx: &Context, edge: &Edge, sr: &StreamRequest<'_>) -> Result<Response<Body>, HttpError> {
+/// Serves a live FLV or TS request (an HTTP/1.1 GET) from the stream's
+/// shared upstream of that format.
+pub async fn serve(
+    ctx: &Context,
+    edge: &Edge,
+    sr: &StreamRequest<'_>,
+    format: Format,
+) -> Result<Response<Body>, HttpError> {
     let open = OpenRequest {
         target: sr.target.clone(),
         headers: sr.req.headers().clone(),
         peer: sr.peer,
     };
-    let sub = match edge.join(ctx, &sr.key, &open, PROTOCOL).await {
+    let protocol = format.protocol();
+    let sub = match edge.join_format(ctx, &sr.key, format, &open, protocol).await {
         Ok(sub) => sub,
         Err(StartError::Answered(answer)) => return Ok(answer.to_response()),
         Err(StartError::Refused(r)) => return Err(r.into()),
     };
-    tracing::info!(stream = %sr.key, "relaying {PROTOCOL} from the shared upstream");
+    tracing::info!(stream = %sr.key, "relaying {protocol} from the shared upstream");
     let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = sub.head.status;
     *resp.headers_mut() = sub.head.headers.clone();
-    let guard = ctx.metrics.connection(PROTOCOL, "player");
-    let counter = ctx.metrics.bytes_relayed_total.with_label_values(&[PROTOCOL, "out"]);
+    match format {
+        Format::Flv => {
+            let encoder = Chunked {
+                flv_header: Some(sub.head.flv_flags),
+            };
+            detach(ctx, &mut resp, sub, encoder, protocol);
+        }
+        Format::Ts => detach(ctx, &mut resp, sub, ChunkedTs, protocol),
+    }
+    Ok(resp)
+}
+
+/// Hands the response's connection to a [`Pump`] of `encoder` once the
+/// head is final.
+fn detach<E: Encode + Send + 'static>(
+    ctx: &Context,
+    resp: &mut Response<Body>,
+    sub: Subscription,
+    encoder: E,
+    protocol: &'static str,
+) {
+    let guard = ctx.metrics.connection(protocol, "player");
+    let counter = ctx.metrics.bytes_relayed_total.with_label_values(&[protocol, "out"]);
     let ended = ctx.metrics.edge_players_ended_total.clone();
-    let encoder = Chunked {
-        flv_header: Some(sub.head.flv_flags),
-    };
     let batch = ctx.config.relay_buffer_bytes;
     let timeout_ms = u64::try_from(ctx.config.edge.player_timeout.as_millis()).unwrap_or(u64::MAX);
     resp.extensions_mut().insert(Detach::new(move |client, parts| {
@@ -73,7 +99,6 @@ pub async fn serve(ctx: &Context, edge: &Edge, sr: &StreamRequest<'_>) -> Result
             drop(guard);
         })
     }));
-    Ok(resp)
 }
 
 /// While the player waits: notices it hanging up (and ignores whatever
@@ -141,6 +166,31 @@ impl Encode for Chunked {
         small.put_slice(b"\r\n");
         out.push(small.freeze());
         payload as u64
+    }
+
+    fn finish(&mut self, out: &mut Outbox) {
+        out.push(Bytes::from_static(b"0\r\n\r\n"));
+    }
+}
+
+/// Chunked HTTP framing of TS units: their packets as the origin sent
+/// them. The player's own timestamp is not used: TS carries its own
+/// (PTS/DTS, PCR), which a player resyncs on at the PAT/PMT and random
+/// access point it starts with.
+pub struct ChunkedTs;
+
+impl Encode for ChunkedTs {
+    fn encode(&mut self, frames: &[(u32, Frame)], out: &mut Outbox) -> u64 {
+        let len: usize = frames.iter().map(|(_, f)| f.payload.len()).sum();
+        if len == 0 {
+            return 0;
+        }
+        out.push(Bytes::from(format!("{len:x}\r\n")));
+        for (_, frame) in frames {
+            out.push(frame.payload.clone());
+        }
+        out.push(Bytes::from_static(b"\r\n"));
+        len as u64
     }
 
     fn finish(&mut self, out: &mut Outbox) {

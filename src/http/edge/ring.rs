@@ -21,8 +21,8 @@ use bytes::Bytes;
 /// What a frame is to the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// Decoder configuration (sequence headers); the latest of each slot
-    /// is kept for joining players.
+    /// Decoder configuration (sequence headers; a TS stream's PAT and
+    /// PMT); the latest of each slot is kept for joining players.
     Config { slot: u8 },
     /// Stream metadata (`onMetaData`); the latest is kept.
     Metadata,
@@ -49,7 +49,7 @@ pub struct Frame {
     /// A player may start here: a keyframe, or any frame of a stream
     /// without video.
     pub join_point: bool,
-    /// The FLV tag type of the frame.
+    /// The FLV tag type of the frame (0 for a TS unit).
     pub tag_type: u8,
     pub payload: Bytes,
     /// Payload bytes of every frame before this one.
