@@ -630,13 +630,17 @@ async fn manual_slices_merge_and_a_deleted_slice_takes_its_origins() {
     apply(manual_slice("srs-b", port, &[(&origins[2], true)])).await;
     slices.delete("srs-b", &DeleteParams::default()).await.unwrap();
     wait_origins(&proxy, &["srs-0", "srs-1"]).await;
-    let removed = proxy
-        .ctx
-        .metrics
-        .discovery_events_total
-        .with_label_values(&["origin_removed"])
-        .get();
-    assert_eq!(removed, 1, "only srs-2 went away");
+    // The event is counted just after the store write the wait saw.
+    let removed = || {
+        proxy
+            .ctx
+            .metrics
+            .discovery_events_total
+            .with_label_values(&["origin_removed"])
+            .get()
+    };
+    support::eventually(WAIT, || async { (removed() > 0).then_some(()) }).await;
+    assert_eq!(removed(), 1, "only srs-2 went away");
     let (by, _body) = play(&proxy, "merged").await;
     assert!(by == "srs-0" || by == "srs-1", "{by}");
 }
