@@ -95,6 +95,16 @@ pub struct Metrics {
     pub edge_upstream_bytes_total: IntCounter,
     /// Edge mode: frame bytes held for players (GOP caches and lag room).
     pub edge_buffer_bytes: IntGauge,
+    /// Edge mode: HLS requests by kind (playlist, segment) and how the
+    /// cache answered (hit, miss, coalesced, bypass).
+    pub edge_hls_cache_requests_total: IntCounterVec,
+    /// Edge mode: bytes the HLS cache holds.
+    pub edge_hls_cache_bytes: IntGauge,
+    /// Edge mode: body bytes of HLS answers served from the cache or from
+    /// another request's origin fetch.
+    pub edge_hls_cache_served_bytes_total: IntCounter,
+    /// Edge mode: HLS cache entries dropped, by reason (size, expired).
+    pub edge_hls_cache_evictions_total: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -165,6 +175,10 @@ impl Metrics {
             edge_frames_dropped_total: register_int_counter_vec_with_registry!("edge_frames_dropped_total", "Edge mode: frames skipped for players that fell behind.", &["protocol"], r)?,
             edge_upstream_bytes_total: register_int_counter_with_registry!("edge_upstream_bytes_total", "Edge mode: stream bytes read from origins by shared upstreams.", r)?,
             edge_buffer_bytes: register_int_gauge_with_registry!("edge_buffer_bytes", "Edge mode: frame bytes held for players.", r)?,
+            edge_hls_cache_requests_total: register_int_counter_vec_with_registry!("edge_hls_cache_requests_total", "Edge mode: HLS requests by kind and cache result.", &["kind", "result"], r)?,
+            edge_hls_cache_bytes: register_int_gauge_with_registry!("edge_hls_cache_bytes", "Edge mode: bytes held by the HLS cache.", r)?,
+            edge_hls_cache_served_bytes_total: register_int_counter_with_registry!("edge_hls_cache_served_bytes_total", "Edge mode: HLS body bytes served from the cache or a shared origin request.", r)?,
+            edge_hls_cache_evictions_total: register_int_counter_vec_with_registry!("edge_hls_cache_evictions_total", "Edge mode: HLS cache entries dropped, by reason.", &["reason"], r)?,
             registry: r,
         })
     }

@@ -130,9 +130,10 @@ pub async fn run(ctx: Context, listeners: Listeners, signal: impl Future<Output 
     if let Some(discovery) = crate::discovery::start(&ctx) {
         background.spawn(discovery);
     }
-    // One table of shared upstreams for the whole replica, so every
-    // listener's players of a stream share its one origin connection.
-    let edge = crate::http::edge::Edge::new(&ctx.config.edge);
+    // One table of shared upstreams and one HLS cache for the whole
+    // replica, so every listener's players of a stream share its one
+    // origin connection and its cached segments.
+    let edge = crate::http::edge::Edge::new(&ctx.config.edge, &ctx.metrics);
     let mut servers = JoinSet::new();
     servers.spawn(crate::http::route::run(listeners.http, ctx.clone(), edge.clone()));
     servers.spawn(crate::rtmp::run(listeners.rtmp, ctx.clone(), edge));

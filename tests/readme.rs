@@ -60,6 +60,14 @@ fn every_metric_has_a_row() {
     metrics.edge_players_active.with_label_values(&["http-flv"]).inc();
     metrics.edge_players_ended_total.with_label_values(&["too_slow"]).inc();
     metrics.edge_frames_dropped_total.with_label_values(&["http-flv"]).inc();
+    metrics
+        .edge_hls_cache_requests_total
+        .with_label_values(&["segment", "hit"])
+        .inc();
+    metrics
+        .edge_hls_cache_evictions_total
+        .with_label_values(&["size"])
+        .inc();
     let families = metrics.registry.gather();
     assert!(families.len() >= 30, "a metric family was not touched above");
     for family in families {

@@ -1,7 +1,7 @@
 //! The `edge` section: whether the HTTP-FLV and RTMP players of one
 //! stream share one origin connection per replica (and its HTTP-TS
 //! players another), and the bounds of what that sharing keeps in memory
-//! (the GOP cache, how far a player may fall behind).
+//! (the GOP cache, how far a player may fall behind, the HLS cache).
 
 use std::fmt;
 use std::str::FromStr;
@@ -73,6 +73,20 @@ pub struct EdgeConfig {
     /// How long an upstream stays open after its last player left.
     #[serde(with = "duration_serde")]
     pub linger: Duration,
+    /// Most bytes of HLS playlists and segments kept for players (the
+    /// least recently used go first).
+    pub hls_cache_bytes: usize,
+    /// A segment larger than this is not cached: every player fetches it
+    /// on its own, as with edge mode off.
+    pub hls_max_segment_bytes: usize,
+    /// How long a segment is served from the cache: about how long it
+    /// stays in its live playlist (SRS's `hls_window`).
+    #[serde(with = "duration_serde")]
+    pub hls_segment_ttl: Duration,
+    /// How long a playlist is served from the cache; zero: half its
+    /// `#EXT-X-TARGETDURATION`.
+    #[serde(with = "duration_serde")]
+    pub hls_playlist_ttl: Duration,
 }
 
 impl Default for EdgeConfig {
@@ -84,6 +98,10 @@ impl Default for EdgeConfig {
             player_lag: Duration::from_secs(3),
             player_timeout: Duration::from_secs(10),
             linger: Duration::from_secs(5),
+            hls_cache_bytes: 256 * 1024 * 1024,
+            hls_max_segment_bytes: 32 * 1024 * 1024,
+            hls_segment_ttl: Duration::from_secs(60),
+            hls_playlist_ttl: Duration::ZERO,
         }
     }
 }
@@ -99,10 +117,20 @@ impl EdgeConfig {
             ("edge.gop_cache_duration", self.gop_cache_duration),
             ("edge.player_lag", self.player_lag),
             ("edge.player_timeout", self.player_timeout),
+            ("edge.hls_segment_ttl", self.hls_segment_ttl),
         ] {
             if value.is_zero() {
                 return Err((key, "must be greater than 0".into()));
             }
+        }
+        if self.hls_max_segment_bytes > self.hls_cache_bytes {
+            return Err((
+                "edge.hls_max_segment_bytes",
+                format!(
+                    "{} is above edge.hls_cache_bytes {}",
+                    self.hls_max_segment_bytes, self.hls_cache_bytes
+                ),
+            ));
         }
         Ok(())
     }
@@ -135,5 +163,11 @@ mod tests {
         };
         assert_eq!(c.check().unwrap_err().0, "edge.player_timeout");
         assert!(EdgeConfig::default().check().is_ok());
+        let c = EdgeConfig {
+            hls_cache_bytes: 1000,
+            hls_max_segment_bytes: 1001,
+            ..EdgeConfig::default()
+        };
+        assert_eq!(c.check().unwrap_err().0, "edge.hls_max_segment_bytes");
     }
 }

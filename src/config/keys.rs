@@ -140,5 +140,9 @@ pub const KEYS: &[Key] = &[
     key!("edge.player_lag", "PROXY_EDGE_PLAYER_LAG", edge.player_lag, parse_duration),
     key!("edge.player_timeout", "PROXY_EDGE_PLAYER_TIMEOUT", edge.player_timeout, parse_duration),
     key!("edge.linger", "PROXY_EDGE_LINGER", edge.linger, parse_duration),
+    key!("edge.hls_cache_bytes", "PROXY_EDGE_HLS_CACHE_BYTES", edge.hls_cache_bytes, positive),
+    key!("edge.hls_max_segment_bytes", "PROXY_EDGE_HLS_MAX_SEGMENT_BYTES", edge.hls_max_segment_bytes, positive),
+    key!("edge.hls_segment_ttl", "PROXY_EDGE_HLS_SEGMENT_TTL", edge.hls_segment_ttl, parse_duration),
+    key!("edge.hls_playlist_ttl", "PROXY_EDGE_HLS_PLAYLIST_TTL", edge.hls_playlist_ttl, parse_duration),
     key!("log_format", "PROXY_LOG_FORMAT", log_format, parsed),
 ];

@@ -399,40 +399,82 @@ impl HttpBody for RelayBody {
     }
 }
 
-/// Reads a whole upstream body of at most `limit` bytes (playlists only).
+/// Reads a whole upstream body of at most `limit` bytes (playlists only),
+/// all of it within `wait`.
 pub async fn read_bounded(
     upstream: Upstream,
     limit: usize,
     wait: std::time::Duration,
 ) -> Result<(http::response::Parts, Bytes), HttpError> {
-    let (parts, body) = upstream.response.into_parts();
-    let collect = http_body_util::Limited::new(body, limit).collect();
-    let collected = tokio::time::timeout(wait, collect).await.map_err(|_| {
-        HttpError::origin(
+    match tokio::time::timeout(wait, read_whole(upstream, limit, wait)).await {
+        Ok(Ok(Whole::Body(parts, body))) => Ok((parts, body)),
+        Ok(Ok(Whole::TooLarge)) => Err(HttpError::origin(
+            StatusCode::BAD_GATEWAY,
+            format!("origin playlist is larger than {limit} bytes"),
+            "playlist over the limit",
+        )),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(HttpError::origin(
             StatusCode::GATEWAY_TIMEOUT,
             format!("origin did not finish sending the playlist within {wait:?}"),
             "playlist body timed out",
-        )
-    })?;
-    let collected = collected.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+        )),
+    }
+}
+
+/// A whole response body, or the news that it is over the limit.
+pub enum Whole {
+    Body(http::response::Parts, Bytes),
+    /// Declared or found larger than the limit; the connection is closed.
+    TooLarge,
+}
+
+/// Reads a whole upstream body of at most `limit` bytes, each frame within
+/// `idle` of the one before; a body declared larger than `limit` is not
+/// read at all. The connection goes back to its pool once the body ended.
+pub async fn read_whole(upstream: Upstream, limit: usize, idle: std::time::Duration) -> Result<Whole, HttpError> {
+    let declared = upstream
+        .response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Ok(Whole::TooLarge);
+    }
+    let (parts, mut body) = upstream.response.into_parts();
+    let mut out = bytes::BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
+    loop {
+        let frame = tokio::time::timeout(idle, body.frame()).await.map_err(|_| {
             HttpError::origin(
-                StatusCode::BAD_GATEWAY,
-                format!("origin playlist is larger than {limit} bytes"),
-                "playlist over the limit",
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("origin stopped sending for {idle:?}"),
+                "response body stalled",
             )
-        } else {
-            HttpError::origin(
-                StatusCode::BAD_GATEWAY,
-                "origin failed while sending the playlist",
-                e.to_string(),
-            )
+        })?;
+        match frame {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if out.len() + data.len() > limit {
+                        return Ok(Whole::TooLarge);
+                    }
+                    out.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => {
+                return Err(HttpError::origin(
+                    StatusCode::BAD_GATEWAY,
+                    "origin failed while sending the body",
+                    e.to_string(),
+                ))
+            }
         }
-    })?;
+    }
     if let Some(reuse) = upstream.reuse {
         reuse.give_back(upstream.conn);
     }
-    Ok((parts, collected.to_bytes()))
+    Ok(Whole::Body(parts, out.freeze()))
 }
 
 /// Copies response headers from an upstream response, minus hop-by-hop.

@@ -6,11 +6,20 @@
 //! * A segment goes to the origin its token names, else to the origin that
 //!   serves the stream its path names. Segments never claim: a segment of
 //!   an unknown stream is a 404, not a new stream.
+//! * In edge mode, a GET of either (without `Range`) asks the origin
+//!   through the replica's
+//!   [`HlsCache`](super::edge::hls_cache::HlsCache): one origin request
+//!   for every player asking at once, and the answer kept for a while. A
+//!   playlist is cached as the origin wrote it and rewritten per request,
+//!   so every player gets its own routing token.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 
-use super::forward::{self, read_bounded, relay, response_headers};
+use super::edge::hls_cache::{Answer, CacheKey, Fetched, Kind, Outcome};
+use super::forward::{self, read_bounded, relay, response_headers, Whole};
 use super::hls_session::{self, HlsSessions};
 use super::request::{HttpState, StreamKind, StreamRequest};
 use super::{full, Body, HttpError};
@@ -99,8 +108,9 @@ async fn lookup(ctx: &Context, key: &StreamKey) -> Result<Option<Origin>, HttpEr
     Ok(ctx.store_op("lookup", ctx.store.lookup(key)).await?)
 }
 
-/// A segment from a known origin, relayed as it arrives, on a kept-alive
-/// connection.
+/// A segment from a known origin: through the cache in edge mode, else
+/// (or when it is too large to cache) relayed as it arrives, on a
+/// kept-alive connection.
 async fn from_origin(
     state: &HttpState,
     sr: &StreamRequest<'_>,
@@ -110,6 +120,15 @@ async fn from_origin(
     let ctx = &state.ctx;
     tracing::Span::current().record("origin", tracing::field::display(&origin.id));
     tracing::debug!(stream = %key, origin = %origin.id, "segment");
+    if cacheable(state, sr) {
+        let cache_key = CacheKey::segment(&origin.id, &sr.key, &sr.target);
+        let fetch = shared_fetch(state, sr, origin, ctx.config.edge.hls_max_segment_bytes);
+        match state.edge.hls_cache.get(Kind::Segment, cache_key, fetch).await {
+            Outcome::Answer(answer) => return Ok(answer_response(state, &answer)),
+            Outcome::Failed(e) => return ctx.reported(origin, Err(e)).await,
+            Outcome::TooLarge => {}
+        }
+    }
     let pool = Some(&state.keep_alive);
     let sent = forward::send(
         ctx,
@@ -162,27 +181,21 @@ async fn fetch_playlist(
             "too many playlists in flight; retry",
         ));
     };
-    // Always GET upstream: a HEAD answer must carry the rewritten length.
-    let pool = Some(&state.keep_alive);
-    let upstream = forward::send(ctx, origin, &Method::GET, &sr.target, sr.req.headers(), sr.peer, pool).await?;
-    if !upstream.response.status().is_success() {
-        if let Token::New { outcome, .. } = token {
-            ctx.forget_claim(&sr.key, &origin.id, outcome).await;
+    let answer = match origin_playlist(state, sr, origin).await? {
+        Ok(answer) => answer,
+        Err(not_ok) => {
+            if let Token::New { outcome, .. } = token {
+                ctx.forget_claim(&sr.key, &origin.id, outcome).await;
+            }
+            return Ok(not_ok);
         }
-        let bytes = ctx.metrics.bytes_relayed_total.with_label_values(&["hls", "out"]);
-        return Ok(relay(upstream, None, bytes, None));
-    }
-    let (parts, body) = read_bounded(
-        upstream,
-        ctx.config.max_playlist_bytes,
-        ctx.config.origin_response_timeout,
-    )
-    .await?;
+    };
+    let body = &answer.body;
     let token_text = match &token {
         Token::Existing(token) => token.to_string(),
         Token::New { sessions, .. } => sessions.token_for(&sr.key, &origin.id),
     };
-    let rewritten = match hls::rewrite_playlist(&body, &token_text, ctx.config.hls_max_playlist_uris) {
+    let rewritten = match hls::rewrite_playlist(body, &token_text, ctx.config.hls_max_playlist_uris) {
         Ok(rewritten) => rewritten,
         Err(e) => {
             if let Token::New { outcome, .. } = token {
@@ -199,7 +212,7 @@ async fn fetch_playlist(
     if let Token::New { sessions, .. } = token {
         sessions.record(ctx, &token_text, &sr.key, origin).await?;
     }
-    let mut headers = response_headers(&parts);
+    let mut headers = answer.headers.clone();
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
     headers.remove(header::ETAG);
     ctx.metrics
@@ -207,7 +220,111 @@ async fn fetch_playlist(
         .with_label_values(&["hls", "out"])
         .inc_by(rewritten.len() as u64);
     let mut resp = Response::new(full(Bytes::from(rewritten)));
-    *resp.status_mut() = parts.status;
+    *resp.status_mut() = answer.status;
     *resp.headers_mut() = headers;
     Ok(resp)
+}
+
+/// The origin's playlist, whole, when it answered 2xx; any other answer
+/// is the response to send as it is. In edge mode a GET is answered from
+/// the cache or shares one origin request.
+async fn origin_playlist(
+    state: &HttpState,
+    sr: &StreamRequest<'_>,
+    origin: &Origin,
+) -> Result<Result<Arc<Answer>, Response<Body>>, HttpError> {
+    let ctx = &state.ctx;
+    let limit = ctx.config.max_playlist_bytes;
+    if cacheable(state, sr) {
+        let cache_key = CacheKey::playlist(&origin.id, &sr.key, &sr.target);
+        let fetch = shared_fetch(state, sr, origin, limit);
+        return match state.edge.hls_cache.get(Kind::Playlist, cache_key, fetch).await {
+            Outcome::Answer(answer) if answer.status.is_success() => Ok(Ok(answer)),
+            Outcome::Answer(answer) => Ok(Err(answer_response(state, &answer))),
+            Outcome::TooLarge => Err(HttpError::origin(
+                StatusCode::BAD_GATEWAY,
+                format!("origin playlist is larger than {limit} bytes"),
+                "playlist over the limit",
+            )),
+            Outcome::Failed(e) => Err(e),
+        };
+    }
+    // Always GET upstream: a HEAD answer must carry the rewritten length.
+    let pool = Some(&state.keep_alive);
+    let upstream = forward::send(ctx, origin, &Method::GET, &sr.target, sr.req.headers(), sr.peer, pool).await?;
+    if !upstream.response.status().is_success() {
+        let bytes = ctx.metrics.bytes_relayed_total.with_label_values(&["hls", "out"]);
+        return Ok(Err(relay(upstream, None, bytes, None)));
+    }
+    let (parts, body) = read_bounded(upstream, limit, ctx.config.origin_response_timeout).await?;
+    Ok(Ok(Arc::new(Answer {
+        status: parts.status,
+        headers: response_headers(&parts),
+        body,
+    })))
+}
+
+/// Whether a request goes through the HLS cache: edge mode on, a GET, and
+/// not for a byte range (HEAD and ranges behave as with edge mode off).
+fn cacheable(state: &HttpState, sr: &StreamRequest<'_>) -> bool {
+    state.ctx.config.edge.enabled() && sr.req.method() == Method::GET && !sr.req.headers().contains_key(header::RANGE)
+}
+
+/// Request headers that would make the origin's answer fit one client
+/// only; the shared request goes without them (a conditional or ranged
+/// answer handed to every waiting player would be wrong for the others).
+const PER_CLIENT_HEADERS: [header::HeaderName; 6] = [
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+];
+
+/// The origin request a cache flight makes for `sr`: a GET of its target
+/// with its headers (minus [`PER_CLIENT_HEADERS`] and `Accept-Encoding`),
+/// the whole body read if it is at most `limit` bytes.
+fn shared_fetch(
+    state: &HttpState,
+    sr: &StreamRequest<'_>,
+    origin: &Origin,
+    limit: usize,
+) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Fetched, HttpError>> + Send>> {
+    let ctx = state.ctx.clone();
+    let pool = state.keep_alive.clone();
+    let origin = origin.clone();
+    let target = sr.target.clone();
+    let peer = sr.peer;
+    let mut headers: HeaderMap = sr.req.headers().clone();
+    for name in PER_CLIENT_HEADERS.iter().chain([&header::ACCEPT_ENCODING]) {
+        headers.remove(name);
+    }
+    move || {
+        Box::pin(async move {
+            let upstream = forward::send(&ctx, &origin, &Method::GET, &target, &headers, peer, Some(&pool)).await?;
+            Ok(
+                match forward::read_whole(upstream, limit, ctx.config.origin_response_timeout).await? {
+                    Whole::Body(parts, body) => Fetched::Whole(Answer {
+                        status: parts.status,
+                        headers: response_headers(&parts),
+                        body,
+                    }),
+                    Whole::TooLarge => Fetched::TooLarge,
+                },
+            )
+        })
+    }
+}
+
+/// A whole answer as a response, counted (the cache's bytes are shared,
+/// not copied).
+fn answer_response(state: &HttpState, answer: &Answer) -> Response<Body> {
+    state
+        .ctx
+        .metrics
+        .bytes_relayed_total
+        .with_label_values(&["hls", "out"])
+        .inc_by(answer.body.len() as u64);
+    answer.to_response()
 }

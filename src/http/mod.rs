@@ -53,7 +53,7 @@ pub fn full(data: impl Into<Bytes>) -> Body {
 }
 
 /// A client-facing failure: status plus a one-line reason.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct HttpError {
     pub status: StatusCode,
     /// The one line the client is sent. Never an address or an OS error.

@@ -5,6 +5,8 @@
 //!   through the real register API.
 //! * [`flv_origin`] — a fake SRS origin serving real FLV tag by tag as the
 //!   test feeds it, with an ordered log of what it saw.
+//! * [`hls_origin`] — a fake SRS HLS origin that counts requests per path
+//!   and can hold its answers until the test releases them.
 //! * [`fast_origin`] — a raw-TCP synthetic origin for memory tests and
 //!   benchmarks (bulk or paced streams, playlists, segments).
 //! * [`client`] — a minimal HTTP/1.1 client over hyper.
@@ -25,6 +27,7 @@ pub mod client;
 pub mod discovery;
 pub mod fast_origin;
 pub mod flv_origin;
+pub mod hls_origin;
 pub mod kube;
 pub mod kube_cluster;
 pub mod origin;

@@ -12,14 +12,19 @@
 //! [`player::Pump`] per player that writes them in its own framing
 //! ([`play`]) from its own cursor.
 //!
-//! This module owns the table of hubs (one per replica, built by
-//! [`crate::server`] and shared by the listeners whose players join hubs);
+//! HLS is not streamed: [`hls_cache`] fetches each playlist and segment
+//! once per replica (single flight) and keeps it in a bounded [`lru::Lru`].
+//!
+//! This module owns the table of hubs and the HLS cache (one per replica,
+//! built by [`crate::server`] and shared by the listeners);
 //! it does not decide where a stream lives (that is
 //! [`crate::claim`]) and never parses HTTP requests.
 
 pub mod flv;
 pub mod format;
+pub mod hls_cache;
 pub mod hub;
+pub mod lru;
 pub mod play;
 pub mod player;
 pub mod ring;
@@ -29,6 +34,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::config::EdgeConfig;
+use crate::metrics::Metrics;
 use crate::stream_key::StreamKey;
 
 /// A hub's place in the table: its stream and what the origin sends.
@@ -42,13 +48,17 @@ pub struct Edge {
     hubs: Arc<Mutex<HashMap<HubId, Arc<hub::Hub>>>>,
     /// The ring bounds every hub gets, from the `edge` config.
     limits: ring::Limits,
+    /// HLS playlists and segments fetched once and kept (empty while edge
+    /// mode is off).
+    pub hls_cache: hls_cache::HlsCache,
 }
 
 impl Edge {
-    pub fn new(config: &EdgeConfig) -> Self {
+    pub fn new(config: &EdgeConfig, metrics: &Metrics) -> Self {
         let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Self {
             hubs: Arc::default(),
+            hls_cache: hls_cache::HlsCache::new(config, metrics),
             limits: ring::Limits {
                 gop_bytes: config.gop_cache_bytes as u64,
                 gop_ms: ms(config.gop_cache_duration),
