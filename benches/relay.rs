@@ -19,16 +19,22 @@
 //! * memory-store claims against a bare map lookup;
 //! * edge mode: 1,000 viewers of one 2 Mbit/s HTTP-FLV stream, with edge
 //!   mode on and off (transparent): origin stream requests, origin egress in
-//!   multiples of the stream, and proxy CPU per viewer.
+//!   multiples of the stream, and proxy CPU per viewer;
+//! * edge mode's HLS cache: 1,000 HLS viewers at once, each loading the
+//!   playlist and its segments, with edge mode off and on: origin requests
+//!   per segment.
 //!
-//! `BENCH_ONLY=viewers,bulk,hls,callgrind,claims,edge` runs a subset;
-//! `BENCH_EDGE_VIEWERS` sets the edge viewer count. The open
+//! `BENCH_ONLY=viewers,bulk,hls,callgrind,claims,edge,edge_hls` runs a
+//! subset; `BENCH_EDGE_VIEWERS` and `BENCH_EDGE_HLS_VIEWERS` set the edge
+//! viewer counts. The open
 //! file limit is raised to its hard limit at start (5,000 viewers need
 //! about 10,000 descriptors here and as many in the proxy).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "relay/edge_hls.rs"]
+mod edge_hls;
 #[path = "relay/load.rs"]
 mod load;
 #[path = "relay/process.rs"]
@@ -141,6 +147,13 @@ async fn run(nofile: u64) {
     }
     if wanted("edge") {
         edge(&binary, &origin).await;
+    }
+    if wanted("edge_hls") {
+        let viewers = std::env::var("BENCH_EDGE_HLS_VIEWERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        edge_hls::run(&binary, &origin, viewers, SEGMENT).await;
     }
 }
 

@@ -15,8 +15,8 @@
 //! * `….m3u8` — a small live playlist; `…-N.ts`, `.m4s` — a segment of
 //!   [`FastOrigin::segment_bytes`]; both with Content-Length and keep-alive.
 //!
-//! It counts connections accepted, live FLV requests and body bytes
-//! written.
+//! It counts connections accepted, live FLV requests, playlist and
+//! segment requests and body bytes written.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -47,6 +47,10 @@ struct Counters {
     bytes: AtomicU64,
     /// Requests of `live….flv` streams.
     live: AtomicUsize,
+    /// Playlist requests.
+    playlists: AtomicU64,
+    /// Segment requests.
+    segments: AtomicU64,
 }
 
 /// Pre-built responses, shared by every connection.
@@ -143,6 +147,16 @@ impl FastOrigin {
         self.counters.bytes.load(Ordering::Relaxed)
     }
 
+    /// Playlist requests answered so far.
+    pub fn playlist_requests(&self) -> u64 {
+        self.counters.playlists.load(Ordering::Relaxed)
+    }
+
+    /// Segment requests answered so far.
+    pub fn segment_requests(&self) -> u64 {
+        self.counters.segments.load(Ordering::Relaxed)
+    }
+
     /// The body SRS sends with `heartbeat { ports on; }`, for this origin.
     pub fn register_body(&self, name: &str) -> String {
         serde_json::json!({
@@ -191,10 +205,12 @@ async fn serve(mut tcp: TcpStream, bodies: &Bodies, counters: &Counters) {
                 return stream(tcp, ct, paced, http10, bodies, counters).await;
             }
             "ts" | "m4s" => {
+                counters.segments.fetch_add(1, Ordering::Relaxed);
                 let seg = bodies.segment.clone();
                 respond(&mut tcp, "video/MP2T", seg, counters).await
             }
             "m3u8" => {
+                counters.playlists.fetch_add(1, Ordering::Relaxed);
                 let text = format!(
                     "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:100\n#EXTINF:2.000,\n{stem}-100.ts\n#EXTINF:2.000,\n{stem}-101.ts\n"
                 );
