@@ -408,11 +408,7 @@ pub async fn read_bounded(
 ) -> Result<(http::response::Parts, Bytes), HttpError> {
     match tokio::time::timeout(wait, read_whole(upstream, limit, wait)).await {
         Ok(Ok(Whole::Body(parts, body))) => Ok((parts, body)),
-        Ok(Ok(Whole::TooLarge)) => Err(HttpError::origin(
-            StatusCode::BAD_GATEWAY,
-            format!("origin playlist is larger than {limit} bytes"),
-            "playlist over the limit",
-        )),
+        Ok(Ok(Whole::TooLarge)) => Err(playlist_too_large(limit)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(HttpError::origin(
             StatusCode::GATEWAY_TIMEOUT,
@@ -420,6 +416,15 @@ pub async fn read_bounded(
             "playlist body timed out",
         )),
     }
+}
+
+/// An origin's playlist over `limit` bytes.
+pub fn playlist_too_large(limit: usize) -> HttpError {
+    HttpError::origin(
+        StatusCode::BAD_GATEWAY,
+        format!("origin playlist is larger than {limit} bytes"),
+        "playlist over the limit",
+    )
 }
 
 /// A whole response body, or the news that it is over the limit.

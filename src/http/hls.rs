@@ -241,11 +241,7 @@ async fn origin_playlist(
         return match state.edge.hls_cache.get(Kind::Playlist, cache_key, fetch).await {
             Outcome::Answer(answer) if answer.status.is_success() => Ok(Ok(answer)),
             Outcome::Answer(answer) => Ok(Err(answer_response(state, &answer))),
-            Outcome::TooLarge => Err(HttpError::origin(
-                StatusCode::BAD_GATEWAY,
-                format!("origin playlist is larger than {limit} bytes"),
-                "playlist over the limit",
-            )),
+            Outcome::TooLarge => Err(forward::playlist_too_large(limit)),
             Outcome::Failed(e) => Err(e),
         };
     }

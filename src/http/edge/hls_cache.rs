@@ -10,7 +10,7 @@
 //! * **Bounded.** Only 2xx answers are kept, in an [`Lru`] of
 //!   `edge.hls_cache_bytes`: segments for `edge.hls_segment_ttl`,
 //!   playlists for `edge.hls_playlist_ttl` (by default half their
-//!   `#EXT-X-TARGETDURATION`). A body over its limit is not read: the
+//!   `#EXT-X-TARGETDURATION`). A segment over its limit is not read: the
 //!   requests fetch it on their own, and the key is remembered as too
 //!   large for the segment TTL.
 //!
@@ -277,7 +277,8 @@ impl HlsCache {
                     let size = size + answer_size(answer);
                     (!ttl.is_zero()).then(|| (Entry::Answer(answer.clone()), size, ttl))
                 }
-                Outcome::TooLarge => Some((Entry::TooLarge, size, self.shared.segment_ttl)),
+                // A playlist over its limit is an error, asked again.
+                Outcome::TooLarge if kind == Kind::Segment => Some((Entry::TooLarge, size, self.shared.segment_ttl)),
                 _ => None,
             };
             if let Some((entry, size, ttl)) = kept {
@@ -535,6 +536,16 @@ mod tests {
         }
         assert_eq!(requests(&m, "segment", "miss"), 1);
         assert_eq!(requests(&m, "segment", "bypass"), 1, "remembered");
+        // A playlist over its limit is an error: asked again.
+        for _ in 0..2 {
+            let got = cache
+                .get(Kind::Playlist, key("/live/big.m3u8"), || async {
+                    Ok(Fetched::TooLarge)
+                })
+                .await;
+            assert!(matches!(got, Outcome::TooLarge));
+        }
+        assert_eq!(requests(&m, "playlist", "miss"), 2);
     }
 
     #[tokio::test]
