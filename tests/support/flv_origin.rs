@@ -153,9 +153,7 @@ impl FlvOrigin {
 
     /// Registers through the proxy's real register API.
     pub async fn register(&self, system_api: SocketAddr) {
-        let body = super::origin::register_body(&self.name, self.addr);
-        let reply = super::client::post(system_api, "/api/v1/srs/register", body).await;
-        assert_eq!(reply.status, StatusCode::OK, "register failed: {}", reply.text());
+        super::origin::post_register(system_api, super::origin::register_body(&self.name, self.addr)).await;
     }
 
     /// Sends `tags` to every open body (and to later requests).

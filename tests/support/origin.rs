@@ -270,6 +270,13 @@ fn handle(
 
 /// The body SRS sends with `heartbeat { ports on; }` for an origin named
 /// `name` serving HTTP on `addr` (and nothing on the other ports).
+/// Posts a registration `body` to the proxy's real register API; it must
+/// be accepted.
+pub async fn post_register(system_api: SocketAddr, body: String) {
+    let reply = super::client::post(system_api, "/api/v1/srs/register", body).await;
+    assert_eq!(reply.status, StatusCode::OK, "register failed: {}", reply.text());
+}
+
 pub fn register_body(name: &str, addr: SocketAddr) -> String {
     serde_json::json!({
         "device_id": name,
@@ -353,8 +360,7 @@ impl FakeOrigin {
 
     /// Registers through the proxy's real register API.
     pub async fn register(&self, system_api: SocketAddr) {
-        let reply = super::client::post(system_api, "/api/v1/srs/register", self.register_body()).await;
-        assert_eq!(reply.status, StatusCode::OK, "register failed: {}", reply.text());
+        post_register(system_api, self.register_body()).await;
     }
 
     /// Stream bytes handed to the origin's sockets so far.

@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::StatusCode;
 use srs_proxy::rtmp::amf0::{Object, Value};
 use srs_proxy::rtmp::chunk::Message;
 use srs_proxy::rtmp::command::{status, Command};
@@ -179,8 +178,7 @@ impl RtmpOrigin {
 
     /// Registers through the proxy's real register API.
     pub async fn register(&self, system_api: SocketAddr) {
-        let reply = super::client::post(system_api, "/api/v1/srs/register", self.register_body()).await;
-        assert_eq!(reply.status, StatusCode::OK, "register failed: {}", reply.text());
+        super::origin::post_register(system_api, self.register_body()).await;
     }
 
     pub fn events(&self) -> Vec<Event> {

@@ -330,6 +330,5 @@ pub fn register_body(name: &str, rtmp: Option<u16>, http: Option<u16>, srt: Opti
 
 /// Registers through the proxy's real register API.
 pub async fn register(system_api: SocketAddr, body: String) {
-    let reply = super::client::post(system_api, "/api/v1/srs/register", body).await;
-    assert_eq!(reply.status, http::StatusCode::OK, "register failed: {}", reply.text());
+    super::origin::post_register(system_api, body).await;
 }
