@@ -11,7 +11,7 @@
 //!   at overload with 5,000 connecting at 2,500/s (and how many of those
 //!   connects failed);
 //! * bulk HTTP-FLV with 1/8/64 viewers: MB/s, and MB per CPU-second of
-//!   the process under test;
+//!   the process under test (the proxy also with `relay_splice` off);
 //! * m3u8 and 500 KB segments at 1 and 64 connections: requests/s and the
 //!   p50 latency added over direct;
 //! * instructions per MB relayed (callgrind), for this build and, when
@@ -97,12 +97,18 @@ async fn run(nofile: u64) {
             let p = proxy();
             let ours = bulk(p.addr, Some(&p), k).await;
             drop(p);
+            let p = process::proxy_with(&binary, origin.addr, &[], "srs-proxy", &[("PROXY_RELAY_SPLICE", "off")]);
+            let copying = bulk(p.addr, Some(&p), k).await;
+            drop(p);
             let mut line = format!(
-                "bulk flv, {k:>2} viewers: direct {:.0} MB/s; srs-proxy {:.0} MB/s ({:.2}x direct), {:.0} MB per CPU-s",
+                "bulk flv, {k:>2} viewers: direct {:.0} MB/s; srs-proxy {:.0} MB/s ({:.2}x direct), {:.0} MB per CPU-s \
+                 (relay_splice off: {:.0} MB/s, {:.0} MB per CPU-s)",
                 direct.0,
                 ours.0,
                 ours.0 / direct.0,
-                ours.1
+                ours.1,
+                copying.0,
+                copying.1
             );
             if let Some(n) = nginx() {
                 let theirs = bulk(n.addr, Some(&n), k).await;

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub listener_refused_total: IntCounterVec,
     /// Stream bytes relayed by protocol and direction (in = client→origin).
     pub bytes_relayed_total: IntCounterVec,
+    /// Bytes live HTTP relays moved to players with splice(2), framing
+    /// included: the share that never entered the process.
+    pub relay_spliced_bytes_total: IntCounter,
     /// SRT packets relayed by direction (in = client→origin).
     pub srt_packets_total: IntCounterVec,
     /// SRT handshakes by result: induction, accepted, retransmitted, or
@@ -147,6 +150,7 @@ impl Metrics {
             listener_connections: register_int_gauge_vec_with_registry!("listener_connections", "Open TCP connections by listener.", &["listener"], r)?,
             listener_refused_total: register_int_counter_vec_with_registry!("listener_refused_total", "Connections or requests a listener turned away.", &["listener", "reason"], r)?,
             bytes_relayed_total: register_int_counter_vec_with_registry!("bytes_relayed_total", "Stream bytes relayed (in: client to origin, out: origin to client).", &["protocol", "direction"], r)?,
+            relay_spliced_bytes_total: register_int_counter_with_registry!("relay_spliced_bytes_total", "Bytes live HTTP relays moved to players with splice(2), chunk framing included.", r)?,
             srt_packets_total: register_int_counter_vec_with_registry!("srt_packets_total", "SRT packets relayed (in: client to origin, out: origin to client).", &["direction"], r)?,
             srt_handshakes_total: register_int_counter_vec_with_registry!("srt_handshakes_total", "SRT handshakes by result.", &["result"], r)?,
             srt_dropped_total: register_int_counter_vec_with_registry!("srt_dropped_total", "SRT datagrams dropped without an answer.", &["reason"], r)?,

@@ -201,3 +201,184 @@ async fn http10_and_head_players_get_their_stream_through_hyper() {
     let rest = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(rest.is_empty());
 }
+
+/// A deterministic stand-in for randomness: the same pieces every run.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as usize) % n
+    }
+}
+
+/// A chunked body the relay must pass through as it is: runs of tiny
+/// chunks (many per peek), chunk extensions, chunks far larger than a
+/// pipe, and trailers after the last chunk. Returns it and its payload.
+fn awkward_chunked_body(rng: &mut Lcg) -> (Vec<u8>, usize) {
+    let (mut body, mut payload) = (Vec::new(), 0);
+    for i in 0..400 {
+        let size = match i % 50 {
+            0 => 300_000 + rng.below(5000),
+            1..=30 => 1 + rng.below(4),
+            _ => 1 + rng.below(9000),
+        };
+        if i % 7 == 0 {
+            body.extend(format!("{size:x};name=\"v{i}\"\r\n").bytes());
+        } else {
+            body.extend(format!("{size:X}\r\n").bytes());
+        }
+        body.extend((0..size).map(|j| (i * 31 + j) as u8));
+        body.extend_from_slice(b"\r\n");
+        payload += size;
+    }
+    body.extend_from_slice(b"0\r\nx-trailer: done\r\n\r\n");
+    (body, payload)
+}
+
+/// Serves `head` + `body` for every GET of `path`, written in pieces of
+/// uneven size (a chunk's size line split across writes, many chunks in
+/// one), then closes; anything else gets a 404.
+async fn scripted_origin(path: &'static str, head: String, body: Vec<u8>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let response = std::sync::Arc::new([head.into_bytes(), body].concat());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let response = response.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if !request.starts_with(format!("GET {path} ").as_bytes()) {
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let _ = tcp.set_nodelay(true);
+                let mut rng = Lcg(7);
+                let mut at = 0;
+                while at < response.len() {
+                    let piece = if rng.below(10) == 0 {
+                        1 + rng.below(200_000)
+                    } else {
+                        1 + rng.below(3000)
+                    };
+                    let end = (at + piece).min(response.len());
+                    if tcp.write_all(&response[at..end]).await.is_err() {
+                        return;
+                    }
+                    at = end;
+                    tokio::task::yield_now().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Plays `path` on `proxy` with a 4 KiB receive buffer, so the proxy's
+/// writes to it keep falling short; reads to the end. Returns head and body.
+async fn slow_player(proxy: SocketAddr, path: &str) -> (String, Vec<u8>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(proxy).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: example.com\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tcp.read(&mut buf).await.unwrap() {
+            0 => break,
+            n => all.extend_from_slice(&buf[..n]),
+        }
+    }
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+    let body = all.split_off(split);
+    (String::from_utf8(all).unwrap(), body)
+}
+
+/// With splicing on (the default) and off, a live body in each framing
+/// reaches a player that keeps falling behind byte for byte as the origin
+/// sent it, and the byte counter counts its payload exactly; the spliced
+/// counter shows which way the bytes went.
+#[tokio::test]
+async fn every_framing_passes_through_byte_for_byte_with_splice_on_and_off() {
+    let mut rng = Lcg(42);
+    let (chunked, chunked_payload) = awkward_chunked_body(&mut rng);
+    let plain: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
+    let cases = [
+        (
+            "chunked",
+            "transfer-encoding: chunked\r\n".to_string(),
+            chunked.clone(),
+            chunked_payload,
+        ),
+        (
+            "length",
+            format!("content-length: {}\r\n", plain.len()),
+            plain.clone(),
+            plain.len(),
+        ),
+        ("close", "connection: close\r\n".to_string(), plain.clone(), plain.len()),
+    ];
+    for splice in [true, false] {
+        for (framing, header, body, payload) in &cases {
+            let path = "/live/scripted.flv";
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-type: video/x-flv\r\n{header}\r\n");
+            let origin = scripted_origin(path, head, body.clone()).await;
+            let mut config = test_config();
+            config.relay_splice = splice;
+            let proxy = TestProxy::start(config).await;
+            support::origin::post_register(proxy.api, support::origin::register_body("scripted", origin)).await;
+
+            let (head, got) = slow_player(proxy.http, path).await;
+            let lower = head.to_ascii_lowercase();
+            assert!(lower.starts_with("http/1.1 200 ok\r\n"), "{framing}: {head}");
+            assert_eq!(
+                lower.contains("transfer-encoding: chunked"),
+                *framing == "chunked",
+                "{framing}: {head}"
+            );
+            assert_eq!(got.len(), body.len(), "{framing}, splice {splice}: body length");
+            assert!(
+                got == *body,
+                "{framing}, splice {splice}: bytes differ from the origin's"
+            );
+
+            let metrics = &proxy.ctx.metrics;
+            let counted = metrics
+                .bytes_relayed_total
+                .with_label_values(&["http-flv", "out"])
+                .get();
+            assert_eq!(
+                counted, *payload as u64,
+                "{framing}, splice {splice}: payload counted exactly"
+            );
+            let spliced = metrics.relay_spliced_bytes_total.get();
+            if splice {
+                assert!(spliced > 0, "{framing}: nothing went through the pipe");
+                assert!(
+                    spliced <= body.len() as u64,
+                    "{framing}: {spliced} bytes spliced of {}",
+                    body.len()
+                );
+            } else {
+                assert_eq!(spliced, 0, "{framing}: spliced with relay_splice off");
+            }
+        }
+    }
+}

@@ -121,6 +121,7 @@ pub const KEYS: &[Key] = &[
     key!("origin_connect_timeout", "PROXY_ORIGIN_CONNECT_TIMEOUT", origin_connect_timeout, parse_duration),
     key!("origin_response_timeout", "PROXY_ORIGIN_RESPONSE_TIMEOUT", origin_response_timeout, parse_duration),
     key!("relay_buffer_bytes", "PROXY_RELAY_BUFFER_BYTES", relay_buffer_bytes, positive),
+    key!("relay_splice", "PROXY_RELAY_SPLICE", relay_splice, parse_bool),
     key!("worker_threads", "PROXY_WORKER_THREADS", worker_threads, parsed),
     key!("rtmp_max_message_bytes", "PROXY_RTMP_MAX_MESSAGE_BYTES", rtmp_max_message_bytes, positive),
     key!("rtmp_handshake_timeout", "PROXY_RTMP_HANDSHAKE_TIMEOUT", rtmp_handshake_timeout, parse_duration),

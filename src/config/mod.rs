@@ -236,6 +236,8 @@ pub struct Config {
     /// Most bytes a live HTTP relay holds for one player, and the cap on
     /// the read buffer of every HTTP connection to an origin.
     pub relay_buffer_bytes: usize,
+    /// Live HTTP relays move bytes with splice(2), not through the process.
+    pub relay_splice: bool,
     /// Threads of the async runtime; 0 = one per core.
     pub worker_threads: usize,
     /// Largest RTMP message accepted from either side.
@@ -301,6 +303,7 @@ impl Default for Config {
             origin_connect_timeout: Duration::from_secs(3),
             origin_response_timeout: Duration::from_secs(10),
             relay_buffer_bytes: 64 * 1024,
+            relay_splice: true,
             worker_threads: 0,
             rtmp_max_message_bytes: 8 * 1024 * 1024,
             rtmp_handshake_timeout: Duration::from_secs(10),

@@ -204,6 +204,30 @@ impl ChunkScanner {
         self.state == State::Done
     }
 
+    /// Chunk data that may pass next without being looked at: what is left
+    /// of the current chunk's data; 0 when framing bytes come next.
+    pub fn data_left(&self) -> u64 {
+        match self.state {
+            State::Data { left } => left,
+            _ => 0,
+        }
+    }
+
+    /// Accounts for `n` bytes of chunk data that passed unseen, as
+    /// [`scan`](Self::scan) would have; `n` is at most
+    /// [`data_left`](Self::data_left).
+    pub fn pass(&mut self, n: u64) {
+        let left = self.data_left();
+        assert!(n <= left, "{n} bytes passed with {left} of chunk data left");
+        if n > 0 {
+            self.state = if n == left {
+                State::DataCr
+            } else {
+                State::Data { left: left - n }
+            };
+        }
+    }
+
     /// Scans the next bytes of the body.
     pub fn scan(&mut self, bytes: &[u8]) -> Result<Scanned, FramingError> {
         let mut payload = 0u64;
@@ -466,6 +490,40 @@ mod tests {
                 let got = s.scan(&all[w[0]..w[1]]).unwrap();
                 payload += got.payload;
                 end = got.end.map(|e| w[0] + e);
+            }
+            let expected: usize = parts.iter().map(|p| p.len()).sum();
+            prop_assert_eq!(payload, expected as u64);
+            prop_assert_eq!(end, Some(body.len()));
+        }
+
+        /// A relay that lets chunk data pass unseen (`pass`, up to
+        /// `data_left`) and only shows the scanner a few bytes after each
+        /// (at most `peek` of them) counts and ends exactly as one that
+        /// scanned everything.
+        #[test]
+        fn passing_data_unseen_counts_as_scanning_it(
+            parts in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..3000), 0..8),
+            peek in 1usize..40,
+            step in 1u64..5000,
+        ) {
+            let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).filter(|p| !p.is_empty()).collect();
+            let body = chunked(&parts);
+            let mut s = ChunkScanner::new();
+            let (mut at, mut payload, mut end) = (0usize, 0u64, None);
+            while end.is_none() {
+                let blind = s.data_left().min(step);
+                if blind > 0 {
+                    s.pass(blind);
+                    payload += blind;
+                    at += blind as usize;
+                    continue;
+                }
+                let seen = &body[at..(at + peek).min(body.len())];
+                prop_assert!(!seen.is_empty(), "ran past the body at {}", at);
+                let got = s.scan(seen).unwrap();
+                payload += got.payload;
+                end = got.end.map(|e| at + e);
+                at += seen.len();
             }
             let expected: usize = parts.iter().map(|p| p.len()).sum();
             prop_assert_eq!(payload, expected as u64);

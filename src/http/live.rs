@@ -47,7 +47,15 @@ pub async fn serve(state: &HttpState, kind: StreamKind, sr: &StreamRequest<'_>) 
         }
         let guard = status.is_success().then(|| ctx.metrics.connection(protocol, "player"));
         let lease = status.is_success().then_some(lease);
-        return Ok(upstream.into_response(lease, bytes, guard, ctx.config.relay_buffer_bytes));
+        return Ok(upstream.into_response(
+            lease,
+            bytes,
+            guard,
+            ctx.config.relay_buffer_bytes,
+            ctx.config
+                .relay_splice
+                .then(|| ctx.metrics.relay_spliced_bytes_total.clone()),
+        ));
     }
     let (lease, upstream) = ctx
         .claim_with(key, Protocol::Http, |origin| async move {

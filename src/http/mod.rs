@@ -26,6 +26,7 @@ pub mod hls;
 pub mod hls_session;
 pub mod live;
 pub mod passthrough;
+pub mod pipe;
 pub mod pool;
 pub mod request;
 pub mod route;

@@ -7,13 +7,19 @@
 //! ([`super::serve::Detach`]) and one loop in the connection's task moves
 //! the origin's bytes, framing included, to the player as they come:
 //!
-//! * reads go into a per-thread scratch buffer and straight out to the
-//!   player; only what the player's socket does not take at once is kept,
-//!   in a buffer of the relay's own, and no more is read from the origin
-//!   until it is written. A relay therefore holds at most
+//! * bytes go from the origin's socket to the player's through a pipe in
+//!   the kernel ([`super::pipe`], `splice(2)`), never copied into the
+//!   process; with `relay_splice` off, or where the kernel refuses, reads
+//!   go into a per-thread scratch buffer and straight out to the player.
+//!   Either way only what the player's socket does not take at once is
+//!   kept, in a buffer of the relay's own, and no more is read from the
+//!   origin until it is written. A relay therefore holds at most
 //!   `relay_buffer_bytes`, and nothing while the player keeps up;
 //! * chunked framing is walked ([`super::framing::ChunkScanner`]), not
-//!   decoded: payload bytes are counted and the last chunk ends the relay;
+//!   decoded: payload bytes are counted and the last chunk ends the relay.
+//!   When splicing, chunk data passes unseen; only the bytes around each
+//!   chunk's framing (at most [`PEEK`]) are looked at, with `MSG_PEEK`,
+//!   before they go too;
 //! * byte counts stay in the relay and reach the shared counter every few
 //!   MiB, whenever the relay goes idle, and at its end;
 //! * the lost-origin and abort checks are atomic loads on each wake.
@@ -30,11 +36,13 @@ use http::response::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use prometheus::IntCounter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustix::net::RecvFlags;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use super::forward::{self, strip_hop_by_hop};
 use super::framing::{self, ChunkScanner, Framing, FramingError, Head};
+use super::pipe::{self, Pipe};
 use super::serve::Detach;
 use super::{full, Body, HttpError};
 use crate::claim::StreamLease;
@@ -48,6 +56,9 @@ const FLUSH_BYTES: u64 = 4 * 1024 * 1024;
 /// A relay that had to keep bytes drops its own buffer after this many
 /// reads in a row that the player took whole.
 const RELEASE_AFTER: u8 = 4;
+/// Most bytes looked at, with `MSG_PEEK`, where chunk framing comes next
+/// (or is this close): a chunk-size line, or several small chunks at once.
+const PEEK: usize = 512;
 
 thread_local! {
     /// Where origin bytes land before they go out; shared by every relay
@@ -173,6 +184,7 @@ impl OriginResponse {
         bytes_out: IntCounter,
         guard: Option<ConnectionGuard>,
         limit: usize,
+        splice: Option<IntCounter>,
     ) -> Response<Body> {
         let mut headers = self.head.headers;
         strip_hop_by_hop(&mut headers);
@@ -187,6 +199,7 @@ impl OriginResponse {
             bytes_out,
             _guard: guard,
             limit,
+            splice,
         };
         resp.extensions_mut()
             .insert(Detach::new(move |client, parts| Box::pin(relay.run(client, parts))));
@@ -205,6 +218,9 @@ struct LiveRelay {
     _guard: Option<ConnectionGuard>,
     /// `relay_buffer_bytes`: the most read at once and the most kept.
     limit: usize,
+    /// With `relay_splice`: where the bytes moved through a pipe in the
+    /// kernel are counted.
+    splice: Option<IntCounter>,
 }
 
 /// Why a relay ended.
@@ -224,6 +240,8 @@ enum End {
     Framing(FramingError),
     #[error("origin is gone or the proxy is shutting down")]
     Lost,
+    #[error("relay pipe failed: {0}")]
+    Pipe(io::Error),
 }
 
 impl End {
@@ -251,6 +269,7 @@ impl LiveRelay {
             bytes_out,
             _guard,
             limit,
+            splice,
         } = self;
         let mut pump = Pump {
             client,
@@ -260,6 +279,9 @@ impl LiveRelay {
             pending: head_bytes(&parts, framing),
             full_reads: 0,
             limit,
+            splice: splice.is_some(),
+            spliced_counter: splice,
+            spliced: 0,
             lost: lease.as_ref().map(StreamLease::lost_watch),
             counter: bytes_out,
             unflushed: 0,
@@ -285,6 +307,7 @@ impl LiveRelay {
 }
 
 /// Where the body ends, tracked as its bytes pass.
+#[derive(Clone)]
 enum BodyEnd {
     Chunked(ChunkScanner),
     Length(u64),
@@ -319,6 +342,32 @@ impl BodyEnd {
         })
     }
 
+    /// How many of the next bytes are payload that may pass unseen
+    /// ([`pass`](Self::pass)); 0 when framing comes next.
+    fn blind(&self) -> u64 {
+        match self {
+            Self::Chunked(scanner) => scanner.data_left(),
+            Self::Length(left) => *left,
+            Self::Close => u64::MAX,
+        }
+    }
+
+    /// Accounts for `n` payload bytes, at most [`blind`](Self::blind),
+    /// that passed unseen; whether the body ends with them.
+    fn pass(&mut self, n: u64) -> bool {
+        match self {
+            Self::Chunked(scanner) => {
+                scanner.pass(n);
+                false
+            }
+            Self::Length(left) => {
+                *left -= n;
+                *left == 0
+            }
+            Self::Close => false,
+        }
+    }
+
     /// Whether the origin closing now ends the body cleanly.
     fn complete_at_close(&self) -> bool {
         matches!(self, Self::Close)
@@ -338,6 +387,11 @@ struct Pump {
     /// Reads in a row the player took whole, while the relay has a buffer.
     full_reads: u8,
     limit: usize,
+    /// Splice while this holds (cleared where the kernel refuses).
+    splice: bool,
+    spliced_counter: Option<IntCounter>,
+    /// Bytes moved through the pipe, not yet added to their counter.
+    spliced: u64,
     lost: Option<CancelWatch>,
     counter: IntCounter,
     unflushed: u64,
@@ -357,10 +411,35 @@ impl Pump {
         Ok(used)
     }
 
+    /// A write the player took whole: after a few in a row, the relay's
+    /// own buffer goes (the player keeps up again).
+    fn wrote_whole(&mut self) {
+        self.full_reads = self.full_reads.saturating_add(1);
+        if self.full_reads >= RELEASE_AFTER && self.pending.capacity() > 0 {
+            self.pending = BytesMut::new();
+        }
+    }
+
+    /// Accounts for `n` payload bytes that passed unseen.
+    fn pass(&mut self, n: u64) {
+        self.done |= self.body.pass(n);
+        self.unflushed += n;
+        self.total += n;
+        if self.unflushed >= FLUSH_BYTES {
+            self.flush();
+        }
+    }
+
     fn flush(&mut self) {
         if self.unflushed > 0 {
             self.counter.inc_by(self.unflushed);
             self.unflushed = 0;
+        }
+        if self.spliced > 0 {
+            if let Some(counter) = &self.spliced_counter {
+                counter.inc_by(self.spliced);
+            }
+            self.spliced = 0;
         }
     }
 
@@ -377,12 +456,7 @@ impl Pump {
                         self.pending.advance(n);
                         if self.pending.is_empty() {
                             self.pending.clear();
-                            self.full_reads = self.full_reads.saturating_add(1);
-                            if self.full_reads >= RELEASE_AFTER {
-                                // The player keeps up again: back to the
-                                // shared scratch buffer.
-                                self.pending = BytesMut::new();
-                            }
+                            self.wrote_whole();
                         }
                         continue;
                     }
@@ -417,6 +491,17 @@ impl Pump {
     /// One read from the origin, forwarded as far as the player takes it.
     /// `Ok(None)`: nothing to read after all; `Ok(Some(0))`: origin closed.
     fn read(&mut self) -> Result<Option<usize>, End> {
+        // Called with nothing pending: the pipe is used even while the
+        // relay still has a buffer of its own from a recent lag.
+        if self.splice {
+            match pipe::with(self.limit, |pipe| self.splice_step(pipe)) {
+                Some(Spliced::Done(result)) => return result,
+                Some(Spliced::Refused(e)) => pipe::disable(&e),
+                None => {}
+            }
+            // Copying from now on: refused here, or no pipe to be had.
+            self.splice = false;
+        }
         if self.pending.capacity() > 0 {
             // The player lagged recently: read into the relay's own buffer,
             // written from the top of the loop.
@@ -465,6 +550,81 @@ impl Pump {
         })
     }
 
+    /// One step through the pipe: what [`read`](Self::read) does, without
+    /// the bytes entering the process while the player keeps up.
+    fn splice_step(&mut self, pipe: &Pipe) -> Spliced {
+        let room = self.limit.min(pipe.capacity());
+        let mut peeked = [0u8; PEEK];
+        // Of the peeked bytes, how many belong to the body.
+        let mut seen = 0;
+        let want = match self.body.blind() {
+            // Framing next, or soon: the rest of this chunk's data, the
+            // next size line and the data after it go in one step.
+            blind if blind < PEEK as u64 => {
+                let peek = self.origin.try_io(Interest::READABLE, || {
+                    rustix::net::recv(&self.origin, &mut peeked[..], RecvFlags::PEEK | RecvFlags::DONTWAIT)
+                        .map(|(n, _)| n)
+                        .map_err(io::Error::from)
+                });
+                let n = match peek {
+                    Ok(0) => return Spliced::Done(Ok(Some(0))),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Spliced::Done(Ok(None)),
+                    Err(e) => return Spliced::Done(Err(End::Origin(e))),
+                };
+                // Where the body stands after these bytes, without taking
+                // them yet: whatever chunk data follows them may go too.
+                let mut plan = self.body.clone();
+                let (used, _, ends) = match plan.take(&peeked[..n]) {
+                    Ok(taken) => taken,
+                    Err(e) => return Spliced::Done(Err(End::Framing(e))),
+                };
+                seen = used;
+                let after = if ends { 0 } else { plan.blind() };
+                (used as u64).saturating_add(after).min(room as u64) as usize
+            }
+            blind => blind.min(room as u64) as usize,
+        };
+        let filled = self.origin.try_io(Interest::READABLE, || pipe.fill(&self.origin, want));
+        let moved = match filled {
+            Ok(0) => return Spliced::Done(Ok(Some(0))),
+            Ok(moved) => moved,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Spliced::Done(Ok(None)),
+            Err(e) if pipe::is_refusal(&e) => return Spliced::Refused(e),
+            Err(e) => return Spliced::Done(Err(End::Origin(e))),
+        };
+        // The peeked bytes that went, then the chunk data after them.
+        let shown = moved.min(seen);
+        if let Err(e) = self.take(&peeked[..shown]) {
+            return Spliced::Done(Err(End::Framing(e)));
+        }
+        if moved > shown {
+            self.pass((moved - shown) as u64);
+        }
+        let drained = self
+            .client
+            .try_io(Interest::WRITABLE, || pipe.drain(&self.client, moved));
+        let written = match drained {
+            Ok(written) => {
+                self.spliced += written as u64;
+                written
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Spliced::Done(Err(End::Client(e))),
+        };
+        if written < moved {
+            // Kept until the player takes it; nothing more is read before
+            // then.
+            if let Err(e) = pipe.read_out(&mut self.pending, moved - written) {
+                return Spliced::Done(Err(End::Pipe(e)));
+            }
+            self.full_reads = 0;
+        } else {
+            self.wrote_whole();
+        }
+        Spliced::Done(Ok(Some(moved)))
+    }
+
     /// About to wait: counts go out, and a player that hangs up is noticed
     /// even while the origin is quiet.
     fn idle(&mut self, cx: &mut TaskContext<'_>) -> Poll<End> {
@@ -484,6 +644,14 @@ impl Pump {
             }
         }
     }
+}
+
+/// How a step through the pipe went.
+enum Spliced {
+    /// As [`Pump::read`] reports it.
+    Done(Result<Option<usize>, End>),
+    /// The kernel does not splice these sockets; nothing was moved.
+    Refused(io::Error),
 }
 
 impl Drop for Pump {
