@@ -18,7 +18,7 @@
 //! * chunked framing is walked ([`super::framing::ChunkScanner`]), not
 //!   decoded: payload bytes are counted and the last chunk ends the relay.
 //!   When splicing, chunk data passes unseen; only the bytes around each
-//!   chunk's framing (at most [`PEEK`]) are looked at, with `MSG_PEEK`,
+//!   chunk's framing (at most `PEEK`, 512) are looked at, with `MSG_PEEK`,
 //!   before they go too;
 //! * byte counts stay in the relay and reach the shared counter every few
 //!   MiB, whenever the relay goes idle, and at its end;
