@@ -84,13 +84,19 @@ fn pinned(program: &Path) -> Command {
     cmd
 }
 
-/// Waits until something accepts connections on `addr`.
-pub fn wait_listening(addr: SocketAddr) {
+/// Waits until `child` accepts connections on `addr`; false if it exited
+/// first (a port it was given was taken meanwhile, say by one of the
+/// load's own connections).
+fn wait_listening(child: &mut Child, addr: SocketAddr) -> bool {
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(addr).is_err() {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
         assert!(Instant::now() < deadline, "nothing listens on {addr}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    true
 }
 
 /// The proxy binary on one worker thread, with `origin` as its static
@@ -107,6 +113,23 @@ pub fn proxy_with(
     name: &'static str,
     settings: &[(&str, &str)],
 ) -> Target {
+    for _ in 0..5 {
+        if let Some(target) = try_proxy(binary, origin, wrapper, name, settings) {
+            return target;
+        }
+    }
+    panic!("{name} did not start five times in a row");
+}
+
+/// One start of the proxy on ports free a moment ago; `None` if it exited
+/// before listening.
+fn try_proxy(
+    binary: &Path,
+    origin: SocketAddr,
+    wrapper: &[&str],
+    name: &'static str,
+    settings: &[(&str, &str)],
+) -> Option<Target> {
     let addr = free_port();
     let mut cmd = if wrapper.is_empty() {
         pinned(binary)
@@ -130,14 +153,13 @@ pub fn proxy_with(
         .envs(settings.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let child = cmd.spawn().expect("start the proxy");
-    wait_listening(addr);
-    Target {
+    let mut child = cmd.spawn().expect("start the proxy");
+    wait_listening(&mut child, addr).then_some(Target {
         name,
         addr,
         child,
         _dir: None,
-    }
+    })
 }
 
 /// Debian's nginx as a plain reverse proxy: one worker, no master, no
