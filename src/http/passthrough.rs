@@ -290,6 +290,9 @@ impl LiveRelay {
         let end = match pump.take(&rest) {
             Ok(n) => {
                 pump.pending.extend_from_slice(&rest[..n]);
+                // Its allocation is the whole buffer the head was read
+                // into: not kept for the relay's life.
+                drop(rest);
                 poll_fn(|cx| pump.poll_relay(cx)).await
             }
             Err(e) => End::Framing(e),
