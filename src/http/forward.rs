@@ -1,8 +1,8 @@
 //! Forwarding one HTTP request to an origin and relaying the response.
 //!
-//! Short requests (playlists, segments) may reuse a kept-alive connection
-//! ([`super::pool`]); anything else gets a connection of its own. The
-//! response body is relayed frame by frame as hyper reads it: hyper only
+//! Live streams come here with a connection of their own; short requests
+//! (playlists, segments) go through [`super::exchange`] on kept-alive
+//! connections instead. The response body is relayed frame by frame as hyper reads it: hyper only
 //! polls the upstream body when the client side can take more, so a slow
 //! client stalls the origin through TCP backpressure instead of filling
 //! memory. Live FLV/TS to HTTP/1.1 players skip hyper altogether
@@ -22,8 +22,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
-use super::pool::{ConnTask, KeepAlive, OriginConn};
 use super::{Body, BoxError, HttpError};
 use crate::claim::StreamLease;
 use crate::config::MIN_RELAY_BUFFER;
@@ -48,17 +48,21 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
+    let named: Vec<HeaderName> = connection_named(headers).collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// The header names a `Connection` header lists.
+fn connection_named(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
 }
 
 /// `/{app}/{stream}.{ext}?{query}`, each name percent-encoded as a path
@@ -97,34 +101,30 @@ pub fn origin_target(key: &StreamKey, ext: &str, query: Option<&str>) -> String 
 /// An upstream response and the connection that carries it.
 pub struct Upstream {
     pub response: Response<Incoming>,
-    /// Drives the upstream connection; aborted with the relay (unless it
-    /// goes back to the pool), so it never outlives the client's.
+    /// Drives the upstream connection; aborted with the relay, so it never
+    /// outlives the client's.
     conn: ConnTask,
-    /// Where the connection goes back once the body has been read to its
-    /// end; `None` for connections used once.
-    reuse: Option<Reuse>,
 }
 
-/// A pooled connection's way back to its pool.
-struct Reuse {
-    /// Where it goes.
-    pool: KeepAlive,
-    /// The origin it is kept for.
-    authority: String,
-    /// Its request handle.
-    sender: SendRequest<Empty<Bytes>>,
-}
+/// Aborts the task driving a connection when dropped, which closes it.
+struct ConnTask(JoinHandle<()>);
 
-impl Reuse {
-    fn give_back(self, task: ConnTask) {
-        self.pool.put(
-            &self.authority,
-            OriginConn {
-                sender: self.sender,
-                task,
-            },
-        );
+impl Drop for ConnTask {
+    fn drop(&mut self) {
+        self.0.abort();
     }
+}
+
+/// A 400 for a request target that cannot go on a request line as it is
+/// (whitespace or control bytes).
+pub fn check_target(target: &str) -> Result<(), HttpError> {
+    if target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "request target cannot be forwarded",
+        ));
+    }
+    Ok(())
 }
 
 /// `ip:port` of `origin`'s HTTP port, or a 502 when it has none.
@@ -168,36 +168,69 @@ pub async fn connect(ctx: &Context, origin: &Origin, authority: &str) -> Result<
 /// reads the vhost from it) or set to the origin, the client's address
 /// appended to `X-Forwarded-For`.
 pub fn origin_request_headers(client_headers: &HeaderMap, authority: &str, peer: SocketAddr) -> HeaderMap {
-    let mut headers = client_headers.clone();
-    strip_hop_by_hop(&mut headers);
-    for name in [header::CONTENT_LENGTH, header::EXPECT] {
-        headers.remove(name);
-    }
-    if !headers.contains_key(header::HOST) {
-        if let Ok(host) = HeaderValue::from_str(authority) {
-            headers.insert(header::HOST, host);
-        }
-    }
-    let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-    }
-    headers
+    collect(client_headers, authority, peer, false)
 }
 
 /// What a request without a body sends an origin.
 pub fn bodiless_request_headers(client_headers: &HeaderMap, authority: &str, peer: SocketAddr) -> HeaderMap {
-    let mut headers = origin_request_headers(client_headers, authority, peer);
-    headers.remove(header::CONTENT_TYPE);
+    collect(client_headers, authority, peer, true)
+}
+
+fn collect(client_headers: &HeaderMap, authority: &str, peer: SocketAddr, bodiless: bool) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(client_headers.len() + 2);
+    each_origin_header(client_headers, authority, peer, bodiless, |name, value| {
+        headers.append(name.clone(), value.clone());
+    });
     headers
+}
+
+/// Calls `f` with every header an origin is sent, in the client's order
+/// then `Host` (when the client sent none) and `X-Forwarded-For`: what
+/// [`origin_request_headers`] (or, `bodiless`, [`bodiless_request_headers`])
+/// holds, without building a map.
+pub fn each_origin_header(
+    client_headers: &HeaderMap,
+    authority: &str,
+    peer: SocketAddr,
+    bodiless: bool,
+    mut f: impl FnMut(&HeaderName, &HeaderValue),
+) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = connection_named(client_headers).collect();
+    let forwarded_for = HeaderName::from_static("x-forwarded-for");
+    for (name, value) in client_headers {
+        let dropped = HOP_BY_HOP.contains(name)
+            || *name == header::UPGRADE
+            || *name == header::CONTENT_LENGTH
+            || *name == header::EXPECT
+            || (bodiless && *name == header::CONTENT_TYPE)
+            || *name == forwarded_for
+            || named.contains(name);
+        if !dropped {
+            f(name, value);
+        }
+    }
+    if !client_headers.contains_key(header::HOST) {
+        if let Ok(host) = HeaderValue::from_str(authority) {
+            f(&header::HOST, &host);
+        }
+    }
+    let forwarded = match client_headers.get(&forwarded_for).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        f(&forwarded_for, &v);
+    }
 }
 
 /// A new HTTP/1 connection to `origin`, its read buffer capped by
 /// `relay_buffer_bytes` (hyper's own cap grows to about 400 KiB).
-async fn open(ctx: &Context, origin: &Origin, authority: &str) -> Result<OriginConn, HttpError> {
+async fn open(
+    ctx: &Context,
+    origin: &Origin,
+    authority: &str,
+) -> Result<(SendRequest<Empty<Bytes>>, ConnTask), HttpError> {
     let tcp = connect(ctx, origin, authority).await?;
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(ctx.config.relay_buffer_bytes.max(MIN_RELAY_BUFFER))
@@ -213,13 +246,11 @@ async fn open(ctx: &Context, origin: &Origin, authority: &str) -> Result<OriginC
     let task = ConnTask(tokio::spawn(async move {
         let _ = conn.await;
     }));
-    Ok(OriginConn { sender, task })
+    Ok((sender, task))
 }
 
 /// Sends `method path_and_query` with the client's headers to `origin`'s
-/// HTTP port. With `pool`, an idle connection to the origin is reused when
-/// there is one, and the connection goes back to the pool once the
-/// response has been read (short requests only: never a live stream).
+/// HTTP port, on a connection of its own.
 pub async fn send(
     ctx: &Context,
     origin: &Origin,
@@ -227,7 +258,6 @@ pub async fn send(
     path_and_query: &str,
     client_headers: &HeaderMap,
     peer: SocketAddr,
-    pool: Option<&KeepAlive>,
 ) -> Result<Upstream, HttpError> {
     let authority = http_authority(origin)?;
     let uri: Uri = path_and_query
@@ -235,58 +265,37 @@ pub async fn send(
         .map_err(|_| HttpError::new(StatusCode::BAD_REQUEST, "request target cannot be forwarded"))?;
     let headers = bodiless_request_headers(client_headers, &authority, peer);
     let wait = ctx.config.origin_response_timeout;
-    let mut idle = pool;
-    loop {
-        let (mut conn, reused) = match idle.and_then(|p| p.take(&authority)) {
-            Some(conn) => (conn, true),
-            None => (open(ctx, origin, &authority).await?, false),
-        };
-        if reused && conn.sender.ready().await.is_err() {
-            continue;
-        }
-        let mut req = Request::new(Empty::<Bytes>::new());
-        *req.method_mut() = method.clone();
-        *req.uri_mut() = uri.clone();
-        *req.headers_mut() = headers.clone();
-        match tokio::time::timeout(wait, conn.sender.send_request(req)).await {
-            Ok(Ok(response)) => {
-                let reuse = pool.map(|pool| Reuse {
-                    pool: pool.clone(),
-                    authority: authority.clone(),
-                    sender: conn.sender,
-                });
-                return Ok(Upstream {
-                    response,
-                    conn: conn.task,
-                    reuse,
-                });
-            }
-            // An idle connection the origin closed meanwhile: the request
-            // (GET or HEAD) is sent again once, on a new connection.
-            Ok(Err(e)) if reused => {
-                tracing::debug!(error = %e, "kept-alive origin connection failed; retrying on a new one");
-                idle = None;
-            }
-            // The origin took the connection and then failed this request:
-            // it may have refused this client (an SRS hook closing on a
-            // bad token does that), which says nothing about its health.
-            Ok(Err(e)) => {
-                return Err(HttpError::origin(
-                    StatusCode::BAD_GATEWAY,
-                    format!("origin {} failed before answering", origin.id),
-                    format!("{authority}: {e}"),
-                ))
-            }
-            Err(_) => {
-                return Err(HttpError::origin(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("origin {} sent no response headers within {wait:?}", origin.id),
-                    format!("{authority}: no response headers"),
-                )
-                .retryable())
-            }
-        }
+    let (mut sender, conn) = open(ctx, origin, &authority).await?;
+    let mut req = Request::new(Empty::<Bytes>::new());
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    match tokio::time::timeout(wait, sender.send_request(req)).await {
+        Ok(Ok(response)) => Ok(Upstream { response, conn }),
+        Ok(Err(e)) => Err(failed_before_answering(origin, &authority, e)),
+        Err(_) => Err(no_response_headers(origin, &authority, wait)),
     }
+}
+
+/// The origin took the connection and then failed the request: it may
+/// have refused this client (an SRS hook closing on a bad token does
+/// that), which says nothing about its health.
+pub fn failed_before_answering(origin: &Origin, authority: &str, e: impl std::fmt::Display) -> HttpError {
+    HttpError::origin(
+        StatusCode::BAD_GATEWAY,
+        format!("origin {} failed before answering", origin.id),
+        format!("{authority}: {e}"),
+    )
+}
+
+/// No response head within `wait`: another origin may answer.
+pub fn no_response_headers(origin: &Origin, authority: &str, wait: std::time::Duration) -> HttpError {
+    HttpError::origin(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!("origin {} sent no response headers within {wait:?}", origin.id),
+        format!("{authority}: no response headers"),
+    )
+    .retryable()
 }
 
 /// Relays an upstream response to the client: status and headers intact
@@ -318,8 +327,7 @@ pub fn relay(
     };
     let body = RelayBody {
         inner: incoming,
-        conn: Some(upstream.conn),
-        reuse: upstream.reuse,
+        _conn: upstream.conn,
         _watcher: watcher,
         lost,
         bytes_out,
@@ -332,10 +340,8 @@ pub fn relay(
 struct RelayBody {
     /// The origin's body.
     inner: Incoming,
-    /// Dropping it closes the origin connection, unless it went back to
-    /// the pool.
-    conn: Option<ConnTask>,
-    reuse: Option<Reuse>,
+    /// Dropping it closes the origin connection.
+    _conn: ConnTask,
     /// Watches the lease; closes the origin connection when it is lost.
     _watcher: Option<ConnTask>,
     /// Fires when the origin is gone: the body ends with an error.
@@ -344,15 +350,6 @@ struct RelayBody {
     bytes_out: IntCounter,
     /// Keeps the player counted as connected while the body lives.
     _guard: Option<ConnectionGuard>,
-}
-
-impl RelayBody {
-    /// The body was read to its end: a pooled connection can be reused.
-    fn finished(&mut self) {
-        if let (Some(reuse), Some(conn)) = (self.reuse.take(), self.conn.take()) {
-            reuse.give_back(conn);
-        }
-    }
 }
 
 /// Ends a relayed body because the origin went away.
@@ -376,16 +373,10 @@ impl HttpBody for RelayBody {
                 if let Some(data) = frame.data_ref() {
                     self.bytes_out.inc_by(data.len() as u64);
                 }
-                if self.inner.is_end_stream() {
-                    self.finished();
-                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => {
-                self.finished();
-                Poll::Ready(None)
-            }
+            Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -406,7 +397,17 @@ pub async fn read_bounded(
     limit: usize,
     wait: std::time::Duration,
 ) -> Result<(http::response::Parts, Bytes), HttpError> {
-    match tokio::time::timeout(wait, read_whole(upstream, limit, wait)).await {
+    bounded(read_whole(upstream, limit, wait), limit, wait).await
+}
+
+/// A whole body read by `whole` of at most `limit` bytes, all of it
+/// within `wait`.
+pub async fn bounded(
+    whole: impl std::future::Future<Output = Result<Whole, HttpError>>,
+    limit: usize,
+    wait: std::time::Duration,
+) -> Result<(http::response::Parts, Bytes), HttpError> {
+    match tokio::time::timeout(wait, whole).await {
         Ok(Ok(Whole::Body(parts, body))) => Ok((parts, body)),
         Ok(Ok(Whole::TooLarge)) => Err(playlist_too_large(limit)),
         Ok(Err(e)) => Err(e),
@@ -436,7 +437,7 @@ pub enum Whole {
 
 /// Reads a whole upstream body of at most `limit` bytes, each frame within
 /// `idle` of the one before; a body declared larger than `limit` is not
-/// read at all. The connection goes back to its pool once the body ended.
+/// read at all.
 pub async fn read_whole(upstream: Upstream, limit: usize, idle: std::time::Duration) -> Result<Whole, HttpError> {
     let declared = upstream
         .response
@@ -476,9 +477,6 @@ pub async fn read_whole(upstream: Upstream, limit: usize, idle: std::time::Durat
             }
         }
     }
-    if let Some(reuse) = upstream.reuse {
-        reuse.give_back(upstream.conn);
-    }
     Ok(Whole::Body(parts, out.freeze()))
 }
 
@@ -487,4 +485,76 @@ pub fn response_headers(parts: &http::response::Parts) -> HeaderMap {
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    fn pairs(h: &HeaderMap) -> Vec<(String, String)> {
+        let mut v: Vec<_> = h
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn an_origin_gets_the_end_to_end_headers_and_who_asked() {
+        let peer: SocketAddr = "192.0.2.9:1000".parse().unwrap();
+        let client = headers(&[
+            ("host", "example.com"),
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("content-length", "3"),
+            ("expect", "100-continue"),
+            ("content-type", "application/sdp"),
+            ("accept", "a"),
+            ("accept", "b"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ]);
+        let want = |content_type: bool| {
+            let mut v = vec![
+                ("accept".to_string(), "a".to_string()),
+                ("accept".to_string(), "b".to_string()),
+                ("host".to_string(), "example.com".to_string()),
+                ("x-forwarded-for".to_string(), "10.0.0.1, 192.0.2.9".to_string()),
+            ];
+            if content_type {
+                v.push(("content-type".to_string(), "application/sdp".to_string()));
+            }
+            v.sort();
+            v
+        };
+        assert_eq!(
+            pairs(&origin_request_headers(&client, "127.0.0.1:8080", peer)),
+            want(true)
+        );
+        assert_eq!(
+            pairs(&bodiless_request_headers(&client, "127.0.0.1:8080", peer)),
+            want(false)
+        );
+
+        let bare = bodiless_request_headers(&HeaderMap::new(), "127.0.0.1:8080", peer);
+        assert_eq!(
+            pairs(&bare),
+            [
+                ("host".to_string(), "127.0.0.1:8080".to_string()),
+                ("x-forwarded-for".to_string(), "192.0.2.9".to_string())
+            ]
+        );
+    }
 }

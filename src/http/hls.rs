@@ -19,7 +19,8 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::edge::hls_cache::{Answer, CacheKey, Fetched, Kind, Outcome};
-use super::forward::{self, read_bounded, relay, response_headers, Whole};
+use super::exchange;
+use super::forward::{self, response_headers, Whole};
 use super::hls_session::{self, HlsSessions};
 use super::request::{HttpState, StreamKind, StreamRequest};
 use super::{full, Body, HttpError};
@@ -129,20 +130,18 @@ async fn from_origin(
             Outcome::TooLarge => {}
         }
     }
-    let pool = Some(&state.keep_alive);
-    let sent = forward::send(
+    let sent = exchange::send(
         ctx,
         origin,
         sr.req.method(),
         &sr.target,
         sr.req.headers(),
         sr.peer,
-        pool,
+        &state.keep_alive,
     )
     .await;
     let upstream = ctx.reported(origin, sent).await?;
-    let bytes = ctx.metrics.bytes_relayed_total.with_label_values(&["hls", "out"]);
-    Ok(relay(upstream, None, bytes, None))
+    Ok(upstream.relay(state.hls_bytes_out.clone()))
 }
 
 /// Which token a fetched playlist carries.
@@ -212,15 +211,15 @@ async fn fetch_playlist(
     if let Token::New { sessions, .. } = token {
         sessions.record(ctx, &token_text, &sr.key, origin).await?;
     }
-    let mut headers = answer.headers.clone();
+    // A fetch of this request's own is not shared: its headers are taken,
+    // not copied.
+    let status = answer.status;
+    let mut headers = Arc::try_unwrap(answer).map_or_else(|shared| shared.headers.clone(), |own| own.headers);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
     headers.remove(header::ETAG);
-    ctx.metrics
-        .bytes_relayed_total
-        .with_label_values(&["hls", "out"])
-        .inc_by(rewritten.len() as u64);
+    state.hls_bytes_out.inc_by(rewritten.len() as u64);
     let mut resp = Response::new(full(Bytes::from(rewritten)));
-    *resp.status_mut() = answer.status;
+    *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)
 }
@@ -246,16 +245,18 @@ async fn origin_playlist(
         };
     }
     // Always GET upstream: a HEAD answer must carry the rewritten length.
-    let pool = Some(&state.keep_alive);
-    let upstream = forward::send(ctx, origin, &Method::GET, &sr.target, sr.req.headers(), sr.peer, pool).await?;
-    if !upstream.response.status().is_success() {
-        let bytes = ctx.metrics.bytes_relayed_total.with_label_values(&["hls", "out"]);
-        return Ok(Err(relay(upstream, None, bytes, None)));
+    let pool = &state.keep_alive;
+    let upstream = exchange::send(ctx, origin, &Method::GET, &sr.target, sr.req.headers(), sr.peer, pool).await?;
+    if !upstream.status.is_success() {
+        return Ok(Err(upstream.relay(state.hls_bytes_out.clone())));
     }
-    let (parts, body) = read_bounded(upstream, limit, ctx.config.origin_response_timeout).await?;
+    let wait = ctx.config.origin_response_timeout;
+    let (parts, body) = forward::bounded(upstream.read_whole(limit, wait), limit, wait).await?;
+    let mut headers = parts.headers;
+    forward::strip_hop_by_hop(&mut headers);
     Ok(Ok(Arc::new(Answer {
         status: parts.status,
-        headers: response_headers(&parts),
+        headers,
         body,
     })))
 }
@@ -298,9 +299,9 @@ fn shared_fetch(
     }
     move || {
         Box::pin(async move {
-            let upstream = forward::send(&ctx, &origin, &Method::GET, &target, &headers, peer, Some(&pool)).await?;
+            let upstream = exchange::send(&ctx, &origin, &Method::GET, &target, &headers, peer, &pool).await?;
             Ok(
-                match forward::read_whole(upstream, limit, ctx.config.origin_response_timeout).await? {
+                match upstream.read_whole(limit, ctx.config.origin_response_timeout).await? {
                     Whole::Body(parts, body) => Fetched::Whole(Answer {
                         status: parts.status,
                         headers: response_headers(&parts),
@@ -316,11 +317,6 @@ fn shared_fetch(
 /// A whole answer as a response, counted (the cache's bytes are shared,
 /// not copied).
 fn answer_response(state: &HttpState, answer: &Answer) -> Response<Body> {
-    state
-        .ctx
-        .metrics
-        .bytes_relayed_total
-        .with_label_values(&["hls", "out"])
-        .inc_by(answer.body.len() as u64);
+    state.hls_bytes_out.inc_by(answer.body.len() as u64);
     answer.to_response()
 }

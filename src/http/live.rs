@@ -59,16 +59,7 @@ pub async fn serve(state: &HttpState, kind: StreamKind, sr: &StreamRequest<'_>) 
     }
     let (lease, upstream) = ctx
         .claim_with(key, Protocol::Http, |origin| async move {
-            forward::send(
-                ctx,
-                &origin,
-                sr.req.method(),
-                &sr.target,
-                sr.req.headers(),
-                sr.peer,
-                None,
-            )
-            .await
+            forward::send(ctx, &origin, sr.req.method(), &sr.target, sr.req.headers(), sr.peer).await
         })
         .await?;
     let origin = lease.origin().clone();

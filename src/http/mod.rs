@@ -13,13 +13,17 @@
 //!   raw connection, framing walked by [`framing`]) or [`forward`];
 //! * [`hls`] — playlists (claim, fetch, rewrite) and segments, with
 //!   [`hls_session`] keeping the routing tokens;
-//! * [`forward`] — one request to an origin through hyper and the streamed
-//!   response; [`pool`] keeps connections alive for playlists and segments;
+//! * [`exchange`] — one request to an origin on a kept-alive connection
+//!   ([`pool`]) for playlists and segments, chunked bodies decoded by
+//!   [`chunked`]; [`forward`] — one request through hyper on a connection
+//!   of its own, and the streamed response;
 //! * [`static_files`] — everything that is not a stream.
 //!
 //! A failure becomes a response in one place, [`HttpError::into_response`].
 
+pub mod chunked;
 pub mod edge;
+pub mod exchange;
 pub mod forward;
 pub mod framing;
 pub mod hls;

@@ -2,9 +2,10 @@
 //! and segments).
 //!
 //! A live FLV/TS stream holds its origin connection for its whole life and
-//! never comes here. A playlist or segment request takes an idle connection
-//! to its origin if there is one and gives it back once the response body
-//! has been read to its end; a response cut short closes its connection.
+//! never comes here. A playlist or segment request
+//! ([`super::exchange`]) takes an idle connection to its origin if there
+//! is one and gives it back once the response body has been read to its
+//! end; a response cut short closes its connection.
 //! Idle connections are kept at most [`MAX_IDLE_PER_ORIGIN`] per origin and
 //! [`IDLE_TIMEOUT`] long.
 
@@ -12,10 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::client::conn::http1::SendRequest;
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Idle connections kept per origin.
@@ -24,25 +22,19 @@ pub const MAX_IDLE_PER_ORIGIN: usize = 32;
 /// timeouts of common servers, so the origin rarely closes one first.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Aborts the task driving a connection when dropped, which closes it.
-pub struct ConnTask(pub JoinHandle<()>);
-
-impl Drop for ConnTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// An HTTP/1 connection to an origin: the request handle and the task
-/// that drives the socket.
-pub struct OriginConn {
-    pub sender: SendRequest<Empty<Bytes>>,
-    pub task: ConnTask,
-}
-
 struct Idle {
-    conn: OriginConn,
+    /// An HTTP/1.1 connection between two exchanges
+    /// ([`super::exchange`]).
+    tcp: TcpStream,
     since: Instant,
+}
+
+/// Whether an idle connection is still open: nothing to read, not even
+/// the end of the stream. Costs no system call unless the socket was
+/// reported readable since it went idle.
+fn is_open(tcp: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// The idle connections of this replica, by origin authority (`ip:port`).
@@ -60,33 +52,33 @@ struct Pool {
 
 impl KeepAlive {
     /// An idle connection to `authority` that is still open, newest first.
-    pub fn take(&self, authority: &str) -> Option<OriginConn> {
+    pub fn take(&self, authority: &str) -> Option<TcpStream> {
         let now = Instant::now();
         let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         pool.sweep(now);
         let list = pool.by_origin.get_mut(authority)?;
         while let Some(idle) = list.pop() {
-            if now.duration_since(idle.since) < IDLE_TIMEOUT && !idle.conn.sender.is_closed() {
-                return Some(idle.conn);
+            if now.duration_since(idle.since) < IDLE_TIMEOUT && is_open(&idle.tcp) {
+                return Some(idle.tcp);
             }
         }
         None
     }
 
     /// Gives back a connection whose response was read to its end.
-    pub fn put(&self, authority: &str, conn: OriginConn) {
-        if conn.sender.is_closed() {
-            return;
-        }
+    pub fn put(&self, authority: &str, tcp: TcpStream) {
         let now = Instant::now();
         let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         pool.sweep(now);
-        let list = pool.by_origin.entry(authority.to_string()).or_default();
+        let list = match pool.by_origin.get_mut(authority) {
+            Some(list) => list,
+            None => pool.by_origin.entry(authority.to_string()).or_default(),
+        };
         if list.len() >= MAX_IDLE_PER_ORIGIN {
             // The oldest goes: it is the likeliest to be closed by the origin.
             list.remove(0);
         }
-        list.push(Idle { conn, since: now });
+        list.push(Idle { tcp, since: now });
     }
 
     /// Idle connections held, for tests and debugging.
@@ -105,7 +97,7 @@ impl Pool {
         }
         self.swept = Some(now);
         self.by_origin.retain(|_, list| {
-            list.retain(|idle| now.duration_since(idle.since) < IDLE_TIMEOUT && !idle.conn.sender.is_closed());
+            list.retain(|idle| now.duration_since(idle.since) < IDLE_TIMEOUT && is_open(&idle.tcp));
             !list.is_empty()
         });
     }

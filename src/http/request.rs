@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use http::Request;
 use hyper::body::Incoming;
+use prometheus::IntCounter;
 
 use super::edge::Edge;
 use super::hls_session::HlsSessions;
@@ -65,6 +66,9 @@ pub struct HttpState {
     /// Edge mode's shared upstreams (none while it is off): the replica's
     /// table, built once for every listener.
     pub edge: Edge,
+    /// `bytes_relayed_total{protocol="hls",direction="out"}`, resolved
+    /// once instead of per request.
+    pub hls_bytes_out: IntCounter,
 }
 
 /// A stream request, parsed once for every handler.

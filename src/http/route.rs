@@ -40,6 +40,7 @@ pub async fn run(listener: TcpListener, ctx: Context, edge: Edge) {
         keep_alive: KeepAlive::default(),
         rewrites: tokio::sync::Semaphore::new(ctx.config.hls_max_rewrites),
         edge,
+        hls_bytes_out: ctx.metrics.bytes_relayed_total.with_label_values(&["hls", "out"]),
         ctx: ctx.clone(),
     });
     let server = HttpServer::new(ctx.clone(), LISTENER_NAME, move |req, peer| {

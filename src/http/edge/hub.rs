@@ -545,7 +545,7 @@ async fn start(
     // elsewhere once, as for a transparent relay.
     let (lease, upstream) = ctx
         .claim_with(&hub.key, Protocol::Http, |origin| async move {
-            forward::send(ctx, &origin, &Method::GET, &open.target, &open.headers, open.peer, None).await
+            forward::send(ctx, &origin, &Method::GET, &open.target, &open.headers, open.peer).await
         })
         .await
         .map_err(refused)?;
