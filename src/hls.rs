@@ -37,7 +37,9 @@ pub fn rewrite_playlist(playlist: &[u8], token: &str, max_uris: usize) -> Result
     if !body.trim_start().starts_with("#EXTM3U") {
         return Err(PlaylistError::NoHeader);
     }
-    let mut out = String::with_capacity(body.len() + 64);
+    // Room for a token on every line: one allocation, however many URIs.
+    let lines = body.bytes().filter(|&b| b == b'\n').count() + 1;
+    let mut out = String::with_capacity(body.len() + lines * (TOKEN_PARAM.len() + token.len() + 2));
     let mut uris = 0;
     for line in body.split_inclusive('\n') {
         let (content, ending) = split_line_ending(line);
@@ -45,10 +47,10 @@ pub fn rewrite_playlist(playlist: &[u8], token: &str, max_uris: usize) -> Result
         if trimmed.is_empty() {
             out.push_str(content);
         } else if trimmed.starts_with('#') {
-            out.push_str(&rewrite_tag(content, token, &mut uris));
+            rewrite_tag(&mut out, content, token, &mut uris);
         } else {
             uris += 1;
-            out.push_str(&with_token(trimmed, token));
+            push_with_token(&mut out, trimmed, token);
         }
         if uris > max_uris {
             return Err(PlaylistError::TooManyUris(max_uris));
@@ -68,15 +70,15 @@ fn split_line_ending(line: &str) -> (&str, &str) {
     }
 }
 
-/// Rewrites the `URI="…"` attribute of a tag line, wherever it stands in
-/// the attribute list, counting it in `uris`; other tags pass through
-/// unchanged.
-fn rewrite_tag(line: &str, token: &str, uris: &mut usize) -> String {
+/// Writes a tag line to `out` with its `URI="…"` attribute rewritten,
+/// wherever it stands in the attribute list, counting it in `uris`; other
+/// tags pass through unchanged.
+fn rewrite_tag(out: &mut String, line: &str, token: &str, uris: &mut usize) {
     let Some(colon) = line.find(':') else {
-        return line.to_string();
+        out.push_str(line);
+        return;
     };
     let (tag, attrs) = (&line[..colon + 1], &line[colon + 1..]);
-    let mut out = String::with_capacity(line.len() + 32);
     out.push_str(tag);
     let mut rest = attrs;
     // Walk attribute by attribute so a quoted value containing `URI=` or a
@@ -104,7 +106,7 @@ fn rewrite_tag(line: &str, token: &str, uris: &mut usize) -> String {
         if name.trim() == "URI" && value.len() >= 2 && value.starts_with('"') && value.ends_with('"') {
             *uris += 1;
             out.push('"');
-            out.push_str(&with_token(&value[1..value.len() - 1], token));
+            push_with_token(out, &value[1..value.len() - 1], token);
             out.push('"');
         } else {
             out.push_str(value);
@@ -120,7 +122,6 @@ fn rewrite_tag(line: &str, token: &str, uris: &mut usize) -> String {
             }
         }
     }
-    out
 }
 
 fn has_scheme(uri: &str) -> bool {
@@ -142,8 +143,16 @@ fn has_scheme(uri: &str) -> bool {
 /// keeping its other query parameters and fragment byte for byte (they are
 /// split, never decoded and re-encoded: the origin reads them back).
 pub fn with_token(uri: &str, token: &str) -> String {
+    let mut out = String::with_capacity(uri.len() + TOKEN_PARAM.len() + token.len() + 2);
+    push_with_token(&mut out, uri, token);
+    out
+}
+
+/// [`with_token`], written to the end of `out`.
+fn push_with_token(out: &mut String, uri: &str, token: &str) {
     if uri.starts_with("//") || has_scheme(uri) {
-        return uri.to_string();
+        out.push_str(uri);
+        return;
     }
     let (before_fragment, fragment) = match uri.find('#') {
         Some(i) => (&uri[..i], &uri[i..]),
@@ -153,16 +162,20 @@ pub fn with_token(uri: &str, token: &str) -> String {
         Some(i) => (&before_fragment[..i], Some(&before_fragment[i + 1..])),
         None => (before_fragment, None),
     };
-    let mut params: Vec<&str> = query
-        .map(|q| {
-            q.split('&')
-                .filter(|p| !p.is_empty() && p.split('=').next() != Some(TOKEN_PARAM))
-                .collect()
-        })
-        .unwrap_or_default();
-    let token_param = format!("{TOKEN_PARAM}={token}");
-    params.push(&token_param);
-    format!("{path}?{}{fragment}", params.join("&"))
+    out.push_str(path);
+    out.push('?');
+    let kept = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|p| !p.is_empty() && p.split('=').next() != Some(TOKEN_PARAM));
+    for param in kept {
+        out.push_str(param);
+        out.push('&');
+    }
+    out.push_str(TOKEN_PARAM);
+    out.push('=');
+    out.push_str(token);
+    out.push_str(fragment);
 }
 
 /// The routing token of a request's query string, if any.

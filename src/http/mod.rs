@@ -168,6 +168,7 @@ impl From<StoreError> for HttpError {
 
 /// Adds the CORS headers SRS sends, unless the origin already set them.
 pub fn add_cors(headers: &mut http::HeaderMap) {
+    use http::header::Entry;
     let pairs = [
         (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
         (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, HEAD, PUT, DELETE, OPTIONS"),
@@ -181,8 +182,8 @@ pub fn add_cors(headers: &mut http::HeaderMap) {
         ),
     ];
     for (name, value) in pairs {
-        if !headers.contains_key(&name) {
-            headers.insert(name, HeaderValue::from_static(value));
+        if let Entry::Vacant(slot) = headers.entry(name) {
+            slot.insert(HeaderValue::from_static(value));
         }
     }
 }
@@ -222,7 +223,10 @@ pub fn finish(
     resp
 }
 
-/// The `Server` header value.
+/// The `Server` header value, built once: a clone shares its bytes.
 pub fn server_header() -> HeaderValue {
-    HeaderValue::from_str(&format!("{}/{}", crate::SIGNATURE, crate::VERSION)).expect("ascii")
+    static SERVER: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
+    SERVER
+        .get_or_init(|| HeaderValue::from_str(&format!("{}/{}", crate::SIGNATURE, crate::VERSION)).expect("ascii"))
+        .clone()
 }

@@ -39,16 +39,22 @@ impl StreamKind {
 /// Classifies a path by the extension of its last segment; `None` means
 /// it is not a stream resource (static files, or 404).
 pub fn classify(path: &str) -> Option<StreamKind> {
+    const SEGMENTS: [&str; 13] = [
+        "m4s", "mp4", "m4a", "m4v", "aac", "mp3", "ac3", "ec3", "vtt", "webvtt", "key", "cmfv", "cmfa",
+    ];
     let file = path.rsplit('/').next().unwrap_or("");
-    let ext = file.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase())?;
-    Some(match ext.as_str() {
-        "flv" => StreamKind::Flv,
-        "ts" => StreamKind::Ts,
-        "m3u8" => StreamKind::Playlist,
-        "m4s" | "mp4" | "m4a" | "m4v" | "aac" | "mp3" | "ac3" | "ec3" | "vtt" | "webvtt" | "key" | "cmfv" | "cmfa" => {
-            StreamKind::Segment
-        }
-        _ => return None,
+    let (_, ext) = file.rsplit_once('.')?;
+    let is = |name: &str| ext.eq_ignore_ascii_case(name);
+    Some(if is("flv") {
+        StreamKind::Flv
+    } else if is("ts") {
+        StreamKind::Ts
+    } else if is("m3u8") {
+        StreamKind::Playlist
+    } else if SEGMENTS.iter().any(|s| is(s)) {
+        StreamKind::Segment
+    } else {
+        return None;
     })
 }
 
@@ -83,4 +89,21 @@ pub struct StreamRequest<'a> {
     pub target: String,
     /// The client, for `X-Forwarded-For`.
     pub peer: SocketAddr,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_extension_decides_the_kind_in_any_case() {
+        assert_eq!(classify("/live/a.flv"), Some(StreamKind::Flv));
+        assert_eq!(classify("/live/a.TS"), Some(StreamKind::Ts));
+        assert_eq!(classify("/live/a.M3u8"), Some(StreamKind::Playlist));
+        assert_eq!(classify("/live/a-1.m4s"), Some(StreamKind::Segment));
+        assert_eq!(classify("/live/a.WebVTT"), Some(StreamKind::Segment));
+        assert_eq!(classify("/live.flv/a"), None, "only the last segment counts");
+        assert_eq!(classify("/index.html"), None);
+        assert_eq!(classify("/live/noext"), None);
+    }
 }

@@ -172,7 +172,9 @@ where
         // A header timeout before any request is a slowloris; after one,
         // an idle keep-alive connection closing as it should.
         let served = Arc::new(AtomicBool::new(false));
-        let this = self.clone();
+        // Shared by the connection's requests: a clone per request would
+        // copy the whole context (every metric handle).
+        let this = Arc::new(self.clone());
         let saw_request = served.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let (this, handover) = (this.clone(), to_hand_over.clone());

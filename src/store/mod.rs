@@ -202,12 +202,15 @@ pub enum Store {
     Redis(RedisStore),
 }
 
+// Redis futures are boxed: inline, every store call's future would be as
+// large as the largest Redis exchange (kilobytes), and the memory store's
+// calls — a lock and a map lookup — would copy that much per request.
 impl Store {
     /// Registers or refreshes an origin. `ttl: None` never expires (static).
     pub async fn upsert_origin(&self, origin: Origin, ttl: Option<Duration>) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => s.upsert_origin(origin, ttl),
-            Self::Redis(s) => s.upsert_origin(origin, ttl).await,
+            Self::Redis(s) => Box::pin(s.upsert_origin(origin, ttl)).await,
         }
     }
 
@@ -215,7 +218,7 @@ impl Store {
     pub async fn remove_origin(&self, id: &str) -> Result<bool, StoreError> {
         match self {
             Self::Memory(s) => s.remove_origin(id),
-            Self::Redis(s) => s.remove_origin(id).await,
+            Self::Redis(s) => Box::pin(s.remove_origin(id)).await,
         }
     }
 
@@ -223,7 +226,7 @@ impl Store {
     pub async fn list_origins(&self) -> Result<Vec<OriginStatus>, StoreError> {
         match self {
             Self::Memory(s) => s.list_origins(),
-            Self::Redis(s) => s.list_origins().await,
+            Self::Redis(s) => Box::pin(s.list_origins()).await,
         }
     }
 
@@ -231,7 +234,7 @@ impl Store {
     pub async fn origin(&self, id: &str) -> Result<Option<Origin>, StoreError> {
         match self {
             Self::Memory(s) => s.origin(id),
-            Self::Redis(s) => s.origin(id).await,
+            Self::Redis(s) => Box::pin(s.origin(id)).await,
         }
     }
 
@@ -240,7 +243,7 @@ impl Store {
     pub async fn registration(&self, id: &str) -> Result<Option<Origin>, StoreError> {
         match self {
             Self::Memory(s) => s.registration(id),
-            Self::Redis(s) => s.registration(id).await,
+            Self::Redis(s) => Box::pin(s.registration(id)).await,
         }
     }
 
@@ -277,7 +280,7 @@ impl Store {
     ) -> Result<Claim, StoreError> {
         match self {
             Self::Memory(s) => s.claim(key, policy, ttl, protocol, salt),
-            Self::Redis(s) => s.claim(key, policy, ttl, protocol, salt).await,
+            Self::Redis(s) => Box::pin(s.claim(key, policy, ttl, protocol, salt)).await,
         }
     }
 
@@ -285,7 +288,7 @@ impl Store {
     pub async fn lookup(&self, key: &StreamKey) -> Result<Option<Origin>, StoreError> {
         match self {
             Self::Memory(s) => s.lookup(key),
-            Self::Redis(s) => s.lookup(key).await,
+            Self::Redis(s) => Box::pin(s.lookup(key)).await,
         }
     }
 
@@ -296,7 +299,7 @@ impl Store {
     pub async fn refresh_stream(&self, key: &StreamKey, origin_id: &str, ttl: Duration) -> Result<bool, StoreError> {
         match self {
             Self::Memory(s) => s.refresh_stream(key, origin_id, ttl),
-            Self::Redis(s) => s.refresh_stream(key, origin_id, ttl).await,
+            Self::Redis(s) => Box::pin(s.refresh_stream(key, origin_id, ttl)).await,
         }
     }
 
@@ -304,7 +307,7 @@ impl Store {
     pub async fn release_stream(&self, key: &StreamKey, origin_id: &str) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => s.release_stream(key, origin_id),
-            Self::Redis(s) => s.release_stream(key, origin_id).await,
+            Self::Redis(s) => Box::pin(s.release_stream(key, origin_id)).await,
         }
     }
 
@@ -314,7 +317,7 @@ impl Store {
     pub async fn list_streams(&self, cursor: Option<&str>, limit: usize) -> Result<StreamPage, StoreError> {
         match self {
             Self::Memory(s) => s.list_streams(cursor, limit),
-            Self::Redis(s) => s.list_streams(cursor, limit).await,
+            Self::Redis(s) => Box::pin(s.list_streams(cursor, limit)).await,
         }
     }
 
@@ -328,7 +331,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => s.put_session(kind, id, session, ttl),
-            Self::Redis(s) => s.put_session(kind, id, session, ttl).await,
+            Self::Redis(s) => Box::pin(s.put_session(kind, id, session, ttl)).await,
         }
     }
 
@@ -341,7 +344,7 @@ impl Store {
     ) -> Result<Option<Session>, StoreError> {
         match self {
             Self::Memory(s) => s.touch_session(kind, id, ttl),
-            Self::Redis(s) => s.touch_session(kind, id, ttl).await,
+            Self::Redis(s) => Box::pin(s.touch_session(kind, id, ttl)).await,
         }
     }
 
@@ -350,7 +353,7 @@ impl Store {
     pub async fn remove_session(&self, kind: SessionKind, id: &str) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => s.remove_session(kind, id),
-            Self::Redis(s) => s.remove_session(kind, id).await,
+            Self::Redis(s) => Box::pin(s.remove_session(kind, id)).await,
         }
     }
 
@@ -361,7 +364,7 @@ impl Store {
     pub async fn report_failure(&self, id: &str, reason: &str) -> Result<HealthChange, StoreError> {
         match self {
             Self::Memory(s) => s.report_failure(id, reason),
-            Self::Redis(s) => s.report_failure(id, reason).await,
+            Self::Redis(s) => Box::pin(s.report_failure(id, reason)).await,
         }
     }
 
@@ -376,7 +379,7 @@ impl Store {
     ) -> Result<HealthChange, StoreError> {
         match self {
             Self::Memory(s) => s.record_probe(id, result, rules),
-            Self::Redis(s) => s.record_probe(id, result, rules).await,
+            Self::Redis(s) => Box::pin(s.record_probe(id, result, rules)).await,
         }
     }
 
@@ -387,7 +390,7 @@ impl Store {
     pub async fn probe_turns(&self, ids: &[String], prober: &str, hold: Duration) -> Result<Vec<String>, StoreError> {
         match self {
             Self::Memory(s) => s.probe_turns(ids, prober, hold),
-            Self::Redis(s) => s.probe_turns(ids, prober, hold).await,
+            Self::Redis(s) => Box::pin(s.probe_turns(ids, prober, hold)).await,
         }
     }
 
@@ -395,7 +398,7 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Self::Memory(_) => Ok(()),
-            Self::Redis(s) => s.ping().await,
+            Self::Redis(s) => Box::pin(s.ping()).await,
         }
     }
 
@@ -404,7 +407,7 @@ impl Store {
     pub async fn sweep(&self) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => s.sweep(),
-            Self::Redis(s) => s.sweep().await,
+            Self::Redis(s) => Box::pin(s.sweep()).await,
         }
     }
 
@@ -422,5 +425,32 @@ impl Store {
             Self::Memory(_) => "memory",
             Self::Redis(_) => "redis",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The futures of the request path's store calls do not carry a Redis
+    /// exchange inline (a memory store call would copy it every time).
+    #[test]
+    fn store_call_futures_stay_small() {
+        let store = Store::Memory(MemoryStore::new());
+        let key = StreamKey::new("", "live", "a").unwrap();
+        let session = Session {
+            key: key.clone(),
+            origin_id: "o".into(),
+            ice_pwd: None,
+        };
+        let ttl = Duration::from_secs(1);
+        let sizes = [
+            std::mem::size_of_val(&store.claim(&key, crate::balance::Policy::Random, ttl)),
+            std::mem::size_of_val(&store.lookup(&key)),
+            std::mem::size_of_val(&store.origin("o")),
+            std::mem::size_of_val(&store.put_session(SessionKind::Hls, "t", &session, ttl)),
+            std::mem::size_of_val(&store.touch_session(SessionKind::Hls, "t", ttl)),
+        ];
+        assert!(sizes.iter().all(|&n| n <= 512), "{sizes:?}");
     }
 }
