@@ -162,6 +162,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, FramingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::framing::chunked;
     use proptest::prelude::*;
 
     /// Everything `decoder` makes of `input` given in pieces cut at
@@ -186,17 +187,6 @@ mod tests {
             }
         }
         Ok((payload, false, buf.to_vec()))
-    }
-
-    fn chunked(parts: &[&[u8]]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for p in parts {
-            out.extend(format!("{:x}\r\n", p.len()).bytes());
-            out.extend_from_slice(p);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"0\r\n\r\n");
-        out
     }
 
     #[test]

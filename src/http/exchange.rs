@@ -104,7 +104,7 @@ pub async fn send(
 ) -> Result<Exchange, HttpError> {
     forward::check_target(target)?;
     let authority = forward::http_authority(origin)?;
-    let request = request_head(method, target, client_headers, &authority, peer);
+    let request = request_head(method, target, client_headers, &authority, peer, false);
     let wait = ctx.config.origin_response_timeout;
     let mut from_pool = true;
     loop {
@@ -131,14 +131,16 @@ pub async fn send(
 }
 
 /// The request as it goes on the wire: request line, the headers of
-/// [`forward::bodiless_request_headers`], blank line. No `Connection`
-/// header: HTTP/1.1 keeps the connection open.
-fn request_head(
+/// [`forward::bodiless_request_headers`], blank line. `close` adds
+/// `Connection: close` (a connection never reused); without it HTTP/1.1
+/// keeps the connection open.
+pub(crate) fn request_head(
     method: &Method,
     target: &str,
     client_headers: &HeaderMap,
     authority: &str,
     peer: SocketAddr,
+    close: bool,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(method.as_str().as_bytes());
@@ -151,6 +153,9 @@ fn request_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     });
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
     out.extend_from_slice(b"\r\n");
     out
 }

@@ -343,21 +343,23 @@ fn next_trailer(total: u32) -> Result<u32, FramingError> {
     Ok(total + 1)
 }
 
+/// `parts` as a chunked body: a chunk each, then the last chunk.
+#[cfg(test)]
+pub(crate) fn chunked(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend(format!("{:x}\r\n", p.len()).bytes());
+        out.extend_from_slice(p);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    fn chunked(parts: &[&[u8]]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for p in parts {
-            out.extend(format!("{:x}\r\n", p.len()).bytes());
-            out.extend_from_slice(p);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"0\r\n\r\n");
-        out
-    }
 
     #[test]
     fn a_head_gives_status_headers_and_framing() {

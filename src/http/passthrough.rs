@@ -89,27 +89,11 @@ pub async fn request(
     client_headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<OriginResponse, HttpError> {
-    if target.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        return Err(HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "request target cannot be forwarded",
-        ));
-    }
+    forward::check_target(target)?;
     let authority = forward::http_authority(origin)?;
     let mut tcp = forward::connect(ctx, origin, &authority).await?;
-    let headers = forward::bodiless_request_headers(client_headers, &authority, peer);
-    let mut out = BytesMut::with_capacity(1024);
-    out.put_slice(b"GET ");
-    out.put_slice(target.as_bytes());
-    out.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &headers {
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
-    }
     // The relay ends with the body; the connection is never reused.
-    out.put_slice(b"connection: close\r\n\r\n");
+    let out = super::exchange::request_head(&Method::GET, target, client_headers, &authority, peer, true);
 
     // An origin that fails while the request is written may go elsewhere
     // (it did not even take it); one that closes after reading it may have
