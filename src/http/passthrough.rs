@@ -389,13 +389,18 @@ impl Pump {
     /// Accounts for body bytes; returns how many of them to forward.
     fn take(&mut self, bytes: &[u8]) -> Result<usize, FramingError> {
         let (used, payload, ends) = self.body.take(bytes)?;
+        self.count(payload, ends);
+        Ok(used)
+    }
+
+    /// Counts `payload` bytes that went; `ends`: the body ended with them.
+    fn count(&mut self, payload: u64, ends: bool) {
         self.done |= ends;
         self.unflushed += payload;
         self.total += payload;
         if self.unflushed >= FLUSH_BYTES {
             self.flush();
         }
-        Ok(used)
     }
 
     /// A write the player took whole: after a few in a row, the relay's
@@ -409,12 +414,8 @@ impl Pump {
 
     /// Accounts for `n` payload bytes that passed unseen.
     fn pass(&mut self, n: u64) {
-        self.done |= self.body.pass(n);
-        self.unflushed += n;
-        self.total += n;
-        if self.unflushed >= FLUSH_BYTES {
-            self.flush();
-        }
+        let ends = self.body.pass(n);
+        self.count(n, ends);
     }
 
     fn flush(&mut self) {
@@ -542,8 +543,10 @@ impl Pump {
     fn splice_step(&mut self, pipe: &Pipe) -> Spliced {
         let room = self.limit.min(pipe.capacity());
         let mut peeked = [0u8; PEEK];
-        // Of the peeked bytes, how many belong to the body.
+        // Of the peeked bytes, how many belong to the body, and where the
+        // body stands after them.
         let mut seen = 0;
+        let mut planned = None;
         let want = match self.body.blind() {
             // Framing next, or soon: the rest of this chunk's data, the
             // next size line and the data after it go in one step.
@@ -562,12 +565,13 @@ impl Pump {
                 // Where the body stands after these bytes, without taking
                 // them yet: whatever chunk data follows them may go too.
                 let mut plan = self.body.clone();
-                let (used, _, ends) = match plan.take(&peeked[..n]) {
+                let (used, payload, ends) = match plan.take(&peeked[..n]) {
                     Ok(taken) => taken,
                     Err(e) => return Spliced::Done(Err(End::Framing(e))),
                 };
                 seen = used;
                 let after = if ends { 0 } else { plan.blind() };
+                planned = Some((plan, payload, ends));
                 (used as u64).saturating_add(after).min(room as u64) as usize
             }
             blind => blind.min(room as u64) as usize,
@@ -580,10 +584,19 @@ impl Pump {
             Err(e) if pipe::is_refusal(&e) => return Spliced::Refused(e),
             Err(e) => return Spliced::Done(Err(End::Origin(e))),
         };
-        // The peeked bytes that went, then the chunk data after them.
+        // The peeked bytes that went, then the chunk data after them. When
+        // all of them went, the plan already is where the body stands.
         let shown = moved.min(seen);
-        if let Err(e) = self.take(&peeked[..shown]) {
-            return Spliced::Done(Err(End::Framing(e)));
+        match planned {
+            Some((plan, payload, ends)) if shown == seen => {
+                self.body = plan;
+                self.count(payload, ends);
+            }
+            _ => {
+                if let Err(e) = self.take(&peeked[..shown]) {
+                    return Spliced::Done(Err(End::Framing(e)));
+                }
+            }
         }
         if moved > shown {
             self.pass((moved - shown) as u64);
