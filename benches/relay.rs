@@ -13,7 +13,8 @@
 //! * bulk HTTP-FLV with 1/8/64 viewers: MB/s, and MB per CPU-second of
 //!   the process under test (the proxy also with `relay_splice` off);
 //! * m3u8 and 500 KB segments at 1 and 64 connections: requests/s and the
-//!   p50 latency added over direct;
+//!   p50 latency added over direct, also for a bare keep-alive relay on
+//!   the proxy's runtime (the floor: see `relay/bare.rs`);
 //! * instructions per MB relayed (callgrind), for this build and, when
 //!   `BENCH_PROXY_BEFORE` names another proxy binary, for that one;
 //! * memory-store claims against a bare map lookup;
@@ -33,6 +34,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "relay/bare.rs"]
+mod bare;
 #[path = "relay/edge_hls.rs"]
 mod edge_hls;
 #[path = "relay/load.rs"]
@@ -57,6 +60,7 @@ const SEGMENT: usize = 500_000;
 const BULK_SECONDS: u64 = 5;
 
 fn main() {
+    bare::run_if_asked();
     process::pin_self();
     let nofile = process::raise_nofile();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -125,6 +129,7 @@ async fn run(nofile: u64) {
     if wanted("hls") {
         let p = proxy();
         let n = nginx();
+        let bare = bare::start(origin.addr);
         for (what, path) in [("m3u8", "/live/hls.m3u8"), ("500 KB segment", "/live/hls-100.ts")] {
             for conns in [1, 64] {
                 let (direct_rps, direct_p50) = hls(origin.addr, path, conns).await;
@@ -141,6 +146,11 @@ async fn run(nofile: u64) {
                         micros(theirs.saturating_sub(direct_p50))
                     );
                 }
+                let (rps, floor) = hls(bare.addr, path, conns).await;
+                line += &format!(
+                    "; bare tokio relay {rps:.0} req/s, p50 +{:.0} us",
+                    micros(floor.saturating_sub(direct_p50))
+                );
                 println!("{line}");
             }
         }
@@ -273,8 +283,9 @@ async fn hls(addr: std::net::SocketAddr, path: &str, conns: usize) -> (f64, Dura
     (times.len() as f64 / seconds as f64, p50(&mut times))
 }
 
-/// Instructions per MB relayed by one bulk viewer, from two runs under
-/// callgrind (the difference cancels start-up and shutdown).
+/// User-space instructions per MB relayed by one bulk viewer and per
+/// m3u8 request, each from two runs under callgrind (the difference
+/// cancels start-up and shutdown).
 async fn callgrind(after: &Path, origin: &FastOrigin) {
     if std::process::Command::new("valgrind")
         .arg("--version")
@@ -288,24 +299,53 @@ async fn callgrind(after: &Path, origin: &FastOrigin) {
     if let Ok(before) = std::env::var("BENCH_PROXY_BEFORE") {
         runs.insert(0, ("before", PathBuf::from(before)));
     }
-    let mut line = String::from("callgrind, user-space instructions per MB relayed (1 bulk viewer):");
+    let mut flv = String::from("callgrind, user-space instructions per MB relayed (1 bulk viewer):");
+    let mut m3u8 = String::from("callgrind, user-space instructions per m3u8 request (1 connection):");
     let mut first = None;
     for (label, binary) in runs {
         // 200 MB apart: start-up and shutdown vary by more than 32 MB
         // of relaying costs now.
-        let small = instructions(&binary, origin, 8).await;
-        let large = instructions(&binary, origin, 208).await;
+        let small = instructions(&binary, origin, |addr| relay_mb(addr, 8)).await;
+        let large = instructions(&binary, origin, |addr| relay_mb(addr, 208)).await;
         let per_mb = (large.saturating_sub(small)) as f64 / 200.0;
-        line += &format!(" {label} {:.1} k;", per_mb / 1e3);
+        let small = instructions(&binary, origin, |addr| playlists(addr, 500)).await;
+        let large = instructions(&binary, origin, |addr| playlists(addr, 2500)).await;
+        let per_request = (large.saturating_sub(small)) as f64 / 2000.0;
+        flv += &format!(" {label} {:.1} k;", per_mb / 1e3);
+        m3u8 += &format!(" {label} {:.1} k;", per_request / 1e3);
         match first {
-            None => first = Some(per_mb),
-            Some(before) => line += &format!(" before/this build {:.1}x;", before / per_mb.max(1.0)),
+            None => first = Some((per_mb, per_request)),
+            Some((mb, request)) => {
+                flv += &format!(" before/this build {:.1}x;", mb / per_mb.max(1.0));
+                m3u8 += &format!(" before/this build {:.2}x;", request / per_request.max(1.0));
+            }
         }
     }
-    println!("{}", line.trim_end_matches(';'));
+    println!("{}", flv.trim_end_matches(';'));
+    println!("{}", m3u8.trim_end_matches(';'));
 }
 
-async fn instructions(binary: &Path, origin: &FastOrigin, mb: u64) -> u64 {
+/// One bulk viewer until `mb` MB have arrived.
+async fn relay_mb(addr: std::net::SocketAddr, mb: u64) {
+    let viewers = Viewers::open(addr, 1, 1.0, |_| "/live/bulk-cg.flv".to_string()).await;
+    while viewers.received.load(Ordering::Relaxed) < mb * 1_000_000 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    viewers.close().await;
+}
+
+/// `n` playlist requests, one after another on one connection.
+async fn playlists(addr: std::net::SocketAddr, n: usize) {
+    let answered = load::request_count(addr, "/live/hls.m3u8", n).await;
+    assert_eq!(answered, n, "every playlist request is answered");
+}
+
+/// Instructions the proxy ran under callgrind while `drive` loaded it.
+async fn instructions<F, Fut>(binary: &Path, origin: &FastOrigin, drive: F) -> u64
+where
+    F: FnOnce(std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("callgrind.out");
     let arg = format!("--callgrind-out-file={}", out.display());
@@ -315,11 +355,7 @@ async fn instructions(binary: &Path, origin: &FastOrigin, mb: u64) -> u64 {
         &["valgrind", "--tool=callgrind", &arg],
         "callgrind",
     );
-    let viewers = Viewers::open(target.addr, 1, 1.0, |_| "/live/bulk-cg.flv".to_string()).await;
-    while viewers.received.load(Ordering::Relaxed) < mb * 1_000_000 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    viewers.close().await;
+    drive(target.addr).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     target.stop();
     let text = std::fs::read_to_string(&out).expect("callgrind output");

@@ -157,6 +157,37 @@ pub async fn requests(addr: SocketAddr, path: &str, conns: usize, time: Duration
     all
 }
 
+/// `n` requests for `path`, one after another, on one kept-alive
+/// connection (a new one where the server closes); how many were answered.
+pub async fn request_count(addr: SocketAddr, path: &str, n: usize) -> usize {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut conn: Option<TcpStream> = None;
+    let mut answered = 0;
+    for _ in 0..n {
+        let tcp = match conn.as_mut() {
+            Some(tcp) => tcp,
+            None => {
+                let tcp = TcpStream::connect(addr)
+                    .await
+                    .expect("connect to the server under test");
+                let _ = tcp.set_nodelay(true);
+                conn.insert(tcp)
+            }
+        };
+        match exchange(tcp, request.as_bytes(), &mut buf).await {
+            Some(keep) => {
+                answered += 1;
+                if !keep {
+                    conn = None;
+                }
+            }
+            None => conn = None,
+        }
+    }
+    answered
+}
+
 /// One request and its whole Content-Length body; `Some(keep_alive)`.
 async fn exchange(tcp: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> Option<bool> {
     tcp.write_all(request).await.ok()?;

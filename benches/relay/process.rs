@@ -113,53 +113,62 @@ pub fn proxy_with(
     name: &'static str,
     settings: &[(&str, &str)],
 ) -> Target {
+    start(name, |addr| {
+        let mut cmd = if wrapper.is_empty() {
+            pinned(binary)
+        } else {
+            let mut c = pinned(Path::new(wrapper[0]));
+            c.args(&wrapper[1..]).arg(binary);
+            c
+        };
+        cmd.env_clear()
+            .env("PROXY_HTTP_SERVER", addr.to_string())
+            .env("PROXY_RTMP_SERVER", free_port().to_string())
+            .env("PROXY_SYSTEM_API", free_port().to_string())
+            .env("PROXY_DEFAULT_BACKEND_ENABLED", "on")
+            .env("PROXY_DEFAULT_BACKEND_IP", "127.0.0.1")
+            .env("PROXY_DEFAULT_BACKEND_HTTP", origin.port().to_string())
+            .env("PROXY_WORKER_THREADS", "1")
+            .env("PROXY_HTTP_MAX_CONNECTIONS", "0")
+            .env("PROXY_GRACE_QUIT_TIMEOUT", "1s")
+            .env("PROXY_FORCE_QUIT_TIMEOUT", "2s")
+            .env("RUST_LOG", "error")
+            .envs(settings.iter().copied());
+        cmd
+    })
+}
+
+/// `program` pinned to the target core, told by `configure` to listen on
+/// the address it is given.
+pub fn spawn_pinned(program: &Path, name: &'static str, configure: impl Fn(&mut Command, SocketAddr)) -> Target {
+    start(name, |addr| {
+        let mut cmd = pinned(program);
+        configure(&mut cmd, addr);
+        cmd
+    })
+}
+
+/// Starts the command `build` makes for a port free a moment ago, until
+/// one listens: a start that exits before listening (a load connection
+/// took the port meanwhile) is tried again on other ports, five times.
+fn start(name: &'static str, build: impl Fn(SocketAddr) -> Command) -> Target {
     for _ in 0..5 {
-        if let Some(target) = try_proxy(binary, origin, wrapper, name, settings) {
-            return target;
+        let addr = free_port();
+        let mut child = build(addr)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the process under test");
+        if wait_listening(&mut child, addr) {
+            return Target {
+                name,
+                addr,
+                child,
+                _dir: None,
+            };
         }
     }
     panic!("{name} did not start five times in a row");
-}
-
-/// One start of the proxy on ports free a moment ago; `None` if it exited
-/// before listening.
-fn try_proxy(
-    binary: &Path,
-    origin: SocketAddr,
-    wrapper: &[&str],
-    name: &'static str,
-    settings: &[(&str, &str)],
-) -> Option<Target> {
-    let addr = free_port();
-    let mut cmd = if wrapper.is_empty() {
-        pinned(binary)
-    } else {
-        let mut c = pinned(Path::new(wrapper[0]));
-        c.args(&wrapper[1..]).arg(binary);
-        c
-    };
-    cmd.env_clear()
-        .env("PROXY_HTTP_SERVER", addr.to_string())
-        .env("PROXY_RTMP_SERVER", free_port().to_string())
-        .env("PROXY_SYSTEM_API", free_port().to_string())
-        .env("PROXY_DEFAULT_BACKEND_ENABLED", "on")
-        .env("PROXY_DEFAULT_BACKEND_IP", "127.0.0.1")
-        .env("PROXY_DEFAULT_BACKEND_HTTP", origin.port().to_string())
-        .env("PROXY_WORKER_THREADS", "1")
-        .env("PROXY_HTTP_MAX_CONNECTIONS", "0")
-        .env("PROXY_GRACE_QUIT_TIMEOUT", "1s")
-        .env("PROXY_FORCE_QUIT_TIMEOUT", "2s")
-        .env("RUST_LOG", "error")
-        .envs(settings.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().expect("start the proxy");
-    wait_listening(&mut child, addr).then_some(Target {
-        name,
-        addr,
-        child,
-        _dir: None,
-    })
 }
 
 /// Debian's nginx as a plain reverse proxy: one worker, no master, no
