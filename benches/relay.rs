@@ -15,8 +15,9 @@
 //! * m3u8 and 500 KB segments at 1 and 64 connections: requests/s and the
 //!   p50 latency added over direct, also for a bare keep-alive relay on
 //!   the proxy's runtime (the floor: see `relay/bare.rs`);
-//! * instructions per MB relayed (callgrind), for this build and, when
-//!   `BENCH_PROXY_BEFORE` names another proxy binary, for that one;
+//! * user-space instructions per MB relayed and per m3u8 request
+//!   (callgrind), for this build and, when `BENCH_PROXY_BEFORE` names
+//!   another proxy binary, for that one;
 //! * memory-store claims against a bare map lookup;
 //! * edge mode: 1,000 viewers of one 2 Mbit/s HTTP-FLV stream, with edge
 //!   mode on and off (transparent): origin stream requests, origin egress in

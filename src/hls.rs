@@ -41,7 +41,7 @@ pub fn rewrite_playlist(playlist: &[u8], token: &str, max_uris: usize) -> Result
     let lines = body.bytes().filter(|&b| b == b'\n').count() + 1;
     let mut out = String::with_capacity(body.len() + lines * (TOKEN_PARAM.len() + token.len() + 2));
     let mut uris = 0;
-    for line in body.split_inclusive('\n') {
+    for line in lines_inclusive(body) {
         let (content, ending) = split_line_ending(line);
         let trimmed = content.trim();
         if trimmed.is_empty() {
@@ -60,6 +60,27 @@ pub fn rewrite_playlist(playlist: &[u8], token: &str, max_uris: usize) -> Result
     Ok(out)
 }
 
+/// Where byte `b` (ASCII) first stands in `s`. Playlists are scanned with
+/// this rather than `str::find(char)`, whose setup costs more than the
+/// short lines it searches.
+fn find_byte(s: &str, b: u8) -> Option<usize> {
+    s.bytes().position(|c| c == b)
+}
+
+/// The lines of `s`, each with its `\n` (as `str::split_inclusive`).
+fn lines_inclusive(s: &str) -> impl Iterator<Item = &str> {
+    let mut rest = s;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = find_byte(rest, b'\n').map_or(rest.len(), |i| i + 1);
+        let (line, after) = rest.split_at(end);
+        rest = after;
+        Some(line)
+    })
+}
+
 fn split_line_ending(line: &str) -> (&str, &str) {
     if let Some(c) = line.strip_suffix("\r\n") {
         (c, "\r\n")
@@ -74,7 +95,7 @@ fn split_line_ending(line: &str) -> (&str, &str) {
 /// wherever it stands in the attribute list, counting it in `uris`; other
 /// tags pass through unchanged.
 fn rewrite_tag(out: &mut String, line: &str, token: &str, uris: &mut usize) {
-    let Some(colon) = line.find(':') else {
+    let Some(colon) = find_byte(line, b':') else {
         out.push_str(line);
         return;
     };
@@ -84,9 +105,9 @@ fn rewrite_tag(out: &mut String, line: &str, token: &str, uris: &mut usize) {
     // Walk attribute by attribute so a quoted value containing `URI=` or a
     // comma is never mistaken for an attribute boundary.
     loop {
-        let name_end = rest.find('=').unwrap_or(rest.len());
+        let name_end = find_byte(rest, b'=').unwrap_or(rest.len());
         let name = &rest[..name_end];
-        if name_end == rest.len() || name.contains(',') {
+        if name_end == rest.len() || find_byte(name, b',').is_some() {
             // Not an attribute list (e.g. #EXTINF:10.0,title): copy as is.
             out.push_str(rest);
             break;
@@ -95,12 +116,12 @@ fn rewrite_tag(out: &mut String, line: &str, token: &str, uris: &mut usize) {
         out.push('=');
         let after = &rest[name_end + 1..];
         let (value, remainder) = if let Some(quoted) = after.strip_prefix('"') {
-            match quoted.find('"') {
+            match find_byte(quoted, b'"') {
                 Some(end) => (&after[..end + 2], &after[end + 2..]),
                 None => (after, ""),
             }
         } else {
-            let end = after.find(',').unwrap_or(after.len());
+            let end = find_byte(after, b',').unwrap_or(after.len());
             (&after[..end], &after[end..])
         };
         if name.trim() == "URI" && value.len() >= 2 && value.starts_with('"') && value.ends_with('"') {
@@ -125,7 +146,7 @@ fn rewrite_tag(out: &mut String, line: &str, token: &str, uris: &mut usize) {
 }
 
 fn has_scheme(uri: &str) -> bool {
-    match uri.find(':') {
+    match find_byte(uri, b':') {
         Some(i) => {
             let scheme = &uri[..i];
             !scheme.is_empty()
@@ -133,7 +154,7 @@ fn has_scheme(uri: &str) -> bool {
                 && scheme
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-                && !uri[..i].contains('/')
+                && find_byte(&uri[..i], b'/').is_none()
         }
         None => false,
     }
@@ -154,11 +175,11 @@ fn push_with_token(out: &mut String, uri: &str, token: &str) {
         out.push_str(uri);
         return;
     }
-    let (before_fragment, fragment) = match uri.find('#') {
+    let (before_fragment, fragment) = match find_byte(uri, b'#') {
         Some(i) => (&uri[..i], &uri[i..]),
         None => (uri, ""),
     };
-    let (path, query) = match before_fragment.find('?') {
+    let (path, query) = match find_byte(before_fragment, b'?') {
         Some(i) => (&before_fragment[..i], Some(&before_fragment[i + 1..])),
         None => (before_fragment, None),
     };
@@ -332,6 +353,19 @@ mod tests {
         ] {
             let p = format!("#EXTM3U\n{line}\n");
             rewrite_playlist(p.as_bytes(), T, MAX).unwrap();
+        }
+    }
+
+    proptest::proptest! {
+        /// The playlist's own scanning agrees with the standard library's.
+        #[test]
+        fn byte_scanning_agrees_with_str(text in "[a-z:=,#?/\"\r\n\u{e9}\u{2028} ]{0,64}") {
+            let ours: Vec<&str> = lines_inclusive(&text).collect();
+            let std: Vec<&str> = text.split_inclusive('\n').collect();
+            proptest::prop_assert_eq!(ours, std);
+            for b in [b':', b'=', b',', b'#', b'?', b'/', b'"', b'\n'] {
+                proptest::prop_assert_eq!(find_byte(&text, b), text.find(b as char));
+            }
         }
     }
 }

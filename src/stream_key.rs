@@ -55,18 +55,20 @@ fn check(part: &'static str, value: &str, slash_ok: bool) -> Result<(), StreamKe
     if value.len() > MAX_PART {
         return Err(StreamKeyError::TooLong(part));
     }
-    if value.chars().any(char::is_control) {
+    // One pass over the characters (this runs on every request); the
+    // errors keep their order of precedence.
+    let (mut control, mut bad) = (false, false);
+    for c in value.chars() {
+        control |= c.is_control();
+        bad |= matches!(c, '\\' | '?' | '#' | ' ' | '"' | '<' | '>') || (c == '/' && !slash_ok);
+    }
+    if control {
         return Err(StreamKeyError::Control(part));
     }
     if value.contains("..") || value == "." {
         return Err(StreamKeyError::DotDot(part));
     }
-    let bad_slash = if slash_ok {
-        value.split('/').any(|seg| seg.is_empty() || seg == ".")
-    } else {
-        value.contains('/')
-    };
-    if bad_slash || value.contains(['\\', '?', '#', ' ', '"', '<', '>']) {
+    if bad || (slash_ok && value.split('/').any(|seg| seg.is_empty() || seg == ".")) {
         return Err(StreamKeyError::BadChar(part));
     }
     Ok(())

@@ -254,6 +254,35 @@ async fn an_unrefreshed_mapping_expires(s: Subject) {
     assert_eq!(outcome, ClaimOutcome::New, "an expired mapping is no failover");
 }
 
+async fn a_refreshed_mapping_lives_until_its_new_expiry(s: Subject) {
+    let store = &s.store;
+    store.upsert_origin(origin("a"), None).await.unwrap();
+    let (long, short) = (key("long"), key("short"));
+    store.claim(&long, Policy::LeastStreams, TTL).await.unwrap();
+    store.claim(&short, Policy::LeastStreams, LONG).await.unwrap();
+    // One refresh moves an expiry later, the other earlier.
+    let Claim::Origin(_, ClaimOutcome::Hit) = store.claim(&long, Policy::LeastStreams, 3 * TTL).await.unwrap() else {
+        panic!("a mapped stream is a hit")
+    };
+    assert!(store.refresh_stream(&short, "a", TTL).await.unwrap());
+    tokio::time::sleep(PAST_TTL).await;
+    assert!(
+        store.lookup(&long).await.unwrap().is_some(),
+        "alive past its first expiry"
+    );
+    assert_eq!(
+        store.lookup(&short).await.unwrap(),
+        None,
+        "gone at its shortened expiry"
+    );
+    assert_eq!(counts(store).await["a"], 1);
+    tokio::time::sleep(2 * TTL).await;
+    assert_eq!(store.lookup(&long).await.unwrap(), None, "gone at its refreshed expiry");
+    assert_eq!(counts(store).await["a"], 0);
+    store.sweep().await.unwrap();
+    assert_eq!(s.stream_state().await, 0);
+}
+
 async fn no_origin_and_full_origins_give_no_origin(s: Subject) {
     let store = &s.store;
     for policy in [Policy::LeastStreams, Policy::Random, Policy::ConsistentHash] {
@@ -938,6 +967,7 @@ conformance!(
     expired_origins_are_never_returned,
     a_claim_sticks_and_is_refreshed,
     an_unrefreshed_mapping_expires,
+    a_refreshed_mapping_lives_until_its_new_expiry,
     no_origin_and_full_origins_give_no_origin,
     least_streams_follows_load_and_weight,
     consistent_hash_is_rendezvous_of_the_stream_key,

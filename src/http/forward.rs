@@ -8,7 +8,7 @@
 //! memory. Live FLV/TS to HTTP/1.1 players skip hyper altogether
 //! ([`super::passthrough`]); this path serves the rest (HEAD, HTTP/1.0).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
@@ -47,6 +47,14 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Drops the headers that describe one hop, including those `Connection`
 /// names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most heads have none: one look at each name instead of a removal
+    // (a hash) per hop-by-hop name.
+    if !headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(name) || name == header::UPGRADE)
+    {
+        return;
+    }
     // Headers named in Connection are hop-by-hop too.
     let named: Vec<HeaderName> = connection_named(headers).collect();
     for name in HOP_BY_HOP.iter().chain(&named) {
@@ -215,12 +223,39 @@ pub fn each_origin_header(
             f(&header::HOST, &host);
         }
     }
-    let forwarded = match client_headers.get(&forwarded_for).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
+    let mut forwarded = String::with_capacity(48);
+    if let Some(prev) = client_headers.get(&forwarded_for).and_then(|v| v.to_str().ok()) {
+        forwarded.push_str(prev);
+        forwarded.push_str(", ");
+    }
+    push_ip(&mut forwarded, peer.ip());
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
         f(&forwarded_for, &v);
+    }
+}
+
+/// Writes `ip` as `Display` does; an IPv4 address without the formatting
+/// machinery (this runs on every request).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -490,6 +525,18 @@ pub fn response_headers(parts: &http::response::Parts) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Addresses in `X-Forwarded-For` read as `Display` writes them.
+        #[test]
+        fn addresses_are_written_as_display_writes_them(v4: std::net::Ipv4Addr, v6: std::net::Ipv6Addr) {
+            for ip in [IpAddr::V4(v4), IpAddr::V6(v6)] {
+                let mut out = String::new();
+                push_ip(&mut out, ip);
+                proptest::prop_assert_eq!(out, ip.to_string());
+            }
+        }
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -62,6 +62,10 @@ pub enum FramingError {
     Trailers,
 }
 
+/// Headers a response head gains in the proxy: see [`super::add_cors`]
+/// and the `Server` header in [`super::finish`].
+const ADDED_HEADERS: usize = 5;
+
 /// Parses a response head from the start of `buf`; `Ok(None)` while it is
 /// incomplete.
 pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FramingError> {
@@ -86,7 +90,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FramingError> {
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    // Room for what the proxy adds before the head goes on to a player
+    // (CORS, Server): the map does not grow and rehash on the way.
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + ADDED_HEADERS);
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| FramingError::Head(format!("header name {:?}", h.name)))?;

@@ -102,6 +102,11 @@ struct StreamEntry {
     origin_id: String,
     since: Instant,
     expires: Instant,
+    /// Where `stream_expiry` files the stream: never after `expires`. A
+    /// refresh moves only `expires` (no key copied, nothing refiled); when
+    /// the filed time comes, expiry files the stream again at `expires`
+    /// if that is still ahead.
+    filed: Instant,
 }
 
 struct SessionEntry {
@@ -178,24 +183,26 @@ impl Inner {
     /// that expired, to be announced once the lock is released.
     fn expire(&mut self, now: Instant) -> Vec<String> {
         let mut gone = Vec::new();
-        while let Some((at, id)) = self.origin_expiry.first().cloned() {
-            if at > now {
-                break;
-            }
+        // Each index is looked at in place: nothing is copied while nothing
+        // is due (this runs on every store call).
+        while self.origin_expiry.first().is_some_and(|(at, _)| *at <= now) {
+            let (_, id) = self.origin_expiry.pop_first().expect("just seen");
             self.forget_origin(&id);
             gone.push(id);
         }
-        while let Some((at, key)) = self.stream_expiry.first().cloned() {
-            if at > now {
-                break;
+        while self.stream_expiry.first().is_some_and(|(at, _)| *at <= now) {
+            let (_, key) = self.stream_expiry.pop_first().expect("just seen");
+            match self.streams.get_mut(&key) {
+                // Refreshed since it was filed: filed again, still alive.
+                Some(entry) if entry.expires > now => {
+                    entry.filed = entry.expires;
+                    self.stream_expiry.insert((entry.expires, key));
+                }
+                _ => self.unmap(&key),
             }
-            self.unmap(&key);
         }
-        while let Some((at, kind, id)) = self.session_expiry.pop_first() {
-            if at > now {
-                self.session_expiry.insert((at, kind, id));
-                break;
-            }
+        while self.session_expiry.first().is_some_and(|(at, _, _)| *at <= now) {
+            let (_, kind, id) = self.session_expiry.pop_first().expect("just seen");
             self.sessions.remove(&(kind, id));
         }
         gone
@@ -267,6 +274,7 @@ impl Inner {
                 origin_id: origin_id.to_string(),
                 since: now,
                 expires,
+                filed: expires,
             },
         );
         self.stream_expiry.insert((expires, key.clone()));
@@ -275,16 +283,21 @@ impl Inner {
 
     fn unmap(&mut self, key: &StreamKey) {
         if let Some(entry) = self.streams.remove(key) {
-            self.stream_expiry.remove(&(entry.expires, key.clone()));
+            self.stream_expiry.remove(&(entry.filed, key.clone()));
             self.add_load(&entry.origin_id, -1);
         }
     }
 
+    /// Moves a stream's expiry to `expires`; refiled in the index only
+    /// when that is earlier than where it is filed (see [`StreamEntry`]).
     fn touch(&mut self, key: &StreamKey, expires: Instant) {
         if let Some(entry) = self.streams.get_mut(key) {
-            let old = std::mem::replace(&mut entry.expires, expires);
-            self.stream_expiry.remove(&(old, key.clone()));
-            self.stream_expiry.insert((expires, key.clone()));
+            entry.expires = expires;
+            if expires < entry.filed {
+                let old = std::mem::replace(&mut entry.filed, expires);
+                self.stream_expiry.remove(&(old, key.clone()));
+                self.stream_expiry.insert((expires, key.clone()));
+            }
         }
     }
 
