@@ -194,10 +194,13 @@ pub fn vhost_from_host(host: &str) -> String {
     } else {
         host.split(':').next().unwrap_or("")
     };
+    // The root's dot goes first: `d.` is a name without a dot and
+    // `10.0.0.1.` an address, as they are once written without it.
+    let name = name.trim_end_matches('.');
     if name.is_empty() || name.parse::<IpAddr>().is_ok() || !name.contains('.') {
         return DEFAULT_VHOST.to_string();
     }
-    name.trim_end_matches('.').to_ascii_lowercase()
+    name.to_ascii_lowercase()
 }
 
 /// The vhost a request names: `?vhost=` (or SRS's `?domain=`) when set,
@@ -268,8 +271,15 @@ mod tests {
             ("srs.example.com.", "srs.example.com"),
             ("SRS.Example.com:1935", "srs.example.com"),
             ("__defaultVhost__", DEFAULT_VHOST),
+            // With the root's dot, as without it.
+            ("d.", DEFAULT_VHOST),
+            ("d.:8080", DEFAULT_VHOST),
+            ("10.0.0.1.", DEFAULT_VHOST),
+            ("...", DEFAULT_VHOST),
         ] {
             assert_eq!(vhost_from_host(host), vhost, "{host}");
+            // A vhost is its own vhost: keys survive being built again.
+            assert_eq!(vhost_from_host(vhost), vhost, "{vhost}");
         }
     }
 
