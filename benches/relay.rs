@@ -28,8 +28,8 @@
 //!
 //! `BENCH_ONLY=viewers,bulk,hls,callgrind,claims,edge,edge_hls` runs a
 //! subset; `BENCH_EDGE_VIEWERS` and `BENCH_EDGE_HLS_VIEWERS` set the edge
-//! viewer counts. The open
-//! file limit is raised to its hard limit at start (5,000 viewers need
+//! viewer counts; `BENCH_CALLGRIND_OUT=dir` keeps the callgrind profiles
+//! there. The open file limit is raised to its hard limit at start (5,000 viewers need
 //! about 10,000 descriptors here and as many in the proxy).
 
 #[path = "../tests/support/mod.rs"]
@@ -348,7 +348,16 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("callgrind.out");
+    // `BENCH_CALLGRIND_OUT=dir` keeps each run's profile there, numbered,
+    // for `callgrind_annotate`.
+    let out = match std::env::var_os("BENCH_CALLGRIND_OUT") {
+        Some(keep) => {
+            static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            std::fs::create_dir_all(&keep).expect("BENCH_CALLGRIND_OUT is a directory");
+            PathBuf::from(keep).join(format!("callgrind.out.{}", RUN.fetch_add(1, Ordering::Relaxed)))
+        }
+        None => dir.path().join("callgrind.out"),
+    };
     let arg = format!("--callgrind-out-file={}", out.display());
     let target = process::proxy(
         binary,

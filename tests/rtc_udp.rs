@@ -249,7 +249,7 @@ async fn unknown_usernames_are_looked_up_at_a_bounded_rate_into_a_bounded_table(
     };
     for i in 0..3 {
         store
-            .put_session(SessionKind::Rtc, &format!("elsewhere{i}:c{i}"), &session, WAIT)
+            .put_session(SessionKind::Rtc, &format!("elsewhere{i}:c{i}"), session.clone(), WAIT)
             .await
             .unwrap();
     }
@@ -382,7 +382,7 @@ async fn draining_keeps_sessions_until_abort_and_adopts_none() {
         ice_pwd: Some(CANNED_PWD.into()),
     };
     store
-        .put_session(SessionKind::Rtc, "elsewhere:b", &session, WAIT)
+        .put_session(SessionKind::Rtc, "elsewhere:b", session.clone(), WAIT)
         .await
         .unwrap();
 

@@ -445,8 +445,14 @@ async fn sessions_live_while_used(s: Subject) {
         origin_id: "a".into(),
         ice_pwd: None,
     };
-    store.put_session(SessionKind::Hls, "t1", &session, TTL).await.unwrap();
-    store.put_session(SessionKind::Hls, "t2", &session, TTL).await.unwrap();
+    store
+        .put_session(SessionKind::Hls, "t1", session.clone(), TTL)
+        .await
+        .unwrap();
+    store
+        .put_session(SessionKind::Hls, "t2", session.clone(), TTL)
+        .await
+        .unwrap();
     assert_eq!(
         store.touch_session(SessionKind::Rtc, "t1", TTL).await.unwrap(),
         None,
@@ -477,7 +483,10 @@ async fn webrtc_sessions_keep_their_ice_pwd_until_removed(s: Subject) {
         ice_pwd: Some("0123456789abcdef0123456789abcdef".into()),
     };
     let id = "answerufrag:offerufrag";
-    store.put_session(SessionKind::Rtc, id, &session, TTL).await.unwrap();
+    store
+        .put_session(SessionKind::Rtc, id, session.clone(), TTL)
+        .await
+        .unwrap();
     assert_eq!(
         store.touch_session(SessionKind::Rtc, id, TTL).await.unwrap(),
         Some(session.clone()),
@@ -507,11 +516,11 @@ async fn an_idle_store_forgets_every_stream_and_session(s: Subject) {
             ice_pwd: None,
         };
         store
-            .put_session(SessionKind::Hls, &format!("h{i}"), &session, TTL)
+            .put_session(SessionKind::Hls, &format!("h{i}"), session.clone(), TTL)
             .await
             .unwrap();
         store
-            .put_session(SessionKind::Rtc, &format!("r{i}"), &session, TTL)
+            .put_session(SessionKind::Rtc, &format!("r{i}"), session.clone(), TTL)
             .await
             .unwrap();
     }

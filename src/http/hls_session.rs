@@ -20,13 +20,17 @@ use crate::origin::Origin;
 use crate::store::{Session, SessionKind};
 use crate::stream_key::StreamKey;
 
+/// One stream's tokens: origin id → (token, last handed out).
+type ByOrigin = HashMap<String, (String, Instant)>;
+
 /// The tokens this replica handed out.
 pub struct HlsSessions {
-    /// The token handed out for each (stream, origin), so a player that
+    /// The token handed out for each stream and origin, so a player that
     /// reloads a playlist without its token does not mint a new session
     /// every few seconds. Entries older than the session TTL are dropped.
-    tokens: Mutex<HashMap<(StreamKey, String), (String, Instant)>>,
-    /// Token count at which the map is next pruned.
+    /// By stream, then origin id: a lookup borrows both, copying nothing.
+    tokens: Mutex<HashMap<StreamKey, ByOrigin>>,
+    /// Stream count at which the map is next pruned.
     prune_at: AtomicUsize,
     /// A token older than this is replaced (the store forgets it then).
     ttl: Duration,
@@ -50,17 +54,27 @@ impl HlsSessions {
         // Prune when the map has doubled since the last prune, so a large
         // deployment does not scan every token on every playlist request.
         if tokens.len() >= self.prune_at.load(Ordering::Relaxed) {
-            tokens.retain(|_, (_, at)| now.duration_since(*at) < self.ttl);
+            tokens.retain(|_, origins| {
+                origins.retain(|_, (_, at)| now.duration_since(*at) < self.ttl);
+                !origins.is_empty()
+            });
             self.prune_at.store((tokens.len() * 2).max(1024), Ordering::Relaxed);
         }
-        let entry = tokens
-            .entry((key.clone(), origin_id.to_string()))
-            .or_insert_with(|| (hls::new_token(), now));
-        if now.duration_since(entry.1) >= self.ttl {
-            *entry = (hls::new_token(), now);
+        let fresh = |entry: &(String, Instant)| now.duration_since(entry.1) < self.ttl;
+        if let Some(entry) = tokens
+            .get_mut(key)
+            .and_then(|origins| origins.get_mut(origin_id))
+            .filter(|entry| fresh(entry))
+        {
+            entry.1 = now;
+            return entry.0.clone();
         }
-        entry.1 = now;
-        entry.0.clone()
+        let token = hls::new_token();
+        tokens
+            .entry(key.clone())
+            .or_default()
+            .insert(origin_id.to_string(), (token.clone(), now));
+        token
     }
 
     /// Records `token` for `key` on `origin` in the store (or extends its
@@ -73,7 +87,7 @@ impl HlsSessions {
         };
         ctx.store_op(
             "put_session",
-            ctx.store.put_session(SessionKind::Hls, token, &session, self.ttl),
+            ctx.store.put_session(SessionKind::Hls, token, session, self.ttl),
         )
         .await?;
         Ok(())
@@ -95,4 +109,46 @@ pub async fn resolve(ctx: &Context, token: &str) -> Result<Option<(Session, Orig
     };
     let origin = ctx.store_op("origin", ctx.store.origin(&session.origin_id)).await?;
     Ok(origin.map(|o| (session, o)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(stream: &str) -> StreamKey {
+        StreamKey::new("", "live", stream).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_lasts_while_it_is_used() {
+        let sessions = HlsSessions::new(Duration::from_secs(10));
+        let first = sessions.token_for(&key("a"), "o1");
+        assert_eq!(sessions.token_for(&key("a"), "o1"), first);
+        assert_ne!(
+            sessions.token_for(&key("a"), "o2"),
+            first,
+            "another origin, another token"
+        );
+        assert_ne!(
+            sessions.token_for(&key("b"), "o1"),
+            first,
+            "another stream, another token"
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(sessions.token_for(&key("a"), "o1"), first, "used within the TTL: kept");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_ne!(sessions.token_for(&key("a"), "o1"), first, "unused for a TTL: replaced");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_nobody_uses_are_pruned() {
+        let sessions = HlsSessions::new(Duration::from_secs(10));
+        for i in 0..1024 {
+            sessions.token_for(&key(&format!("s{i}")), "o");
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        sessions.token_for(&key("new"), "o");
+        let tokens = sessions.tokens.lock().unwrap();
+        assert_eq!(tokens.len(), 1, "only the stream asked for since");
+    }
 }

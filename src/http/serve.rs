@@ -13,7 +13,8 @@
 //!   hyper starts that clock when it starts waiting for a head, so it also
 //!   closes a keep-alive connection that stays idle that long.
 //! * A head over `http_max_header_bytes`, or with more than
-//!   `http_max_headers` fields, gets 431 from hyper.
+//!   `http_max_headers` fields, gets 431 (from hyper, or for a field count
+//!   within hyper's own array of 100, from [`check_request`]).
 //! * [`check_request`] answers before any handler runs: 414 for a target
 //!   over `http_max_url_bytes`, 413 for a declared body over
 //!   `http_max_body_bytes`, 400 for two `Host` headers or an HTTP/1.1
@@ -104,16 +105,31 @@ fn builder(config: &Config) -> http1::Builder {
     let mut b = http1::Builder::new();
     b.timer(TokioTimer::new())
         .header_read_timeout(config.http_header_timeout)
-        .max_headers(config.http_max_headers)
         .max_header_size(config.http_max_header_bytes)
         // hyper's floor; a head over the header limit is refused first.
         .max_buf_size(config.http_max_header_bytes.max(8192));
+    // Told any field limit, hyper builds a vector of that many slots for
+    // every request; its own array holds 100. Within that, the count is
+    // checked in `check_request`.
+    if config.http_max_headers > HYPER_HEADER_SLOTS {
+        b.max_headers(config.http_max_headers);
+    }
     b
 }
+
+/// The header fields hyper parses into without being told a limit.
+const HYPER_HEADER_SLOTS: usize = 100;
 
 /// A request the limits refuse, answered before any handler sees it:
 /// the status, the one-line reason and the metric reason.
 pub fn check_request<B>(config: &Config, req: &Request<B>) -> Option<(StatusCode, String, &'static str)> {
+    if req.headers().len() > config.http_max_headers {
+        return Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("more than {} header fields", config.http_max_headers),
+            "header_too_large",
+        ));
+    }
     let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
         + req.uri().authority().map_or(0, |a| a.as_str().len());
     if target > config.http_max_url_bytes {
@@ -329,6 +345,16 @@ mod tests {
         assert_eq!(
             status(req("/r", Version::HTTP_11, &[("host", "x"), ("content-length", "100")])),
             None
+        );
+        let names: Vec<String> = (1..=c.http_max_headers).map(|i| format!("x-{i}")).collect();
+        let mut fields: Vec<(&str, &str)> = vec![("host", "x")];
+        fields.extend(names.iter().skip(1).map(|n| (n.as_str(), "v")));
+        assert_eq!(status(req("/r", Version::HTTP_11, &fields)), None, "at the limit");
+        fields.push((&names[0], "v"));
+        assert_eq!(
+            status(req("/r", Version::HTTP_11, &fields)),
+            Some((431, "header_too_large")),
+            "one over"
         );
     }
 }

@@ -413,7 +413,7 @@ async fn accept_answer(
         ctx.store.put_session(
             SessionKind::Rtc,
             &record.username,
-            &record.to_session(),
+            record.to_session(),
             state.settings.idle_timeout,
         ),
     )

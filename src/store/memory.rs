@@ -559,20 +559,17 @@ impl MemoryStore {
         Ok(StreamPage { streams, next })
     }
 
-    pub fn put_session(&self, kind: SessionKind, id: &str, session: &Session, ttl: Duration) -> Result<(), StoreError> {
+    pub fn put_session(&self, kind: SessionKind, id: &str, session: Session, ttl: Duration) -> Result<(), StoreError> {
         let mut inner = self.lock();
         let expires = inner.now + ttl;
-        let old = inner.sessions.insert(
-            (kind, id.to_string()),
-            SessionEntry {
-                session: session.clone(),
-                expires,
-            },
-        );
+        let id = id.to_string();
+        let old = inner
+            .sessions
+            .insert((kind, id.clone()), SessionEntry { session, expires });
         if let Some(old) = old {
-            inner.session_expiry.remove(&(old.expires, kind, id.to_string()));
+            inner.session_expiry.remove(&(old.expires, kind, id.clone()));
         }
-        inner.session_expiry.insert((expires, kind, id.to_string()));
+        inner.session_expiry.insert((expires, kind, id));
         Ok(())
     }
 

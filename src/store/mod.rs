@@ -321,17 +321,18 @@ impl Store {
         }
     }
 
-    /// Records a routing session for `ttl`.
+    /// Records a routing session for `ttl` (the memory store keeps the
+    /// value itself, no copy).
     pub async fn put_session(
         &self,
         kind: SessionKind,
         id: &str,
-        session: &Session,
+        session: Session,
         ttl: Duration,
     ) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => s.put_session(kind, id, session, ttl),
-            Self::Redis(s) => Box::pin(s.put_session(kind, id, session, ttl)).await,
+            Self::Redis(s) => Box::pin(s.put_session(kind, id, &session, ttl)).await,
         }
     }
 
@@ -448,7 +449,7 @@ mod tests {
             std::mem::size_of_val(&store.claim(&key, crate::balance::Policy::Random, ttl)),
             std::mem::size_of_val(&store.lookup(&key)),
             std::mem::size_of_val(&store.origin("o")),
-            std::mem::size_of_val(&store.put_session(SessionKind::Hls, "t", &session, ttl)),
+            std::mem::size_of_val(&store.put_session(SessionKind::Hls, "t", session.clone(), ttl)),
             std::mem::size_of_val(&store.touch_session(SessionKind::Hls, "t", ttl)),
         ];
         assert!(sizes.iter().all(|&n| n <= 512), "{sizes:?}");
