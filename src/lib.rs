@@ -96,6 +96,13 @@
 //! own upstream socket.
 #![forbid(unsafe_code)]
 
+/// Every allocation of the proxy (and of the tests and benches that link
+/// it, so their memory figures are the binary's): mimalloc costs fewer
+/// instructions per allocation than glibc's malloc on the per-request
+/// path, and keeps a player's memory as flat.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod api;
 pub mod auth;
 pub mod balance;
