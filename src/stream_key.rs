@@ -56,22 +56,37 @@ fn check(part: &'static str, value: &str, slash_ok: bool) -> Result<(), StreamKe
         return Err(StreamKeyError::TooLong(part));
     }
     // One pass over the characters (this runs on every request); the
-    // errors keep their order of precedence.
-    let (mut control, mut bad) = (false, false);
-    for c in value.chars() {
+    // errors keep their order of precedence. `seg_start` is where the
+    // current `/`-separated segment began, for empty and `.` segments.
+    let (mut control, mut dot_dot, mut bad) = (false, false, false);
+    let mut prev = '\0';
+    let mut seg_start = 0;
+    for (i, c) in value.char_indices() {
         control |= c.is_control();
-        bad |= matches!(c, '\\' | '?' | '#' | ' ' | '"' | '<' | '>') || (c == '/' && !slash_ok);
+        dot_dot |= c == '.' && prev == '.';
+        bad |= matches!(c, '\\' | '?' | '#' | ' ' | '"' | '<' | '>');
+        if c == '/' {
+            bad |= !slash_ok || bad_segment(&value[seg_start..i]);
+            seg_start = i + 1;
+        }
+        prev = c;
     }
     if control {
         return Err(StreamKeyError::Control(part));
     }
-    if value.contains("..") || value == "." {
+    if dot_dot || value == "." {
         return Err(StreamKeyError::DotDot(part));
     }
-    if bad || (slash_ok && value.split('/').any(|seg| seg.is_empty() || seg == ".")) {
+    if bad || (slash_ok && bad_segment(&value[seg_start..])) {
         return Err(StreamKeyError::BadChar(part));
     }
     Ok(())
+}
+
+/// An app's path segment that may not stand: empty (`a//b`, a leading or
+/// trailing `/`) or `.`.
+fn bad_segment(segment: &str) -> bool {
+    segment.is_empty() || segment == "."
 }
 
 impl StreamKey {
@@ -225,6 +240,41 @@ pub fn query_pairs(query: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `check` as first written, several passes: the reference the one-pass
+    /// version must agree with.
+    fn check_by_definition(part: &'static str, value: &str, slash_ok: bool) -> Result<(), StreamKeyError> {
+        if value.is_empty() {
+            return Err(StreamKeyError::Empty(part));
+        }
+        if value.len() > MAX_PART {
+            return Err(StreamKeyError::TooLong(part));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(StreamKeyError::Control(part));
+        }
+        if value.contains("..") || value == "." {
+            return Err(StreamKeyError::DotDot(part));
+        }
+        let bad = value
+            .chars()
+            .any(|c| matches!(c, '\\' | '?' | '#' | ' ' | '"' | '<' | '>'))
+            || (!slash_ok && value.contains('/'));
+        if bad || (slash_ok && value.split('/').any(|seg| seg.is_empty() || seg == ".")) {
+            return Err(StreamKeyError::BadChar(part));
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn one_pass_check_agrees_with_its_definition(
+            value in "[a./\\\\?# \"<>\u{0}\u{85}é]{0,12}",
+            slash_ok: bool,
+        ) {
+            proptest::prop_assert_eq!(check("app", &value, slash_ok), check_by_definition("app", &value, slash_ok));
+        }
+    }
 
     fn http(path: &str, query: Option<&str>, host: Option<&str>) -> Result<(StreamKey, String), StreamKeyError> {
         StreamKey::from_http(path, query, host)

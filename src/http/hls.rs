@@ -190,9 +190,12 @@ async fn fetch_playlist(
         }
     };
     let body = &answer.body;
-    let token_text = match &token {
-        Token::Existing(token) => token.to_string(),
-        Token::New { sessions, .. } => sessions.token_for(&sr.key, &origin.id),
+    let (token_text, store) = match &token {
+        Token::Existing(token) => (token.to_string(), false),
+        Token::New { sessions, .. } => {
+            let handed = sessions.token_for(&sr.key, &origin.id);
+            (handed.text, handed.store)
+        }
     };
     let rewritten = match hls::rewrite_playlist(body, &token_text, ctx.config.hls_max_playlist_uris) {
         Ok(rewritten) => rewritten,
@@ -208,7 +211,7 @@ async fn fetch_playlist(
         }
     };
     // Recorded only now: the origin answered with a playlist we can serve.
-    if let Token::New { sessions, .. } = token {
+    if let (Token::New { sessions, .. }, true) = (token, store) {
         sessions.record(ctx, &token_text, &sr.key, origin).await?;
     }
     // A fetch of this request's own is not shared: its headers are taken,

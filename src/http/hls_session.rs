@@ -20,8 +20,27 @@ use crate::origin::Origin;
 use crate::store::{Session, SessionKind};
 use crate::stream_key::StreamKey;
 
-/// One stream's tokens: origin id → (token, last handed out).
-type ByOrigin = HashMap<String, (String, Instant)>;
+/// One stream's tokens, by origin id.
+type ByOrigin = HashMap<String, Handed>;
+
+/// A token this replica hands out.
+struct Handed {
+    token: String,
+    /// When it was last handed out.
+    used: Instant,
+    /// When the store last took its record.
+    stored: Option<Instant>,
+}
+
+/// A token to put in a playlist.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Token {
+    pub text: String,
+    /// Its store record must be written (new, or not written for a
+    /// quarter of the TTL): otherwise the record written less than a
+    /// quarter of the TTL ago still has most of its life.
+    pub store: bool,
+}
 
 /// The tokens this replica handed out.
 pub struct HlsSessions {
@@ -46,50 +65,73 @@ impl HlsSessions {
     }
 
     /// The token this replica hands out for `key` on `origin_id` (a new
-    /// one when there is none younger than the session TTL). Nothing is
-    /// stored until [`HlsSessions::record`].
-    pub fn token_for(&self, key: &StreamKey, origin_id: &str) -> String {
+    /// one when there is none younger than the session TTL), and whether
+    /// its store record is due: a player that reloads its playlist every
+    /// few seconds costs one store write per quarter TTL, not one per
+    /// reload. Nothing is stored until [`HlsSessions::record`].
+    pub fn token_for(&self, key: &StreamKey, origin_id: &str) -> Token {
         let now = Instant::now();
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         // Prune when the map has doubled since the last prune, so a large
         // deployment does not scan every token on every playlist request.
         if tokens.len() >= self.prune_at.load(Ordering::Relaxed) {
             tokens.retain(|_, origins| {
-                origins.retain(|_, (_, at)| now.duration_since(*at) < self.ttl);
+                origins.retain(|_, handed| now.duration_since(handed.used) < self.ttl);
                 !origins.is_empty()
             });
             self.prune_at.store((tokens.len() * 2).max(1024), Ordering::Relaxed);
         }
-        let fresh = |entry: &(String, Instant)| now.duration_since(entry.1) < self.ttl;
-        if let Some(entry) = tokens
+        if let Some(handed) = tokens
             .get_mut(key)
             .and_then(|origins| origins.get_mut(origin_id))
-            .filter(|entry| fresh(entry))
+            .filter(|handed| now.duration_since(handed.used) < self.ttl)
         {
-            entry.1 = now;
-            return entry.0.clone();
+            handed.used = now;
+            let store = handed.stored.is_none_or(|at| now.duration_since(at) >= self.ttl / 4);
+            return Token {
+                text: handed.token.clone(),
+                store,
+            };
         }
         let token = hls::new_token();
+        let handed = Handed {
+            token: token.clone(),
+            used: now,
+            stored: None,
+        };
         tokens
             .entry(key.clone())
             .or_default()
-            .insert(origin_id.to_string(), (token.clone(), now));
-        token
+            .insert(origin_id.to_string(), handed);
+        Token {
+            text: token,
+            store: true,
+        }
     }
 
     /// Records `token` for `key` on `origin` in the store (or extends its
-    /// record) for the session TTL.
+    /// record) for the session TTL, and notes when, for
+    /// [`HlsSessions::token_for`].
     pub async fn record(&self, ctx: &Context, token: &str, key: &StreamKey, origin: &Origin) -> Result<(), HttpError> {
         let session = Session {
             key: key.clone(),
             origin_id: origin.id.clone(),
             ice_pwd: None,
         };
+        let at = Instant::now();
         ctx.store_op(
             "put_session",
             ctx.store.put_session(SessionKind::Hls, token, session, self.ttl),
         )
         .await?;
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(handed) = tokens
+            .get_mut(key)
+            .and_then(|origins| origins.get_mut(&origin.id))
+            .filter(|handed| handed.token == token)
+        {
+            handed.stored = Some(at);
+        }
         Ok(())
     }
 }
@@ -122,22 +164,76 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_token_lasts_while_it_is_used() {
         let sessions = HlsSessions::new(Duration::from_secs(10));
-        let first = sessions.token_for(&key("a"), "o1");
-        assert_eq!(sessions.token_for(&key("a"), "o1"), first);
+        let first = sessions.token_for(&key("a"), "o1").text;
+        assert_eq!(sessions.token_for(&key("a"), "o1").text, first);
         assert_ne!(
-            sessions.token_for(&key("a"), "o2"),
+            sessions.token_for(&key("a"), "o2").text,
             first,
             "another origin, another token"
         );
         assert_ne!(
-            sessions.token_for(&key("b"), "o1"),
+            sessions.token_for(&key("b"), "o1").text,
             first,
             "another stream, another token"
         );
         tokio::time::advance(Duration::from_secs(6)).await;
-        assert_eq!(sessions.token_for(&key("a"), "o1"), first, "used within the TTL: kept");
+        assert_eq!(
+            sessions.token_for(&key("a"), "o1").text,
+            first,
+            "used within the TTL: kept"
+        );
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_ne!(sessions.token_for(&key("a"), "o1"), first, "unused for a TTL: replaced");
+        assert_ne!(
+            sessions.token_for(&key("a"), "o1").text,
+            first,
+            "unused for a TTL: replaced"
+        );
+    }
+
+    /// The store record of a token a player keeps reloading is written
+    /// once per quarter TTL, and whenever the last write is older; a token
+    /// the store never took is written on every request.
+    #[tokio::test(start_paused = true)]
+    async fn a_reloaded_token_is_stored_once_per_quarter_ttl() {
+        let ttl = Duration::from_secs(8);
+        let ctx = Context::new(
+            crate::config::Config::default(),
+            crate::store::Store::Memory(crate::store::MemoryStore::new()),
+        );
+        let origin = Origin {
+            id: "o1".into(),
+            ip: "127.0.0.1".into(),
+            ports: crate::origin::Ports::default(),
+            source: crate::origin::OriginSource::Static,
+            weight: 1,
+            max_streams: 0,
+            pool: None,
+            registered_by: None,
+        };
+        let sessions = HlsSessions::new(ttl);
+        let first = sessions.token_for(&key("a"), "o1");
+        assert!(first.store, "a new token is stored");
+        let again = sessions.token_for(&key("a"), "o1");
+        assert_eq!(again, first, "nothing stored yet: still due");
+        sessions.record(&ctx, &first.text, &key("a"), &origin).await.unwrap();
+        let stored = ctx
+            .store
+            .touch_session(SessionKind::Hls, &first.text, ttl)
+            .await
+            .unwrap();
+        assert_eq!(stored.map(|s| s.origin_id), Some("o1".to_string()));
+        tokio::time::advance(Duration::from_millis(1999)).await;
+        let reload = sessions.token_for(&key("a"), "o1");
+        assert_eq!((reload.text.as_str(), reload.store), (first.text.as_str(), false));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            sessions.token_for(&key("a"), "o1").store,
+            "a quarter TTL after the write: due again"
+        );
+        sessions.record(&ctx, &first.text, &key("a"), &origin).await.unwrap();
+        assert!(!sessions.token_for(&key("a"), "o1").store);
+        // Another stream's record does not count for this one.
+        assert!(sessions.token_for(&key("b"), "o1").store);
     }
 
     #[tokio::test(start_paused = true)]

@@ -45,7 +45,9 @@ pub struct KeepAlive {
 
 #[derive(Default)]
 struct Pool {
-    by_origin: HashMap<String, Vec<Idle>>,
+    /// Keyed by the proxy's own origin addresses, never a client's input:
+    /// a fast hasher does.
+    by_origin: HashMap<String, Vec<Idle>, foldhash::fast::RandomState>,
     /// When every origin's list was last pruned.
     swept: Option<Instant>,
 }
