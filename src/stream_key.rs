@@ -197,14 +197,15 @@ impl fmt::Display for StreamKey {
 
 /// The vhost for a `Host` header or tcUrl host: port stripped, lower case;
 /// IP addresses and names without a dot are [`DEFAULT_VHOST`], as in SRS.
+/// A host in brackets is an IP literal (`[::1]:8080`), whatever the
+/// brackets hold: a name taken from inside them could hold a `:` and read
+/// as another vhost when built again.
 pub fn vhost_from_host(host: &str) -> String {
     let host = host.trim();
-    if host == DEFAULT_VHOST {
-        return host.to_string();
+    if host == DEFAULT_VHOST || host.starts_with('[') {
+        return DEFAULT_VHOST.to_string();
     }
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else if host.matches(':').count() > 1 {
+    let name = if host.matches(':').count() > 1 {
         host // bare IPv6
     } else {
         host.split(':').next().unwrap_or("")
@@ -326,6 +327,12 @@ mod tests {
             ("d.:8080", DEFAULT_VHOST),
             ("10.0.0.1.", DEFAULT_VHOST),
             ("...", DEFAULT_VHOST),
+            // Brackets hold an address, not a name (found by fuzzing:
+            // `[.:t8]` gave the vhost `.:t8`, which built again is the
+            // default vhost).
+            ("[.:t8'%'']/-(", DEFAULT_VHOST),
+            ("[a.b:c]:80", DEFAULT_VHOST),
+            ("[srs.example.com]", DEFAULT_VHOST),
         ] {
             assert_eq!(vhost_from_host(host), vhost, "{host}");
             // A vhost is its own vhost: keys survive being built again.
