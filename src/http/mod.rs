@@ -166,24 +166,32 @@ impl From<StoreError> for HttpError {
     }
 }
 
+/// The CORS headers SRS sends. A `const`, so the values are checked when
+/// the proxy is compiled, not on every response.
+const CORS: [(header::HeaderName, HeaderValue); 4] = [
+    (header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*")),
+    (
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, HEAD, PUT, DELETE, OPTIONS"),
+    ),
+    (
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(
+            "origin, range, accept-encoding, referer, cache-control, x-proxy-authorization, x-requested-with, content-type",
+        ),
+    ),
+    (
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Server, Range, Content-Length, Content-Range"),
+    ),
+];
+
 /// Adds the CORS headers SRS sends, unless the origin already set them.
 pub fn add_cors(headers: &mut http::HeaderMap) {
     use http::header::Entry;
-    let pairs = [
-        (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
-        (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, HEAD, PUT, DELETE, OPTIONS"),
-        (
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            "origin, range, accept-encoding, referer, cache-control, x-proxy-authorization, x-requested-with, content-type",
-        ),
-        (
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            "Server, Range, Content-Length, Content-Range",
-        ),
-    ];
-    for (name, value) in pairs {
+    for (name, value) in CORS {
         if let Entry::Vacant(slot) = headers.entry(name) {
-            slot.insert(HeaderValue::from_static(value));
+            slot.insert(value);
         }
     }
 }

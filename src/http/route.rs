@@ -57,7 +57,7 @@ async fn route(state: &HttpState, req: Request<Incoming>, peer: SocketAddr) -> R
 }
 
 async fn route_in_span(state: &HttpState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let path = req.uri().path().to_string();
+    let path = req.uri().path();
     let (class, result) = if path == versions::PATH {
         ("versions", Ok(versions::versions(&state.ctx).await))
     } else if req.method() == Method::OPTIONS {
