@@ -191,7 +191,7 @@ async fn fetch_playlist(
     };
     let body = &answer.body;
     let (token_text, store) = match &token {
-        Token::Existing(token) => (token.to_string(), false),
+        Token::Existing(token) => (Arc::from(*token), false),
         Token::New { sessions, .. } => {
             let handed = sessions.token_for(&sr.key, &origin.id);
             (handed.text, handed.store)

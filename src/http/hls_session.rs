@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -25,7 +25,9 @@ type ByOrigin = HashMap<String, Handed>;
 
 /// A token this replica hands out.
 struct Handed {
-    token: String,
+    /// Shared with every playlist that carries it: handing it out again
+    /// copies nothing.
+    token: Arc<str>,
     /// When it was last handed out.
     used: Instant,
     /// When the store last took its record.
@@ -35,7 +37,7 @@ struct Handed {
 /// A token to put in a playlist.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Token {
-    pub text: String,
+    pub text: Arc<str>,
     /// Its store record must be written (new, or not written for a
     /// quarter of the TTL): otherwise the record written less than a
     /// quarter of the TTL ago still has most of its life.
@@ -93,7 +95,7 @@ impl HlsSessions {
                 store,
             };
         }
-        let token = hls::new_token();
+        let token: Arc<str> = hls::new_token().into();
         let handed = Handed {
             token: token.clone(),
             used: now,
@@ -128,7 +130,7 @@ impl HlsSessions {
         if let Some(handed) = tokens
             .get_mut(key)
             .and_then(|origins| origins.get_mut(&origin.id))
-            .filter(|handed| handed.token == token)
+            .filter(|handed| &*handed.token == token)
         {
             handed.stored = Some(at);
         }
@@ -224,7 +226,7 @@ mod tests {
         assert_eq!(stored.map(|s| s.origin_id), Some("o1".to_string()));
         tokio::time::advance(Duration::from_millis(1999)).await;
         let reload = sessions.token_for(&key("a"), "o1");
-        assert_eq!((reload.text.as_str(), reload.store), (first.text.as_str(), false));
+        assert_eq!((&*reload.text, reload.store), (&*first.text, false));
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(
             sessions.token_for(&key("a"), "o1").store,

@@ -478,13 +478,19 @@ impl MemoryStore {
         let mut inner = self.lock();
         let now = inner.now;
         let mut outcome = ClaimOutcome::New;
-        if let Some(current) = inner.streams.get(key).map(|s| s.origin_id.clone()) {
-            if let Some(origin) = inner.usable(&current).cloned() {
+        // The mapped origin, if any, and whether it is still usable (read
+        // before anything changes, so its id need not be copied).
+        let mapped = inner.streams.get(key).map(|s| inner.usable(&s.origin_id).cloned());
+        match mapped {
+            Some(Some(origin)) => {
                 inner.touch(key, now + ttl);
                 return Ok(Claim::Origin(origin, ClaimOutcome::Hit));
             }
-            outcome = ClaimOutcome::Failover;
-            inner.unmap(key);
+            Some(None) => {
+                outcome = ClaimOutcome::Failover;
+                inner.unmap(key);
+            }
+            None => {}
         }
         let Some(id) = inner.choose(policy, key, protocol, salt) else {
             return Ok(Claim::NoOrigin);
