@@ -99,7 +99,7 @@
 /// Every allocation of the proxy (and of the tests and benches that link
 /// it, so their memory figures are the binary's): mimalloc costs fewer
 /// instructions per allocation than glibc's malloc on the per-request
-/// path, and keeps a player's memory as flat.
+/// path; a player's memory stays within the same bounds (`tests/memory.rs`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
