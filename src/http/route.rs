@@ -71,7 +71,7 @@ async fn route_in_span(state: &HttpState, req: Request<Incoming>, peer: SocketAd
             )),
         )
     } else {
-        match classify(&path) {
+        match classify(path) {
             Some(kind) => (kind.as_str(), stream(state, kind, &req, peer).await),
             None => (
                 "static",
