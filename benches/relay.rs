@@ -14,7 +14,10 @@
 //!   the process under test (the proxy also with `relay_splice` off);
 //! * m3u8 and 500 KB segments at 1 and 64 connections: requests/s and the
 //!   p50 latency added over direct, also for a bare keep-alive relay on
-//!   the proxy's runtime (the floor: see `relay/bare.rs`);
+//!   the proxy's runtime (the floor: see `relay/bare.rs`), and for the
+//!   proxy binary `BENCH_PROXY_BEFORE` names. The targets take turns in
+//!   six rounds of half a second each, and each round's p50 is also given
+//!   against nginx's in the same round;
 //! * user-space instructions per MB relayed and per m3u8 request
 //!   (callgrind), for this build and, when `BENCH_PROXY_BEFORE` names
 //!   another proxy binary, for that one;
@@ -131,28 +134,45 @@ async fn run(nofile: u64) {
         let p = proxy();
         let n = nginx();
         let bare = bare::start(origin.addr);
+        let before = std::env::var_os("BENCH_PROXY_BEFORE")
+            .map(|b| process::proxy(Path::new(&b), origin.addr, &[], "srs-proxy before"));
+        // Direct first: the others are given as added over it.
+        let mut targets = vec![("direct", origin.addr), ("srs-proxy", p.addr)];
+        if let Some(b) = &before {
+            targets.push(("srs-proxy before", b.addr));
+        }
+        if let Some(n) = &n {
+            targets.push(("nginx", n.addr));
+        }
+        targets.push(("bare tokio relay", bare.addr));
         for (what, path) in [("m3u8", "/live/hls.m3u8"), ("500 KB segment", "/live/hls-100.ts")] {
             for conns in [1, 64] {
-                let (direct_rps, direct_p50) = hls(origin.addr, path, conns).await;
-                let (rps, ours) = hls(p.addr, path, conns).await;
+                let m = hls(&targets, path, conns).await;
+                let direct = m[0].p50;
                 let mut line = format!(
-                    "{what}, {conns:>2} conn: direct {direct_rps:.0} req/s p50 {:.0} us; srs-proxy {rps:.0} req/s, p50 +{:.0} us",
-                    micros(direct_p50),
-                    micros(ours.saturating_sub(direct_p50))
+                    "{what}, {conns:>2} conn: direct {:.0} req/s p50 {:.0} us",
+                    m[0].rps,
+                    micros(direct)
                 );
-                if let Some(n) = &n {
-                    let (rps, theirs) = hls(n.addr, path, conns).await;
+                for t in &m[1..] {
                     line += &format!(
-                        "; nginx {rps:.0} req/s, p50 +{:.0} us",
-                        micros(theirs.saturating_sub(direct_p50))
+                        "; {} {:.0} req/s, p50 +{:.0} us",
+                        t.name,
+                        t.rps,
+                        micros(t.p50.saturating_sub(direct))
                     );
                 }
-                let (rps, floor) = hls(bare.addr, path, conns).await;
-                line += &format!(
-                    "; bare tokio relay {rps:.0} req/s, p50 +{:.0} us",
-                    micros(floor.saturating_sub(direct_p50))
-                );
                 println!("{line}");
+                // Each round's p50s were taken a moment apart: their
+                // differences show what the machine's drift hides.
+                if let Some(nginx) = m.iter().find(|t| t.name == "nginx") {
+                    let mut line = format!("{what}, {conns:>2} conn: p50 minus nginx's, per round (median, range):");
+                    for t in m[1..].iter().filter(|t| t.name != "nginx") {
+                        let (median, lo, hi) = spread(&t.rounds, &nginx.rounds);
+                        line += &format!(" {} {median:+.0} us ({lo:+.0} to {hi:+.0});", t.name);
+                    }
+                    println!("{}", line.trim_end_matches(';'));
+                }
             }
         }
     }
@@ -275,13 +295,58 @@ async fn bulk(addr: std::net::SocketAddr, target: Option<&Target>, k: usize) -> 
     (mb / (t1 - t0).as_secs_f64(), mb / (c1 - c0).max(1e-9))
 }
 
-/// Requests/s and p50 latency for `path` over `conns` connections.
-async fn hls(addr: std::net::SocketAddr, path: &str, conns: usize) -> (f64, Duration) {
-    // Maps the stream (the proxy places it on the playlist's claim).
-    let _ = requests(addr, "/live/hls.m3u8", 1, Duration::from_millis(100)).await;
-    let seconds = 3;
-    let mut times = requests(addr, path, conns, Duration::from_secs(seconds)).await;
-    (times.len() as f64 / seconds as f64, p50(&mut times))
+/// Rounds of the HLS measurement; each target is measured for one slice
+/// per round, in an order that turns with the round.
+const HLS_ROUNDS: usize = 6;
+const HLS_SLICE: Duration = Duration::from_millis(500);
+
+/// One target's HLS figures.
+struct HlsFigures {
+    name: &'static str,
+    rps: f64,
+    /// Over every round's requests.
+    p50: Duration,
+    /// Each round's own.
+    rounds: Vec<Duration>,
+}
+
+/// Requests/s and p50 latency for `path` over `conns` connections, for
+/// each target. The targets take turns in short slices rather than one
+/// long run each, so a change in the machine's load while they run
+/// weighs on all of them alike.
+async fn hls(targets: &[(&'static str, std::net::SocketAddr)], path: &str, conns: usize) -> Vec<HlsFigures> {
+    for (_, addr) in targets {
+        // Maps the stream (the proxy places it on the playlist's claim).
+        let _ = requests(*addr, "/live/hls.m3u8", 1, Duration::from_millis(100)).await;
+    }
+    let mut all: Vec<Vec<Duration>> = vec![Vec::new(); targets.len()];
+    let mut rounds: Vec<Vec<Duration>> = vec![Vec::new(); targets.len()];
+    for round in 0..HLS_ROUNDS {
+        for i in 0..targets.len() {
+            let t = (i + round) % targets.len();
+            let mut times = requests(targets[t].1, path, conns, HLS_SLICE).await;
+            rounds[t].push(p50(&mut times));
+            all[t].extend(times);
+        }
+    }
+    let seconds = (HLS_SLICE * HLS_ROUNDS as u32).as_secs_f64();
+    targets
+        .iter()
+        .zip(all.iter_mut().zip(rounds))
+        .map(|(&(name, _), (times, rounds))| HlsFigures {
+            name,
+            rps: times.len() as f64 / seconds,
+            p50: p50(times),
+            rounds,
+        })
+        .collect()
+}
+
+/// The median, least and greatest of `ours[i] - theirs[i]`, in µs.
+fn spread(ours: &[Duration], theirs: &[Duration]) -> (f64, f64, f64) {
+    let mut d: Vec<f64> = ours.iter().zip(theirs).map(|(a, b)| micros(*a) - micros(*b)).collect();
+    d.sort_by(f64::total_cmp);
+    (d[d.len() / 2], d[0], d[d.len() - 1])
 }
 
 /// User-space instructions per MB relayed by one bulk viewer and per

@@ -125,6 +125,11 @@ pub fn proxy_with(
             .env("PROXY_HTTP_SERVER", addr.to_string())
             .env("PROXY_RTMP_SERVER", free_port().to_string())
             .env("PROXY_SYSTEM_API", free_port().to_string())
+            // Every listener on a port of its own, so that two proxies
+            // (this build and another) can run side by side.
+            .env("PROXY_HTTP_API", free_port().to_string())
+            .env("PROXY_WEBRTC_SERVER", free_port().to_string())
+            .env("PROXY_SRT_SERVER", free_port().to_string())
             .env("PROXY_DEFAULT_BACKEND_ENABLED", "on")
             .env("PROXY_DEFAULT_BACKEND_IP", "127.0.0.1")
             .env("PROXY_DEFAULT_BACKEND_HTTP", origin.port().to_string())
