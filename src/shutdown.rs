@@ -74,6 +74,11 @@ impl Shutdown {
     pub fn abort_watch(&self) -> CancelWatch {
         CancelWatch::new(self.abort.clone())
     }
+
+    /// A cheap watch on the drain, for loops that poll it on every wake.
+    pub fn drain_watch(&self) -> CancelWatch {
+        CancelWatch::new(self.drain.clone())
+    }
 }
 
 /// Watches a token from inside a hot poll loop.

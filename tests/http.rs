@@ -520,6 +520,49 @@ async fn versions_is_the_readiness_probe_and_sigterm_drains() {
 }
 
 #[tokio::test]
+async fn draining_closes_an_idle_keep_alive_connection_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (proxy, _origins) = proxy_with_origins(&["origin-a"]).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    tcp.write_all(b"GET /api/v1/versions HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The whole answer, head and `Content-Length` body.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the answer was whole");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a Content-Length");
+            if got.len() >= end + 4 + length {
+                assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+                break;
+            }
+        }
+    }
+    // Kept alive and idle: the drain closes it, without the abort (which
+    // only a signal to the lifecycle or the end of the test brings).
+    proxy.ctx.shutdown.start_drain();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection is closed when draining starts")
+        .unwrap();
+    assert!(rest.is_empty(), "nothing more is written: {rest:?}");
+    assert!(!proxy.ctx.shutdown.is_aborted());
+}
+
+#[tokio::test]
 async fn static_files_cannot_escape_their_directory() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("www");

@@ -24,13 +24,14 @@
 //! reason.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use futures_util::future::BoxFuture;
-use tokio::sync::Notify;
 
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -212,22 +213,34 @@ where
             }
         });
         let mut conn = builder(&self.ctx.config).serve_connection(TokioIo::new(tcp), svc);
+        // Polled on every wake of the connection: an atomic load each,
+        // not a lock.
+        let mut drain = self.ctx.shutdown.drain_watch();
         let mut draining = false;
-        let result = loop {
-            tokio::select! {
-                r = &mut conn => break r,
-                _ = handover.ready.notified() => {
-                    let Some((detached, head)) = handover.take() else { continue };
-                    let tcp = conn.into_parts().io.into_inner();
-                    detached(tcp, head).await;
-                    return;
-                }
-                _ = self.ctx.shutdown.draining(), if !draining => {
-                    // Finish the response in flight, take no new request;
-                    // the listener cuts the connection at abort.
-                    draining = true;
-                    std::pin::Pin::new(&mut conn).graceful_shutdown();
-                }
+        let ended = poll_fn(|cx| {
+            if !draining && drain.poll_cancelled(cx) {
+                // Finish the response in flight, take no new request;
+                // the listener cuts the connection at abort.
+                draining = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+            match Pin::new(&mut conn).poll(cx) {
+                Poll::Ready(r) => Poll::Ready(Ended::Served(r)),
+                // The handler runs inside that poll: a detached response
+                // is in the slot as soon as hyper has nothing else to do.
+                Poll::Pending => match handover.take() {
+                    Some(detached) => Poll::Ready(Ended::Detached(detached)),
+                    None => Poll::Pending,
+                },
+            }
+        })
+        .await;
+        let result = match ended {
+            Ended::Served(r) => r,
+            Ended::Detached((detached, head)) => {
+                let tcp = conn.into_parts().io.into_inner();
+                detached(tcp, head).await;
+                return;
             }
         };
         match result {
@@ -285,13 +298,17 @@ impl Detach {
 #[derive(Default)]
 struct Handover {
     slot: Mutex<Option<(Detached, http::response::Parts)>>,
-    ready: Notify,
+}
+
+/// How a connection left hyper.
+enum Ended {
+    Served(hyper::Result<()>),
+    Detached((Detached, http::response::Parts)),
 }
 
 impl Handover {
     fn put(&self, detached: Detached, head: http::response::Parts) {
         *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((detached, head));
-        self.ready.notify_one();
     }
 
     fn take(&self) -> Option<(Detached, http::response::Parts)> {
