@@ -32,7 +32,8 @@
 //! `BENCH_ONLY=viewers,bulk,hls,callgrind,claims,edge,edge_hls` runs a
 //! subset; `BENCH_EDGE_VIEWERS` and `BENCH_EDGE_HLS_VIEWERS` set the edge
 //! viewer counts; `BENCH_CALLGRIND_OUT=dir` keeps the callgrind profiles
-//! there. The open file limit is raised to its hard limit at start (5,000 viewers need
+//! there; `BENCH_PROXY_LOG` sets the proxies' `RUST_LOG` (default `error`,
+//! so that no log line is written while measuring). The open file limit is raised to its hard limit at start (5,000 viewers need
 //! about 10,000 descriptors here and as many in the proxy).
 
 #[path = "../tests/support/mod.rs"]

@@ -137,7 +137,10 @@ pub fn proxy_with(
             .env("PROXY_HTTP_MAX_CONNECTIONS", "0")
             .env("PROXY_GRACE_QUIT_TIMEOUT", "1s")
             .env("PROXY_FORCE_QUIT_TIMEOUT", "2s")
-            .env("RUST_LOG", "error")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_PROXY_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .envs(settings.iter().copied());
         cmd
     })
