@@ -53,13 +53,14 @@
 //!
 //! # An HTTP-FLV play, file by file
 //!
-//! `listener.rs` accepts the connection (cap, drain) → `http/serve.rs`
-//! runs HTTP/1.1 on it → `http/route.rs` classifies `GET /live/s.flv` and
+//! `listener.rs` accepts the connection (cap, drain) → `http/plain.rs`
+//! reads the plain `GET` (anything else goes to hyper in `http/serve.rs`)
+//! → `http/route.rs` classifies `GET /live/s.flv` and
 //! parses it into an `http/request.rs` `StreamRequest` (key from
 //! `stream_key.rs`) → `http/live.rs` claims the stream (`claim.rs` →
 //! `store/`, policy from `balance.rs`) → `http/passthrough.rs` sends the
-//! GET to the origin and reads its response head, takes the player's
-//! connection back from hyper (`Detach` in `http/serve.rs`) and moves the
+//! GET to the origin and reads its response head, is handed the player's
+//! connection (`Detach` in `http/serve.rs`) and moves the
 //! body through `http/pipe.rs` (splice), its chunked framing walked by
 //! `http/framing.rs`, until either side ends or the lease says the origin
 //! is gone. HEAD and HTTP/1.0 plays go through hyper in `http/forward.rs`.

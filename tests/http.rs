@@ -704,3 +704,145 @@ async fn over_the_connection_cap_players_get_503_and_open_streams_go_on() {
     .await;
     assert!(admitted.is_some(), "a new connection is admitted once the first closed");
 }
+
+/// One response off `tcp`: the head's text and the body by its
+/// `Content-Length` (none for a `HEAD`).
+async fn read_response(tcp: &mut tokio::net::TcpStream, pending: &mut Vec<u8>, head_only: bool) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            let length = if head_only { 0 } else { length };
+            if pending.len() >= end + 4 + length {
+                let body = pending[end + 4..end + 4 + length].to_vec();
+                pending.drain(..end + 4 + length);
+                return (head, body);
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before a whole response: {:?}",
+            String::from_utf8_lossy(pending)
+        );
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn pipelined_head_and_bodied_requests_share_one_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (proxy, _origins) = proxy_with_origins(&["origin-a"]).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    // Three requests in one write: answered in order, the HEAD without a
+    // body but with the length the GET gets.
+    tcp.write_all(
+        b"GET /live/p.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n\
+          HEAD /live/p.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /live/p-3.ts HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut pending = Vec::new();
+    let (head, playlist) = read_response(&mut tcp, &mut pending, false).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("\r\ndate: ") && head.contains("\r\nserver: "), "{head}");
+    assert!(String::from_utf8_lossy(&playlist).contains("#EXTM3U"));
+    let (head, body) = read_response(&mut tcp, &mut pending, true).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(body.is_empty());
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-length: {}", playlist.len())),
+        "{head}"
+    );
+    let (head, segment) = read_response(&mut tcp, &mut pending, false).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(segment, segment_body("/live/p-3.ts"));
+
+    // A request with a body is served too (here refused: streams are GET
+    // or HEAD), and the connection goes on serving.
+    tcp.write_all(b"POST /live/p.flv HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut tcp, &mut pending, false).await;
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("POST"), "{body:?}");
+    tcp.write_all(b"GET /live/p.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut tcp, &mut pending, false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // `Connection: close` is answered in kind, then the connection closes.
+    let mut tcp = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    tcp.write_all(b"GET /live/p.m3u8 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    let (head, _) = read_response(&mut tcp, &mut pending, false).await;
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest))
+        .await
+        .expect("closed after the answer")
+        .unwrap();
+    assert!(rest.is_empty() && pending.is_empty());
+}
+
+#[tokio::test]
+async fn http_1_0_players_get_http_1_0_answers() {
+    use tokio::io::AsyncWriteExt;
+    let (proxy, _origins) = proxy_with_origins(&["origin-a"]).await;
+    // A live stream of unknown length: no chunked framing for HTTP/1.0;
+    // the body ends when the connection does.
+    let mut tcp = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    tcp.write_all(b"GET /live/end-a.flv HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut reply),
+    )
+    .await
+    .expect("closed once the origin's stream ended")
+    .unwrap();
+    let end = reply.windows(4).position(|w| w == b"\r\n\r\n").expect("a whole head");
+    let head = String::from_utf8_lossy(&reply[..end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.0 200 ok\r\n"), "{head}");
+    assert!(
+        !head.contains("\r\ntransfer-encoding:") && !head.contains("\r\ncontent-length:"),
+        "{head}"
+    );
+    let body = &reply[end + 4..];
+    assert!(body.len() > 13, "FLV header and tags: {} bytes", body.len());
+    assert_eq!(
+        body,
+        expected_prefix("flv", "end-a", body.len()),
+        "the origin's bytes, unframed"
+    );
+
+    // Keep-alive asked for is kept, and said so.
+    let mut tcp = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        tcp.write_all(b"GET /live/q.m3u8 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read_response(&mut tcp, &mut pending, false).await;
+        assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head}");
+        assert!(head.contains("\r\nconnection: keep-alive"), "{head}");
+        assert!(String::from_utf8_lossy(&body).contains("#EXTM3U"));
+    }
+}

@@ -69,9 +69,12 @@ const ADDED_HEADERS: usize = 5;
 /// Parses a response head from the start of `buf`; `Ok(None)` while it is
 /// incomplete.
 pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FramingError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
+    // Left uninitialised: httparse writes the slots it fills, and setting
+    // a hundred of them on every response costs more than the parse.
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => return Err(FramingError::HeadTooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),

@@ -3,8 +3,10 @@
 //!
 //! The request path of the streaming server, in file order:
 //!
-//! * [`serve`] — one HTTP/1.1 connection: header limits, drain, refusal
-//!   when the listener is full (shared with the system API);
+//! * [`plain`] — the streaming listener's connections: plain `GET`/`HEAD`
+//!   requests read and answered on the raw socket, the rest handed to
+//! * [`serve`] — one HTTP/1.1 connection through hyper: header limits,
+//!   drain, refusal when the listener is full (shared with the system API);
 //! * [`route`] — classifies a request by path and method, parses its
 //!   [`StreamKey`](crate::stream_key::StreamKey) into a
 //!   [`request::StreamRequest`], counts it;
@@ -31,6 +33,7 @@ pub mod hls_session;
 pub mod live;
 pub mod passthrough;
 pub mod pipe;
+pub mod plain;
 pub mod pool;
 pub mod request;
 pub mod route;

@@ -34,7 +34,6 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::HeaderMap;
 use http::response::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use prometheus::IntCounter;
 use rustix::net::RecvFlags;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
@@ -68,7 +67,7 @@ thread_local! {
 
 /// Whether a request can be answered by passing bytes through: a GET over
 /// HTTP/1.1 (HTTP/1.0 cannot take chunked framing; HEAD has no body).
-pub fn eligible(req: &Request<Incoming>) -> bool {
+pub fn eligible(req: &Request<()>) -> bool {
     req.method() == Method::GET && req.version() == Version::HTTP_11
 }
 

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 
 use http::Request;
-use hyper::body::Incoming;
 use prometheus::IntCounter;
 
 use super::edge::Edge;
@@ -79,8 +78,9 @@ pub struct HttpState {
 
 /// A stream request, parsed once for every handler.
 pub struct StreamRequest<'a> {
-    /// The client's request: method, headers, query.
-    pub req: &'a Request<Incoming>,
+    /// The client's request: method, headers, query (streams have no
+    /// request body).
+    pub req: &'a Request<()>,
     /// The stream the path names.
     pub key: StreamKey,
     /// What the origin is asked for: the key's path, never the raw one, so

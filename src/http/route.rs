@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use super::edge::Edge;
 use super::hls_session::HlsSessions;
+use super::plain::PlainServer;
 use super::pool::KeepAlive;
 use super::request::{classify, HttpState, StreamKind, StreamRequest};
 use super::serve::HttpServer;
@@ -43,7 +44,13 @@ pub async fn run(listener: TcpListener, ctx: Context, edge: Edge) {
         hls_bytes_out: ctx.metrics.bytes_relayed_total.with_label_values(&["hls", "out"]),
         ctx: ctx.clone(),
     });
-    let server = HttpServer::new(ctx.clone(), LISTENER_NAME, move |req, peer| {
+    let for_hyper = state.clone();
+    let hyper = HttpServer::new(ctx.clone(), LISTENER_NAME, move |req: Request<Incoming>, peer| {
+        let state = for_hyper.clone();
+        // No stream request has a body: hyper reads past one, if sent.
+        async move { route(&state, req.map(|_| ()), peer).await }
+    });
+    let server = PlainServer::new(hyper, move |req, peer| {
         let state = state.clone();
         async move { route(&state, req, peer).await }
     });
@@ -51,12 +58,12 @@ pub async fn run(listener: TcpListener, ctx: Context, edge: Edge) {
 }
 
 /// Classifies a request and answers it; counts it by route and status.
-async fn route(state: &HttpState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn route(state: &HttpState, req: Request<()>, peer: SocketAddr) -> Response<Body> {
     let span = super::request_span(&req);
     route_in_span(state, req, peer).instrument(span).await
 }
 
-async fn route_in_span(state: &HttpState, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn route_in_span(state: &HttpState, req: Request<()>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path();
     let (class, result) = if path == versions::PATH {
         ("versions", Ok(versions::versions(&state.ctx).await))
@@ -86,7 +93,7 @@ async fn route_in_span(state: &HttpState, req: Request<Incoming>, peer: SocketAd
 async fn stream(
     state: &HttpState,
     kind: StreamKind,
-    req: &Request<Incoming>,
+    req: &Request<()>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, HttpError> {
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());

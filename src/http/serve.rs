@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
+use bytes::{Buf, Bytes};
 use futures_util::future::BoxFuture;
 
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
@@ -38,6 +39,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::{full, server_header, Body};
@@ -72,13 +74,18 @@ where
         }
     }
 
+    /// The context it serves with.
+    pub(crate) fn context(&self) -> &Context {
+        &self.ctx
+    }
+
     /// Refusals in the JSON shape of an API's other errors.
     pub fn json_errors(mut self) -> Self {
         self.json = true;
         self
     }
 
-    fn refused(&self, reason: &str) {
+    pub(crate) fn refused(&self, reason: &str) {
         self.ctx
             .metrics
             .listener_refused_total
@@ -88,7 +95,7 @@ where
 
     /// The answer to a request the limits refuse (see [`check_request`]),
     /// counted and logged; `None` lets it through to the handler.
-    fn refusal<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
+    pub(crate) fn refusal<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
         let (status, reason, metric) = check_request(&self.ctx.config, req)?;
         self.refused(metric);
         tracing::info!(status = status.as_u16(), %reason, "request refused");
@@ -184,11 +191,40 @@ where
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     async fn serve(&self, tcp: TcpStream, peer: SocketAddr) {
+        self.serve_from(tcp, peer, Bytes::new(), false).await
+    }
+
+    async fn refuse(&self, tcp: TcpStream, _peer: SocketAddr) {
+        let svc = service_fn(|_req| async {
+            let mut resp = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server is at its connection limit; retry later",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Ok::<_, Infallible>(resp)
+        });
+        let _ = builder(&self.ctx.config)
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(tcp), svc)
+            .await;
+    }
+}
+
+impl<A, F> HttpServer<A>
+where
+    A: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    /// Serves the rest of a connection through hyper: `read` holds bytes
+    /// already read from it (a request head another server looked at),
+    /// `served` whether a request was answered on it before.
+    pub(crate) async fn serve_from(&self, tcp: TcpStream, peer: SocketAddr, read: Bytes, served: bool) {
         let handover = Arc::new(Handover::default());
         let to_hand_over = handover.clone();
         // A header timeout before any request is a slowloris; after one,
         // an idle keep-alive connection closing as it should.
-        let served = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicBool::new(served));
         // Shared by the connection's requests: a clone per request would
         // copy the whole context (every metric handle).
         let this = Arc::new(self.clone());
@@ -212,7 +248,7 @@ where
                 }
             }
         });
-        let mut conn = builder(&self.ctx.config).serve_connection(TokioIo::new(tcp), svc);
+        let mut conn = builder(&self.ctx.config).serve_connection(TokioIo::new(Prefixed::new(read, tcp)), svc);
         // Polled on every wake of the connection: an atomic load each,
         // not a lock.
         let mut drain = self.ctx.shutdown.drain_watch();
@@ -238,7 +274,7 @@ where
         let result = match ended {
             Ended::Served(r) => r,
             Ended::Detached((detached, head)) => {
-                let tcp = conn.into_parts().io.into_inner();
+                let tcp = conn.into_parts().io.into_inner().tcp;
                 detached(tcp, head).await;
                 return;
             }
@@ -256,22 +292,6 @@ where
             Ok(()) => {}
         }
     }
-
-    async fn refuse(&self, tcp: TcpStream, _peer: SocketAddr) {
-        let svc = service_fn(|_req| async {
-            let mut resp = plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server is at its connection limit; retry later",
-            );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            Ok::<_, Infallible>(resp)
-        });
-        let _ = builder(&self.ctx.config)
-            .keep_alive(false)
-            .serve_connection(TokioIo::new(tcp), svc)
-            .await;
-    }
 }
 
 /// Writes a whole response, head included, on the raw connection.
@@ -288,7 +308,7 @@ impl Detach {
         Self(Arc::new(Mutex::new(Some(Box::new(f)))))
     }
 
-    fn take(&self) -> Option<Detached> {
+    pub(crate) fn take(&self) -> Option<Detached> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
@@ -313,6 +333,65 @@ impl Handover {
 
     fn take(&self) -> Option<(Detached, http::response::Parts)> {
         self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// A connection whose first bytes were already read: they are read
+/// again before the socket's.
+pub(crate) struct Prefixed {
+    read: Bytes,
+    pub(crate) tcp: TcpStream,
+}
+
+impl Prefixed {
+    pub(crate) fn new(read: Bytes, tcp: TcpStream) -> Self {
+        Self { read, tcp }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.read.is_empty() {
+            return Pin::new(&mut self.tcp).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read[..n]);
+        self.read.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 }
 

@@ -1,0 +1,610 @@
+//! The streaming listener's connections: plain `GET` and `HEAD` requests
+//! are read, answered and written here, on the raw socket; anything else
+//! goes to hyper ([`HttpServer`]) with the bytes already read.
+//!
+//! Nearly every request a player sends is plain: a playlist reload, a
+//! segment, a live stream. Serving them without hyper's connection
+//! machinery roughly halves the work around each one (hyper's dispatcher,
+//! its boxed service future, encoder and buffers), which is what a short
+//! HLS request costs most at one connection.
+//!
+//! # What is plain
+//!
+//! A complete head within `http_max_header_bytes` that `httparse` accepts,
+//! with at most [`SLOTS`] fields, method `GET` or `HEAD`, HTTP/1.0 or
+//! HTTP/1.1, an origin-form target, and no body (no `Transfer-Encoding`, no
+//! `Content-Length` other than 0), no `Expect` and no `Upgrade`. Every
+//! other request, including every malformed or oversized one, is handed to
+//! hyper as it arrived, which answers it as it answers any request on the
+//! system API (400, 431, 405 …), so the refusals stay the same.
+//!
+//! # Answers
+//!
+//! The limits of [`check_request`](super::serve::check_request) apply
+//! before any handler, as on hyper's path. A response is written the way
+//! hyper writes it: HTTP/1.0 answered in HTTP/1.0, a known length as
+//! `Content-Length`, an unknown one chunked (HTTP/1.1) or ended by closing
+//! (HTTP/1.0), no body for `HEAD`, 204 and 304, a `Date`, and
+//! `Connection: close`/`keep-alive` where the connection's fate differs
+//! from the version's default. A response carrying a
+//! [`Detach`](super::serve::Detach) gets the socket itself.
+//!
+//! # Connection
+//!
+//! Each head must arrive within `http_header_timeout`; before the first
+//! request that is a slowloris (refused, counted), after it an idle
+//! keep-alive connection closing. When draining starts, an idle connection
+//! closes at once and a request in flight is answered with
+//! `Connection: close`. A body that fails midway cuts the connection.
+
+use std::future::{poll_fn, Future};
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::Poll;
+
+use bytes::{Buf, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::serve::{Detach, HttpServer};
+use super::Body;
+use crate::listener::Handler;
+
+/// Header fields parsed on this path; a head with more goes to hyper
+/// (hyper's own array holds as many).
+pub const SLOTS: usize = 100;
+/// What one read of a request head may take.
+const READ_SIZE: usize = 4096;
+/// Most body bytes written together with the head in one write.
+const WITH_HEAD: usize = 16 * 1024;
+
+/// What the bytes read so far hold.
+// Returned once per request and taken apart at once: boxing the request
+// would cost an allocation each time for nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Parsed {
+    /// Not a whole head yet.
+    Incomplete,
+    /// A plain request, its head `len` bytes long.
+    Plain {
+        req: Request<()>,
+        len: usize,
+        /// The connection stays open after the answer, by the request's
+        /// version and `Connection` field.
+        keep_alive: bool,
+    },
+    /// Anything else: for hyper.
+    Other,
+}
+
+/// Parses the request head at the start of `buf`.
+pub fn parse_request(buf: &[u8]) -> Parsed {
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; SLOTS];
+    let mut head = httparse::Request::new(&mut []);
+    let len = match head.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Incomplete,
+        Err(_) => return Parsed::Other,
+    };
+    let method = match head.method {
+        Some("GET") => Method::GET,
+        Some("HEAD") => Method::HEAD,
+        _ => return Parsed::Other,
+    };
+    let version = match head.version {
+        Some(1) => Version::HTTP_11,
+        Some(0) => Version::HTTP_10,
+        _ => return Parsed::Other,
+    };
+    let Some(path) = head.path.filter(|p| p.starts_with('/')) else {
+        return Parsed::Other;
+    };
+    let Ok(uri) = Uri::try_from(path) else {
+        return Parsed::Other;
+    };
+    let mut headers = HeaderMap::with_capacity(head.headers.len());
+    let (mut close, mut keep) = (false, false);
+    for field in head.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(field.name.as_bytes()),
+            HeaderValue::from_bytes(field.value),
+        ) else {
+            return Parsed::Other;
+        };
+        if name == header::TRANSFER_ENCODING || name == header::EXPECT || name == header::UPGRADE {
+            return Parsed::Other;
+        }
+        if name == header::CONTENT_LENGTH && value.as_bytes().trim_ascii() != b"0" {
+            return Parsed::Other;
+        }
+        if name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        headers.append(name, value);
+    }
+    let keep_alive = !close && (version == Version::HTTP_11 || keep);
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    Parsed::Plain { req, len, keep_alive }
+}
+
+/// How a response body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// None is written (`HEAD`, 204, 304).
+    None,
+    /// `Content-Length` bytes.
+    Length,
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the connection closes (HTTP/1.0, length unknown).
+    Close,
+}
+
+/// The head of `parts` as it goes to a client that sent an HTTP `version`
+/// request (`head`: it was a `HEAD`), for a body of `length` bytes if
+/// known: the bytes, how the body follows, and whether the connection
+/// stays open after it (`keep_alive`: as far as the request and the drain
+/// go). The fields the framing needs are written after the handler's,
+/// straight into the bytes.
+pub fn encode_head(
+    parts: &http::response::Parts,
+    version: Version,
+    head: bool,
+    length: Option<u64>,
+    mut keep_alive: bool,
+) -> (Vec<u8>, Framing, bool) {
+    let status = parts.status;
+    let headers = &parts.headers;
+    let mut out = Vec::with_capacity(128 + headers.len() * 48);
+    match (version, status) {
+        (Version::HTTP_10, _) => out.extend_from_slice(b"HTTP/1.0 "),
+        (_, StatusCode::OK) => out.extend_from_slice(b"HTTP/1.1 200 OK\r\n"),
+        _ => out.extend_from_slice(b"HTTP/1.1 "),
+    }
+    if version == Version::HTTP_10 || status != StatusCode::OK {
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let (mut has_length, mut has_connection, mut has_date) = (false, false, false);
+    for (name, value) in headers.iter() {
+        if name == header::CONTENT_LENGTH {
+            has_length = true;
+        } else if name == header::CONNECTION {
+            has_connection = true;
+            keep_alive &= !value.as_bytes().eq_ignore_ascii_case(b"close");
+        } else if name == header::DATE {
+            has_date = true;
+        }
+        line(&mut out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = if bodiless {
+        Framing::None
+    } else if has_length || length.is_some() {
+        if let (false, Some(n)) = (has_length, length) {
+            line(&mut out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+        }
+        if head {
+            Framing::None
+        } else {
+            Framing::Length
+        }
+    } else if head {
+        Framing::None
+    } else if version == Version::HTTP_11 {
+        line(&mut out, b"transfer-encoding", b"chunked");
+        Framing::Chunked
+    } else {
+        keep_alive = false;
+        Framing::Close
+    };
+    if !has_connection {
+        if version == Version::HTTP_10 && keep_alive {
+            line(&mut out, b"connection", b"keep-alive");
+        } else if version == Version::HTTP_11 && !keep_alive {
+            line(&mut out, b"connection", b"close");
+        }
+    }
+    if !has_date {
+        DATE.with_borrow_mut(|date| line(&mut out, b"date", date.now()));
+    }
+    out.extend_from_slice(b"\r\n");
+    (out, framing, keep_alive)
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+thread_local! {
+    static DATE: std::cell::RefCell<Date> = const { std::cell::RefCell::new(Date { second: 0, text: [0; 29] }) };
+}
+
+/// The `Date` value, formatted once per second per thread.
+struct Date {
+    second: u64,
+    text: [u8; 29],
+}
+
+impl Date {
+    fn now(&mut self) -> &[u8] {
+        let now = std::time::SystemTime::now();
+        let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second {
+            // Always 29 bytes: "Sun, 06 Nov 1994 08:49:37 GMT".
+            let text = httpdate::fmt_http_date(now);
+            if let Ok(text) = <[u8; 29]>::try_from(text.as_bytes()) {
+                self.text = text;
+                self.second = second;
+            }
+        }
+        &self.text
+    }
+}
+
+/// Writes the response: head, then the body by its framing. `Err` when
+/// the client or the body failed midway (the connection is then cut).
+async fn write_response(
+    tcp: &mut TcpStream,
+    resp: Response<Body>,
+    version: Version,
+    head: bool,
+    keep_alive: bool,
+) -> std::io::Result<bool> {
+    let (parts, mut body) = resp.into_parts();
+    let length = body.size_hint().exact();
+    let (mut out, framing, keep_alive) = encode_head(&parts, version, head, length, keep_alive);
+    if framing == Framing::None {
+        tcp.write_all(&out).await?;
+        return Ok(keep_alive);
+    }
+    let mut head_sent = false;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(std::io::Error::other)?;
+        let Ok(data) = frame.into_data() else { continue };
+        if data.is_empty() {
+            continue;
+        }
+        if framing == Framing::Chunked {
+            let size = format!("{:x}\r\n", data.len());
+            if head_sent {
+                write_all_vectored(
+                    tcp,
+                    &mut [
+                        IoSlice::new(size.as_bytes()),
+                        IoSlice::new(&data),
+                        IoSlice::new(b"\r\n"),
+                    ],
+                )
+                .await?;
+            } else {
+                head_sent = true;
+                write_all_vectored(
+                    tcp,
+                    &mut [
+                        IoSlice::new(&out),
+                        IoSlice::new(size.as_bytes()),
+                        IoSlice::new(&data),
+                        IoSlice::new(b"\r\n"),
+                    ],
+                )
+                .await?;
+            }
+        } else if head_sent {
+            tcp.write_all(&data).await?;
+        } else {
+            head_sent = true;
+            if data.len() <= WITH_HEAD {
+                out.extend_from_slice(&data);
+                tcp.write_all(&out).await?;
+            } else {
+                write_all_vectored(tcp, &mut [IoSlice::new(&out), IoSlice::new(&data)]).await?;
+            }
+        }
+    }
+    if !head_sent {
+        tcp.write_all(&out).await?;
+    }
+    if framing == Framing::Chunked {
+        tcp.write_all(b"0\r\n\r\n").await?;
+    }
+    Ok(keep_alive)
+}
+
+/// Writes every byte of `bufs`, in as few system calls as the socket
+/// takes them.
+async fn write_all_vectored(tcp: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !bufs.is_empty() {
+        let n = tcp.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+/// The streaming listener's connection handler: plain requests here, the
+/// rest through `hyper`.
+#[derive(Clone)]
+pub struct PlainServer<A, P> {
+    hyper: HttpServer<A>,
+    answer: P,
+}
+
+impl<A, F, P, G> PlainServer<A, P>
+where
+    A: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+    P: Fn(Request<()>, SocketAddr) -> G + Clone + Send + Sync + 'static,
+    G: Future<Output = Response<Body>> + Send + 'static,
+{
+    /// `answer` answers plain requests, `hyper` serves the others.
+    pub fn new(hyper: HttpServer<A>, answer: P) -> Self {
+        Self { hyper, answer }
+    }
+}
+
+/// How waiting for a request head ended.
+enum Wait {
+    Read(std::io::Result<usize>),
+    Drained,
+    TimedOut,
+}
+
+impl<A, F, P, G> Handler for PlainServer<A, P>
+where
+    A: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+    P: Fn(Request<()>, SocketAddr) -> G + Clone + Send + Sync + 'static,
+    G: Future<Output = Response<Body>> + Send + 'static,
+{
+    async fn serve(&self, mut tcp: TcpStream, peer: SocketAddr) {
+        let ctx = self.hyper.context();
+        let (timeout, max_head) = (ctx.config.http_header_timeout, ctx.config.http_max_header_bytes);
+        let mut drain = ctx.shutdown.drain_watch();
+        let mut buf = BytesMut::new();
+        let mut served = false;
+        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            // The next request head, within the header timeout.
+            let mut deadline = None;
+            let parsed = loop {
+                if !buf.is_empty() {
+                    match parse_request(&buf) {
+                        Parsed::Incomplete if buf.len() < max_head => {}
+                        Parsed::Incomplete => break Parsed::Other,
+                        Parsed::Plain { len, .. } if len > max_head => break Parsed::Other,
+                        parsed => break parsed,
+                    }
+                }
+                if ctx.shutdown.is_draining() {
+                    return;
+                }
+                if buf.capacity() - buf.len() < READ_SIZE / 4 {
+                    buf.reserve(READ_SIZE);
+                }
+                let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
+                let wait = poll_fn(|cx| {
+                    if drain.poll_cancelled(cx) {
+                        return Poll::Ready(Wait::Drained);
+                    }
+                    if let Poll::Ready(r) = tokio_util::io::poll_read_buf(Pin::new(&mut tcp), cx, &mut buf) {
+                        return Poll::Ready(Wait::Read(r));
+                    }
+                    // A timer only once the client makes us wait.
+                    let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+                    if sleep.deadline() != until {
+                        sleep.as_mut().reset(until);
+                    }
+                    match sleep.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Wait::TimedOut),
+                        Poll::Pending => Poll::Pending,
+                    }
+                })
+                .await;
+                match wait {
+                    Wait::Read(Ok(0)) => return,
+                    Wait::Read(Ok(_)) => {}
+                    Wait::Read(Err(e)) => {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                        return;
+                    }
+                    Wait::Drained => return,
+                    Wait::TimedOut if served => return,
+                    Wait::TimedOut => {
+                        self.hyper.refused("header_timeout");
+                        tracing::info!("no request head within the header timeout; closed");
+                        return;
+                    }
+                }
+            };
+            let (req, len, keep_alive) = match parsed {
+                Parsed::Plain { req, len, keep_alive } => (req, len, keep_alive),
+                Parsed::Incomplete | Parsed::Other => {
+                    Box::pin(self.hyper.serve_from(tcp, peer, buf.freeze(), served)).await;
+                    return;
+                }
+            };
+            served = true;
+            buf.advance(len);
+            let (version, head) = (req.version(), req.method() == Method::HEAD);
+            let resp = match self.hyper.refusal(&req) {
+                Some(refusal) => refusal,
+                // Boxed: the handler's future is large (the deepest stream
+                // path), and inline it would stay part of this task's
+                // allocation for as long as a live relay runs.
+                None => Box::pin((self.answer)(req, peer)).await,
+            };
+            if let Some(detached) = resp.extensions().get::<Detach>().and_then(Detach::take) {
+                // A live relay holds the connection from here on: nothing
+                // of the request's reading stays allocated meanwhile.
+                drop((buf, timer, drain));
+                detached(tcp, resp.into_parts().0).await;
+                return;
+            }
+            let keep_alive = keep_alive && !ctx.shutdown.is_draining();
+            match write_response(&mut tcp, resp, version, head, keep_alive).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = tcp.shutdown().await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "response cut short; connection closed");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn refuse(&self, tcp: TcpStream, peer: SocketAddr) {
+        self.hyper.refuse(tcp, peer).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain(head: &str) -> (Request<()>, usize, bool) {
+        match parse_request(head.as_bytes()) {
+            Parsed::Plain { req, len, keep_alive } => (req, len, keep_alive),
+            other => panic!("{head:?}: {other:?}"),
+        }
+    }
+
+    fn is_other(head: &str) -> bool {
+        matches!(parse_request(head.as_bytes()), Parsed::Other)
+    }
+
+    #[test]
+    fn plain_requests_parse_with_their_fields() {
+        let text = "GET /live/a.m3u8?x=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nX-A: 2\r\n\r\nGET /next";
+        let (req, len, keep) = plain(text);
+        assert_eq!(len, text.find("GET /next").unwrap());
+        assert!(keep);
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.uri().path(), "/live/a.m3u8");
+        assert_eq!(req.uri().query(), Some("x=1"));
+        assert_eq!(req.headers()["host"], "h");
+        assert_eq!(req.headers().get_all("x-a").iter().count(), 2);
+        let (req, _, keep) = plain("HEAD /a.ts HTTP/1.0\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(
+            (req.method(), req.version(), keep),
+            (&Method::HEAD, Version::HTTP_10, false)
+        );
+    }
+
+    #[test]
+    fn connection_fields_decide_keep_alive() {
+        assert!(!plain("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").2);
+        assert!(!plain("GET / HTTP/1.1\r\nConnection: Upgrade-Not, CLOSE\r\n\r\n").2);
+        assert!(plain("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").2);
+        assert!(!plain("GET / HTTP/1.0\r\n\r\n").2);
+        assert!(!plain("GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n").2);
+    }
+
+    #[test]
+    fn anything_not_plain_goes_to_hyper() {
+        assert!(matches!(
+            parse_request(b"GET /a.flv HTTP/1.1\r\nHost"),
+            Parsed::Incomplete
+        ));
+        assert!(matches!(parse_request(b""), Parsed::Incomplete));
+        assert!(is_other("POST /a HTTP/1.1\r\nHost: h\r\n\r\n"));
+        assert!(is_other("OPTIONS /a HTTP/1.1\r\nHost: h\r\n\r\n"));
+        assert!(is_other("GET /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"));
+        assert!(is_other("GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        assert!(is_other("GET /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"));
+        assert!(is_other("GET /a HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"));
+        assert!(is_other("GET http://h/a HTTP/1.1\r\n\r\n"));
+        assert!(is_other("GET * HTTP/1.1\r\n\r\n"));
+        assert!(is_other("GET /a HTTP/2.0\r\n\r\n"));
+        assert!(is_other("GET /a\x01 HTTP/1.1\r\n\r\n"));
+        assert!(is_other("GET /a HTTP/1.1\r\nBad Name: v\r\n\r\n"));
+        let many: String = (0..=SLOTS).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert!(is_other(&format!("GET /a HTTP/1.1\r\n{many}\r\n")));
+    }
+
+    fn head_of(
+        status: u16,
+        headers: &[(&str, &str)],
+        version: Version,
+        head: bool,
+        length: Option<u64>,
+        keep: bool,
+    ) -> (String, Framing, bool) {
+        let mut b = Response::builder().status(status);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let (parts, ()) = b.body(()).unwrap().into_parts();
+        let (bytes, framing, keep) = encode_head(&parts, version, head, length, keep);
+        (String::from_utf8(bytes).unwrap(), framing, keep)
+    }
+
+    #[test]
+    fn responses_are_framed_as_hyper_frames_them() {
+        let (text, framing, keep) = head_of(200, &[("content-type", "x")], Version::HTTP_11, false, Some(5), true);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(
+            text.contains("content-length: 5\r\n") && text.contains("\r\ndate: "),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\n") && !text.contains("connection"), "{text}");
+        assert_eq!((framing, keep), (Framing::Length, true));
+
+        let (text, framing, keep) = head_of(200, &[], Version::HTTP_11, false, None, true);
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        assert_eq!((framing, keep), (Framing::Chunked, true));
+
+        let (text, framing, keep) = head_of(200, &[], Version::HTTP_10, false, None, true);
+        assert!(
+            text.starts_with("HTTP/1.0 200 OK\r\n") && !text.contains("keep-alive"),
+            "{text}"
+        );
+        assert_eq!((framing, keep), (Framing::Close, false));
+
+        let (text, framing, keep) = head_of(200, &[("content-length", "9")], Version::HTTP_10, false, None, true);
+        assert!(text.contains("connection: keep-alive\r\n"), "{text}");
+        assert_eq!((framing, keep), (Framing::Length, true));
+
+        let (text, framing, _) = head_of(200, &[], Version::HTTP_11, true, Some(7), true);
+        assert!(text.contains("content-length: 7\r\n"), "HEAD keeps the length: {text}");
+        assert_eq!(framing, Framing::None);
+
+        let (text, framing, keep) = head_of(404, &[], Version::HTTP_11, false, Some(3), false);
+        assert!(
+            text.starts_with("HTTP/1.1 404 Not Found\r\n") && text.contains("connection: close\r\n"),
+            "{text}"
+        );
+        assert_eq!((framing, keep), (Framing::Length, false));
+
+        let (_, framing, _) = head_of(304, &[], Version::HTTP_11, false, None, true);
+        assert_eq!(framing, Framing::None);
+
+        let (_, _, keep) = head_of(200, &[("connection", "close")], Version::HTTP_11, false, Some(1), true);
+        assert!(!keep, "the handler's Connection: close closes");
+    }
+}
