@@ -197,8 +197,12 @@ pub fn encode_head(
     let framing = if bodiless {
         Framing::None
     } else if has_length || length.is_some() {
+        // As hyper: a `HEAD` answer with an empty body says no length
+        // (the `GET` might have had one).
         if let (false, Some(n)) = (has_length, length) {
-            line(&mut out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+            if n > 0 || !head {
+                line(&mut out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+            }
         }
         if head {
             Framing::None
@@ -600,6 +604,15 @@ mod tests {
             "{text}"
         );
         assert_eq!((framing, keep), (Framing::Length, false));
+
+        let (text, framing, _) = head_of(200, &[], Version::HTTP_11, true, Some(0), true);
+        assert!(
+            !text.contains("content-length"),
+            "an empty HEAD body says no length: {text}"
+        );
+        assert_eq!(framing, Framing::None);
+        let (text, _, _) = head_of(200, &[], Version::HTTP_11, false, Some(0), true);
+        assert!(text.contains("content-length: 0\r\n"), "{text}");
 
         let (_, framing, _) = head_of(304, &[], Version::HTTP_11, false, None, true);
         assert_eq!(framing, Framing::None);
