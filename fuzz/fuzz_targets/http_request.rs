@@ -14,7 +14,13 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!matches!(parse_request(&data[..len - 1]), Parsed::Plain { .. }));
             }
             let (parts, ()) = http::Response::new(()).into_parts();
-            let (head, _, _) = encode_head(&parts, req.version(), req.method() == http::Method::HEAD, None, keep_alive);
+            let (head, _, _) = encode_head(
+                &parts,
+                req.version(),
+                req.method() == http::Method::HEAD,
+                None,
+                keep_alive,
+            );
             assert!(head.ends_with(b"\r\n\r\n"));
         }
         Parsed::Incomplete | Parsed::Other => {}
