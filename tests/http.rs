@@ -786,6 +786,14 @@ async fn pipelined_head_and_bodied_requests_share_one_connection() {
     let (head, _) = read_response(&mut tcp, &mut pending, false).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 
+    // A head longer than the first read (a big cookie) arrives in pieces.
+    let cookie = "c".repeat(6000);
+    tcp.write_all(format!("GET /live/p.m3u8 HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut tcp, &mut pending, false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
     // `Connection: close` is answered in kind, then the connection closes.
     let mut tcp = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
     tcp.write_all(b"GET /live/p.m3u8 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

@@ -59,8 +59,10 @@ use crate::listener::Handler;
 /// Header fields parsed on this path; a head with more goes to hyper
 /// (hyper's own array holds as many).
 pub const SLOTS: usize = 100;
-/// What one read of a request head may take.
-const READ_SIZE: usize = 4096;
+/// Room made for the first read of a request head (a player's is a few
+/// hundred bytes); it doubles while a longer head arrives. Kept small: an
+/// idle keep-alive connection holds it.
+const READ_SIZE: usize = 1024;
 /// Most body bytes written together with the head in one write.
 const WITH_HEAD: usize = 16 * 1024;
 
@@ -405,7 +407,7 @@ where
                     return;
                 }
                 if buf.capacity() - buf.len() < READ_SIZE / 4 {
-                    buf.reserve(READ_SIZE);
+                    buf.reserve(READ_SIZE.max(buf.len()));
                 }
                 let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
                 let wait = poll_fn(|cx| {
@@ -467,7 +469,8 @@ where
                 return;
             }
             let keep_alive = keep_alive && !ctx.shutdown.is_draining();
-            match write_response(&mut tcp, resp, version, head, keep_alive).await {
+            // Boxed for the same reason as the handler's future.
+            match Box::pin(write_response(&mut tcp, resp, version, head, keep_alive)).await {
                 Ok(true) => {}
                 Ok(false) => {
                     let _ = tcp.shutdown().await;
