@@ -5,6 +5,7 @@
 //!
 //! * [`plain`] — the streaming listener's connections: plain `GET`/`HEAD`
 //!   requests read and answered on the raw socket, the rest handed to
+//!   [`serve`];
 //! * [`serve`] — one HTTP/1.1 connection through hyper: header limits,
 //!   drain, refusal when the listener is full (shared with the system API);
 //! * [`route`] — classifies a request by path and method, parses its
