@@ -550,8 +550,11 @@ async fn draining_closes_an_idle_keep_alive_connection_at_once() {
             }
         }
     }
-    // Kept alive and idle: the drain closes it, without the abort (which
-    // only a signal to the lifecycle or the end of the test brings).
+    // Kept alive and idle: the drain closes it, without the abort. A live
+    // stream stays open through the drain until the abort (2 s of grace
+    // here), so the servers cannot all stop and bring the abort sooner.
+    let live = client::send(proxy.http, Method::GET, "/live/held.flv", &[], Bytes::new()).await;
+    assert_eq!(live.status(), StatusCode::OK);
     proxy.ctx.shutdown.start_drain();
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest))
@@ -559,7 +562,11 @@ async fn draining_closes_an_idle_keep_alive_connection_at_once() {
         .expect("the idle connection is closed when draining starts")
         .unwrap();
     assert!(rest.is_empty(), "nothing more is written: {rest:?}");
-    assert!(!proxy.ctx.shutdown.is_aborted());
+    assert!(
+        !proxy.ctx.shutdown.is_aborted(),
+        "closed by the drain, not only at the abort"
+    );
+    drop(live);
 }
 
 #[tokio::test]
