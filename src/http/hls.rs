@@ -15,7 +15,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::edge::hls_cache::{Answer, CacheKey, Fetched, Kind, Outcome};
@@ -167,7 +166,7 @@ async fn fetch_playlist(
 ) -> Result<Response<Body>, HttpError> {
     let ctx = &state.ctx;
     let wait = ctx.config.origin_response_timeout;
-    let Ok(Ok(_slot)) = tokio::time::timeout(wait, state.rewrites.acquire()).await else {
+    let Ok(Ok(_slot)) = super::timeout_if_pending(wait, state.rewrites.acquire()).await else {
         ctx.metrics
             .listener_refused_total
             .with_label_values(&[super::route::LISTENER_NAME, "hls_rewrites"])
@@ -197,7 +196,8 @@ async fn fetch_playlist(
             (handed.text, handed.store)
         }
     };
-    let rewritten = match hls::rewrite_playlist(body, &token_text, ctx.config.hls_max_playlist_uris) {
+    let max_uris = ctx.config.hls_max_playlist_uris;
+    let rewritten = match state.sessions.rewrite(&sr.key, &origin.id, &token_text, body, max_uris) {
         Ok(rewritten) => rewritten,
         Err(e) => {
             if let Token::New { outcome, .. } = token {
@@ -221,7 +221,7 @@ async fn fetch_playlist(
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
     headers.remove(header::ETAG);
     state.hls_bytes_out.inc_by(rewritten.len() as u64);
-    let mut resp = Response::new(full(Bytes::from(rewritten)));
+    let mut resp = Response::new(full(rewritten));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)

@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::HttpError;
 use crate::context::Context;
-use crate::hls;
+use crate::hls::{self, PlaylistError};
 use crate::origin::Origin;
 use crate::store::{Session, SessionKind};
 use crate::stream_key::StreamKey;
@@ -32,6 +33,15 @@ struct Handed {
     used: Instant,
     /// When the store last took its record.
     stored: Option<Instant>,
+    /// The last playlist rewritten to carry this token: every player of
+    /// the stream reloading the same playlist shares one rewrite.
+    last: Option<Rewritten>,
+}
+
+/// A playlist as the origin sent it and as rewritten for a token.
+struct Rewritten {
+    from: Bytes,
+    to: Bytes,
 }
 
 /// A token to put in a playlist.
@@ -100,6 +110,7 @@ impl HlsSessions {
             token: token.clone(),
             used: now,
             stored: None,
+            last: None,
         };
         tokens
             .entry(key.clone())
@@ -109,6 +120,58 @@ impl HlsSessions {
             text: token,
             store: true,
         }
+    }
+
+    /// `playlist` (from `origin_id`'s answer for `key`) with every URI
+    /// carrying `token`. When the last playlist rewritten for this stream,
+    /// origin and token had the same bytes, its rewrite is handed out
+    /// again (shared, not copied); a new rewrite is kept for the next
+    /// request while the token is this replica's.
+    pub fn rewrite(
+        &self,
+        key: &StreamKey,
+        origin_id: &str,
+        token: &str,
+        playlist: &Bytes,
+        max_uris: usize,
+    ) -> Result<Bytes, PlaylistError> {
+        if let Some(to) = self
+            .with_handed(key, origin_id, token, |handed| {
+                handed
+                    .last
+                    .as_ref()
+                    .filter(|last| last.from == playlist)
+                    .map(|last| last.to.clone())
+            })
+            .flatten()
+        {
+            return Ok(to);
+        }
+        let to = Bytes::from(hls::rewrite_playlist(playlist, token, max_uris)?);
+        self.with_handed(key, origin_id, token, |handed| {
+            handed.last = Some(Rewritten {
+                from: playlist.clone(),
+                to: to.clone(),
+            });
+        });
+        Ok(to)
+    }
+
+    /// Runs `f` on the entry of `key` on `origin_id` if it still hands out
+    /// `token`.
+    fn with_handed<T>(
+        &self,
+        key: &StreamKey,
+        origin_id: &str,
+        token: &str,
+        f: impl FnOnce(&mut Handed) -> T,
+    ) -> Option<T> {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens
+            .get_mut(key)
+            .and_then(|origins| origins.get_mut(origin_id))
+            .filter(|handed| &*handed.token == token)
+            .map(f)
     }
 
     /// Records `token` for `key` on `origin` in the store (or extends its
@@ -126,14 +189,7 @@ impl HlsSessions {
             ctx.store.put_session(SessionKind::Hls, token, session, self.ttl),
         )
         .await?;
-        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(handed) = tokens
-            .get_mut(key)
-            .and_then(|origins| origins.get_mut(&origin.id))
-            .filter(|handed| &*handed.token == token)
-        {
-            handed.stored = Some(at);
-        }
+        self.with_handed(key, &origin.id, token, |handed| handed.stored = Some(at));
         Ok(())
     }
 }
@@ -236,6 +292,48 @@ mod tests {
         assert!(!sessions.token_for(&key("a"), "o1").store);
         // Another stream's record does not count for this one.
         assert!(sessions.token_for(&key("b"), "o1").store);
+    }
+
+    /// Players of one stream reloading the same playlist share one
+    /// rewrite; a changed playlist, another token or a token no longer
+    /// handed out is rewritten anew.
+    #[tokio::test(start_paused = true)]
+    async fn the_same_playlist_is_rewritten_once_per_token() {
+        let sessions = HlsSessions::new(Duration::from_secs(10));
+        let first = Bytes::from_static(b"#EXTM3U\n#EXTINF:2,\na-1.ts\n");
+        let token = sessions.token_for(&key("a"), "o1").text;
+        let once = sessions.rewrite(&key("a"), "o1", &token, &first, 10).unwrap();
+        assert_eq!(once, format!("#EXTM3U\n#EXTINF:2,\na-1.ts?spbhid={token}\n"));
+        // The origin's answer arrives in a buffer of its own each time.
+        let again = sessions
+            .rewrite(&key("a"), "o1", &token, &Bytes::copy_from_slice(&first), 10)
+            .unwrap();
+        assert_eq!(again.as_ptr(), once.as_ptr(), "the same bytes: the rewrite is shared");
+        let next = Bytes::from_static(b"#EXTM3U\n#EXTINF:2,\na-2.ts\n");
+        let changed = sessions.rewrite(&key("a"), "o1", &token, &next, 10).unwrap();
+        assert_eq!(changed, format!("#EXTM3U\n#EXTINF:2,\na-2.ts?spbhid={token}\n"));
+        let other = sessions.rewrite(&key("a"), "o1", "other", &next, 10).unwrap();
+        assert_eq!(other, "#EXTM3U\n#EXTINF:2,\na-2.ts?spbhid=other\n");
+        assert_eq!(
+            sessions.rewrite(&key("a"), "o1", &token, &next, 10).unwrap().as_ptr(),
+            changed.as_ptr(),
+            "another token's rewrite does not replace this one's"
+        );
+        assert!(
+            sessions
+                .rewrite(&key("a"), "o1", &token, &Bytes::from_static(b"<html>"), 10)
+                .is_err(),
+            "a bad playlist is refused, not kept"
+        );
+        assert_eq!(
+            sessions.rewrite(&key("a"), "o1", &token, &next, 10).unwrap().as_ptr(),
+            changed.as_ptr()
+        );
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let replaced = sessions.token_for(&key("a"), "o1").text;
+        assert_ne!(replaced, token);
+        let fresh = sessions.rewrite(&key("a"), "o1", &replaced, &next, 10).unwrap();
+        assert_eq!(fresh, format!("#EXTM3U\n#EXTINF:2,\na-2.ts?spbhid={replaced}\n"));
     }
 
     #[tokio::test(start_paused = true)]
