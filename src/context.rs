@@ -6,6 +6,8 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use crate::balance::Policy;
 use crate::config::Config;
@@ -47,19 +49,13 @@ impl Context {
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let started = std::time::Instant::now();
-        let mut fut = std::pin::pin!(fut);
         // The memory store answers at once: no timer is set up for it.
-        // (Polled again below, a future that was not ready registers the
-        // task's waker then.)
-        let result = match futures_util::FutureExt::now_or_never(&mut fut) {
-            Some(r) => r,
-            None => match tokio::time::timeout(self.config.redis.timeout, fut).await {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::Unavailable(format!(
-                    "{op} timed out after {:?}",
-                    self.config.redis.timeout
-                ))),
-            },
+        let result = match timeout_if_pending(self.config.redis.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "{op} timed out after {:?}",
+                self.config.redis.timeout
+            ))),
         };
         let outcome = match &result {
             Ok(_) => "ok",
@@ -90,5 +86,45 @@ impl Context {
         self.store_op("ping", self.store.ping())
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+/// `tokio::time::timeout`, with the timer made only when `fut` is not
+/// ready at once: most waits on the request path (a memory-store operation, a
+/// free rewrite slot, a body that came with its head) end before they
+/// start, and a timer costs
+/// a clock read and a runtime handle each time. The wait counts from the
+/// first poll that finds `fut` pending.
+pub async fn timeout_if_pending<F: Future>(wait: Duration, fut: F) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        return Ok(out);
+    }
+    tokio::time::timeout(wait, fut).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ready at once: no timer (none could fire: time is paused and never
+    /// advanced); pending: the wait counts, and a late answer still wins
+    /// within it.
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_is_timed_only_once_the_future_waits() {
+        let wait = Duration::from_secs(5);
+        assert_eq!(timeout_if_pending(wait, async { 7 }).await.unwrap(), 7);
+        let start = tokio::time::Instant::now();
+        assert!(timeout_if_pending(wait, std::future::pending::<()>()).await.is_err());
+        assert_eq!(
+            start.elapsed(),
+            wait,
+            "a future that never ends times out after the wait"
+        );
+        let late = async {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            "late"
+        };
+        assert_eq!(timeout_if_pending(wait, late).await.unwrap(), "late");
     }
 }

@@ -254,7 +254,7 @@ impl Exchange {
             while body.buf.len() < n {
                 body.buf.reserve(n - body.buf.len());
                 let Some(tcp) = body.tcp.as_mut() else { break };
-                let read = super::timeout_if_pending(idle, tcp.read_buf(&mut body.buf)).await;
+                let read = crate::context::timeout_if_pending(idle, tcp.read_buf(&mut body.buf)).await;
                 match read.map_err(|_| stalled(idle))? {
                     Ok(0) => return Err(body_failed(ExchangeError::ClosedInBody)),
                     Ok(_) => {}
@@ -265,7 +265,7 @@ impl Exchange {
         let mut first: Option<Bytes> = None;
         let mut more = BytesMut::new();
         loop {
-            let next = super::timeout_if_pending(idle, poll_fn(|cx| body.poll_data(cx)))
+            let next = crate::context::timeout_if_pending(idle, poll_fn(|cx| body.poll_data(cx)))
                 .await
                 .map_err(|_| stalled(idle))?;
             let data = match next {

@@ -442,7 +442,7 @@ pub async fn bounded(
     limit: usize,
     wait: std::time::Duration,
 ) -> Result<(http::response::Parts, Bytes), HttpError> {
-    match super::timeout_if_pending(wait, whole).await {
+    match crate::context::timeout_if_pending(wait, whole).await {
         Ok(Ok(Whole::Body(parts, body))) => Ok((parts, body)),
         Ok(Ok(Whole::TooLarge)) => Err(playlist_too_large(limit)),
         Ok(Err(e)) => Err(e),

@@ -166,7 +166,7 @@ async fn fetch_playlist(
 ) -> Result<Response<Body>, HttpError> {
     let ctx = &state.ctx;
     let wait = ctx.config.origin_response_timeout;
-    let Ok(Ok(_slot)) = super::timeout_if_pending(wait, state.rewrites.acquire()).await else {
+    let Ok(Ok(_slot)) = crate::context::timeout_if_pending(wait, state.rewrites.acquire()).await else {
         ctx.metrics
             .listener_refused_total
             .with_label_values(&[super::route::LISTENER_NAME, "hls_rewrites"])

@@ -42,10 +42,6 @@ pub mod serve;
 pub mod static_files;
 pub mod versions;
 
-use std::future::Future;
-use std::task::Poll;
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -204,19 +200,6 @@ pub fn add_cors(headers: &mut http::HeaderMap) {
     }
 }
 
-/// `tokio::time::timeout`, with the timer made only when `fut` is not
-/// ready at once: most waits on the request path (a free rewrite slot, a
-/// body that came with its head) end before they start, and a timer costs
-/// a clock read and a runtime handle each time. The wait counts from the
-/// first poll that finds `fut` pending.
-pub async fn timeout_if_pending<F: Future>(wait: Duration, fut: F) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let mut fut = std::pin::pin!(fut);
-    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
-        return Ok(out);
-    }
-    tokio::time::timeout(wait, fut).await
-}
-
 /// The span of one request; `stream` and `origin` are filled in once known.
 pub fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
     tracing::info_span!(
@@ -258,30 +241,4 @@ pub fn server_header() -> HeaderValue {
     SERVER
         .get_or_init(|| HeaderValue::from_str(&format!("{}/{}", crate::SIGNATURE, crate::VERSION)).expect("ascii"))
         .clone()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Ready at once: no timer (none could fire: time is paused and never
-    /// advanced); pending: the wait counts, and a late answer still wins
-    /// within it.
-    #[tokio::test(start_paused = true)]
-    async fn a_timeout_is_timed_only_once_the_future_waits() {
-        let wait = Duration::from_secs(5);
-        assert_eq!(timeout_if_pending(wait, async { 7 }).await.unwrap(), 7);
-        let start = tokio::time::Instant::now();
-        assert!(timeout_if_pending(wait, std::future::pending::<()>()).await.is_err());
-        assert_eq!(
-            start.elapsed(),
-            wait,
-            "a future that never ends times out after the wait"
-        );
-        let late = async {
-            tokio::time::sleep(Duration::from_secs(4)).await;
-            "late"
-        };
-        assert_eq!(timeout_if_pending(wait, late).await.unwrap(), "late");
-    }
 }
