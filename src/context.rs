@@ -90,11 +90,11 @@ impl Context {
 }
 
 /// `tokio::time::timeout`, with the timer made only when `fut` is not
-/// ready at once: most waits on the request path (a memory-store operation, a
-/// free rewrite slot, a body that came with its head) end before they
-/// start, and a timer costs
-/// a clock read and a runtime handle each time. The wait counts from the
-/// first poll that finds `fut` pending.
+/// ready at once: most waits on the request path (a memory-store
+/// operation, a free rewrite slot, a body that came with its head) end
+/// before they start, and a timer costs a clock read and a runtime handle
+/// each time. The wait counts from the first poll that finds `fut`
+/// pending.
 pub async fn timeout_if_pending<F: Future>(wait: Duration, fut: F) -> Result<F::Output, tokio::time::error::Elapsed> {
     let mut fut = std::pin::pin!(fut);
     if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {

@@ -148,11 +148,11 @@ impl HlsSessions {
             return Ok(to);
         }
         let to = Bytes::from(hls::rewrite_playlist(playlist, token, max_uris)?);
+        // A copy of the origin's bytes: `playlist` may be a slice of a
+        // larger read buffer, which is not kept alive for the comparison.
+        let from = Bytes::copy_from_slice(playlist);
         self.with_handed(key, origin_id, token, |handed| {
-            handed.last = Some(Rewritten {
-                from: playlist.clone(),
-                to: to.clone(),
-            });
+            handed.last = Some(Rewritten { from, to: to.clone() });
         });
         Ok(to)
     }
