@@ -17,7 +17,10 @@
 
 use std::io::{self, IsTerminal, Write};
 
-use tracing_subscriber::fmt::MakeWriter;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::{RecordFields, VisitOutput};
+use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
+use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 
 use crate::config::LogFormat;
 
@@ -34,7 +37,89 @@ pub fn init(format: LogFormat) {
         .with_writer(LogWriter { colour });
     match format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text if colour => builder.init(),
+        LogFormat::Text => builder.fmt_fields(PlainFields).init(),
+    }
+}
+
+/// The fields of a plain-text (uncoloured) log line, written exactly as
+/// the subscriber's default formatter writes them — `name=value`,
+/// separated by spaces — with less formatting per field: the default
+/// paints every name and `=` through its colour styles even when colour
+/// is off, which made up about half of what the request span costs each
+/// request. A message, an error, an `r#` name and `log.` metadata go to
+/// the default formatter as they are (its escaping and layout for those
+/// are kept).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlainFields;
+
+impl<'w> FormatFields<'w> for PlainFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> std::fmt::Result {
+        let mut visitor = PlainVisitor {
+            writer,
+            is_empty: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct PlainVisitor<'w> {
+    writer: Writer<'w>,
+    /// Nothing written yet: the next field needs no separating space.
+    is_empty: bool,
+    result: std::fmt::Result,
+}
+
+impl PlainVisitor<'_> {
+    /// Lets the default formatter write one field (it writes the space
+    /// before it itself).
+    fn default_for(&mut self, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        let mut inner = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
+        record(&mut inner);
+        self.result = inner.finish();
+        self.is_empty = false;
+    }
+
+    fn is_plain(field: &Field) -> bool {
+        let name = field.name();
+        name != "message" && !name.starts_with("r#")
+    }
+}
+
+impl Visit for PlainVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if Self::is_plain(field) {
+            self.record_debug(field, &value);
+        } else if self.result.is_ok() {
+            self.default_for(|inner| inner.record_str(field, value));
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if self.result.is_ok() {
+            self.default_for(|inner| inner.record_error(field, value));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        // Log metadata is written by the event's own format, not as fields.
+        if self.result.is_err() || field.name().starts_with("log.") {
+            return;
+        }
+        if !Self::is_plain(field) {
+            self.default_for(|inner| inner.record_debug(field, value));
+            return;
+        }
+        self.result = (|| {
+            if !std::mem::take(&mut self.is_empty) {
+                self.writer.write_char(' ')?;
+            }
+            self.writer.write_str(field.name())?;
+            self.writer.write_char('=')?;
+            write!(self.writer, "{value:?}")
+        })();
     }
 }
 
@@ -146,6 +231,100 @@ mod tests {
     fn clean_lines_are_not_copied() {
         let event = b"INFO\tall fine\n";
         assert!(matches!(escape_event(event, false), std::borrow::Cow::Borrowed(_)));
+    }
+
+    /// The log lines `emit` writes through a plain-text subscriber,
+    /// with the default field formatter or [`PlainFields`].
+    fn lines_with(plain_fields: bool, emit: fn()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || out.clone());
+        if plain_fields {
+            tracing::subscriber::with_default(builder.fmt_fields(PlainFields).finish(), emit);
+        } else {
+            tracing::subscriber::with_default(builder.finish(), emit);
+        }
+        let bytes = buf.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[derive(Debug)]
+    struct Outer(io::Error);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("store unavailable")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// Every kind of field the proxy and its libraries log: the plain
+    /// formatter's lines are byte for byte the default formatter's.
+    #[test]
+    fn plain_fields_write_what_the_default_formatter_writes() {
+        fn emit() {
+            tracing::info!("a message alone");
+            tracing::info!(
+                stream = %"v.example.com/live/cam",
+                count = 3,
+                negative = -4i64,
+                flag = true,
+                ratio = 0.5,
+                name = "a quoted str",
+                list = ?vec![1, 2],
+                "with fields {}",
+                7
+            );
+            tracing::info!(only = 1, fields = "no message");
+            tracing::warn!(error = %io::Error::other("refused"), "origin failed");
+            let nested = Outer(io::Error::other("connection reset"));
+            tracing::warn!(error = &nested as &(dyn std::error::Error + 'static), "store");
+            tracing::info!(r#type = "raw", "raw name");
+            tracing::info!(log.target = "hyper::proto", log.line = 3, after = 1, "from log");
+            tracing::info!("escape \x1b[31m in a message");
+            let conn = tracing::info_span!("conn", peer = %"127.0.0.1:5000");
+            let _conn = conn.enter();
+            let span = tracing::info_span!(
+                "request",
+                method = %"GET",
+                path = %"/live/cam.m3u8",
+                stream = tracing::field::Empty,
+                origin = tracing::field::Empty,
+            );
+            let _request = span.enter();
+            tracing::warn!("before the stream is known");
+            span.record("stream", tracing::field::display("v/live/cam"));
+            span.record("origin", tracing::field::display("origin-a"));
+            tracing::warn!(status = 502, "inside both spans");
+            let empty = tracing::info_span!("empty");
+            let _empty = empty.enter();
+            tracing::debug!("in a span without fields");
+        }
+        let default = lines_with(false, emit);
+        assert_eq!(default.lines().count(), 11, "{default}");
+        assert!(
+            default.contains("request{method=GET path=/live/cam.m3u8 stream=v/live/cam origin=origin-a}"),
+            "{default}"
+        );
+        assert_eq!(lines_with(true, emit), default);
     }
 
     /// A writer whose every write fails, like a closed pipe.
