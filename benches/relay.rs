@@ -20,7 +20,8 @@
 //!   against nginx's in the same round;
 //! * user-space instructions per MB relayed and per m3u8 request
 //!   (callgrind), for this build and, when `BENCH_PROXY_BEFORE` names
-//!   another proxy binary, for that one;
+//!   another proxy binary, for that one; per m3u8 request also for nginx
+//!   and the bare relay;
 //! * memory-store claims against a bare map lookup;
 //! * edge mode: 1,000 viewers of one 2 Mbit/s HTTP-FLV stream, with edge
 //!   mode on and off (transparent): origin stream requests, origin egress in
@@ -370,14 +371,13 @@ async fn callgrind(after: &Path, origin: &FastOrigin) {
     let mut m3u8 = String::from("callgrind, user-space instructions per m3u8 request (1 connection):");
     let mut first = None;
     for (label, binary) in runs {
+        let proxy = |wrapper: &[&str]| process::proxy(&binary, origin.addr, wrapper, "callgrind");
         // 200 MB apart: start-up and shutdown vary by more than 32 MB
         // of relaying costs now.
-        let small = instructions(&binary, origin, |addr| relay_mb(addr, 8)).await;
-        let large = instructions(&binary, origin, |addr| relay_mb(addr, 208)).await;
+        let small = instructions(proxy, |addr| relay_mb(addr, 8)).await;
+        let large = instructions(proxy, |addr| relay_mb(addr, 208)).await;
         let per_mb = (large.saturating_sub(small)) as f64 / 200.0;
-        let small = instructions(&binary, origin, |addr| playlists(addr, 500)).await;
-        let large = instructions(&binary, origin, |addr| playlists(addr, 2500)).await;
-        let per_request = (large.saturating_sub(small)) as f64 / 2000.0;
+        let per_request = per_playlist(proxy).await;
         flv += &format!(" {label} {:.1} k;", per_mb / 1e3);
         m3u8 += &format!(" {label} {:.1} k;", per_request / 1e3);
         match first {
@@ -388,8 +388,25 @@ async fn callgrind(after: &Path, origin: &FastOrigin) {
             }
         }
     }
+    // The same requests through nginx and the bare relay: what a request
+    // costs a plain reverse proxy, and the runtime's own share.
+    if process::nginx(origin.addr).is_some() {
+        let nginx = |wrapper: &[&str]| process::nginx_under(origin.addr, wrapper).expect("nginx starts");
+        m3u8 += &format!(" nginx {:.1} k;", per_playlist(nginx).await / 1e3);
+    }
+    let bare = |wrapper: &[&str]| bare::start_under(origin.addr, wrapper);
+    m3u8 += &format!(" bare tokio relay {:.1} k;", per_playlist(bare).await / 1e3);
     println!("{}", flv.trim_end_matches(';'));
     println!("{}", m3u8.trim_end_matches(';'));
+}
+
+/// Instructions per playlist request of what `start` runs: 500 and 2,500
+/// requests on one connection, the difference divided by 2,000 (which
+/// cancels start-up and shutdown).
+async fn per_playlist(start: impl Fn(&[&str]) -> process::Target) -> f64 {
+    let small = instructions(&start, |addr| playlists(addr, 500)).await;
+    let large = instructions(&start, |addr| playlists(addr, 2500)).await;
+    large.saturating_sub(small) as f64 / 2000.0
 }
 
 /// One bulk viewer until `mb` MB have arrived.
@@ -407,8 +424,9 @@ async fn playlists(addr: std::net::SocketAddr, n: usize) {
     assert_eq!(answered, n, "every playlist request is answered");
 }
 
-/// Instructions the proxy ran under callgrind while `drive` loaded it.
-async fn instructions<F, Fut>(binary: &Path, origin: &FastOrigin, drive: F) -> u64
+/// Instructions what `start` runs (given the wrapper to run it under)
+/// ran under callgrind while `drive` loaded it.
+async fn instructions<F, Fut>(start: impl Fn(&[&str]) -> process::Target, drive: F) -> u64
 where
     F: FnOnce(std::net::SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -425,12 +443,7 @@ where
         None => dir.path().join("callgrind.out"),
     };
     let arg = format!("--callgrind-out-file={}", out.display());
-    let target = process::proxy(
-        binary,
-        origin.addr,
-        &["valgrind", "--tool=callgrind", &arg],
-        "callgrind",
-    );
+    let target = start(&["valgrind", "--tool=callgrind", &arg]);
     drive(target.addr).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     target.stop();

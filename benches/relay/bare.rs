@@ -22,8 +22,13 @@ pub const ENV: &str = "BENCH_BARE_RELAY";
 
 /// The bare relay in front of `origin`, as a child process.
 pub fn start(origin: SocketAddr) -> Target {
+    start_under(origin, &[])
+}
+
+/// [`start`] under `wrapper` (valgrind).
+pub fn start_under(origin: SocketAddr, wrapper: &[&str]) -> Target {
     let exe = std::env::current_exe().expect("the bench binary's path");
-    process::spawn_pinned(&exe, "bare tokio relay", |cmd, listen| {
+    process::spawn_pinned(&exe, wrapper, "bare tokio relay", |cmd, listen| {
         cmd.env(ENV, format!("{listen} {origin}"));
     })
 }

@@ -84,6 +84,18 @@ fn pinned(program: &Path) -> Command {
     cmd
 }
 
+/// `program` pinned, run under `wrapper` (valgrind) when there is one.
+fn pinned_under(wrapper: &[&str], program: &Path) -> Command {
+    match wrapper.split_first() {
+        None => pinned(program),
+        Some((first, args)) => {
+            let mut cmd = pinned(Path::new(first));
+            cmd.args(args).arg(program);
+            cmd
+        }
+    }
+}
+
 /// Waits until `child` accepts connections on `addr`; false if it exited
 /// first (a port it was given was taken meanwhile, say by one of the
 /// load's own connections).
@@ -114,13 +126,7 @@ pub fn proxy_with(
     settings: &[(&str, &str)],
 ) -> Target {
     start(name, |addr| {
-        let mut cmd = if wrapper.is_empty() {
-            pinned(binary)
-        } else {
-            let mut c = pinned(Path::new(wrapper[0]));
-            c.args(&wrapper[1..]).arg(binary);
-            c
-        };
+        let mut cmd = pinned_under(wrapper, binary);
         cmd.env_clear()
             .env("PROXY_HTTP_SERVER", addr.to_string())
             .env("PROXY_RTMP_SERVER", free_port().to_string())
@@ -146,11 +152,16 @@ pub fn proxy_with(
     })
 }
 
-/// `program` pinned to the target core, told by `configure` to listen on
-/// the address it is given.
-pub fn spawn_pinned(program: &Path, name: &'static str, configure: impl Fn(&mut Command, SocketAddr)) -> Target {
+/// `program` pinned to the target core (under `wrapper`, if any), told by
+/// `configure` to listen on the address it is given.
+pub fn spawn_pinned(
+    program: &Path,
+    wrapper: &[&str],
+    name: &'static str,
+    configure: impl Fn(&mut Command, SocketAddr),
+) -> Target {
     start(name, |addr| {
-        let mut cmd = pinned(program);
+        let mut cmd = pinned_under(wrapper, program);
         configure(&mut cmd, addr);
         cmd
     })
@@ -181,8 +192,15 @@ fn start(name: &'static str, build: impl Fn(SocketAddr) -> Command) -> Target {
 
 /// Debian's nginx as a plain reverse proxy: one worker, no master, no
 /// buffering of responses, 64 KiB buffers, kept-alive upstream
-/// connections; its files in a temporary directory.
+/// connections, and no cap on requests per connection either side (as
+/// the proxy: its default of 1,000 would reconnect in long rounds); its
+/// files in a temporary directory.
 pub fn nginx(origin: SocketAddr) -> Option<Target> {
+    nginx_under(origin, &[])
+}
+
+/// [`nginx`] run under `wrapper` (valgrind).
+pub fn nginx_under(origin: SocketAddr, wrapper: &[&str]) -> Option<Target> {
     let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .map(PathBuf::from)
@@ -193,13 +211,13 @@ pub fn nginx(origin: SocketAddr) -> Option<Target> {
         "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 30000;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log error;\n\
 events {{ worker_connections 20000; }}\n\
 http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
-  upstream origin {{ server {origin}; keepalive 64; }}\n\
-  server {{\n    listen {addr} backlog=4096;\n    location / {{\n      proxy_pass http://origin;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n      proxy_buffer_size 64k;\n      proxy_buffers 8 64k;\n      proxy_busy_buffers_size 128k;\n    }}\n  }}\n}}\n",
+  upstream origin {{ server {origin}; keepalive 64; keepalive_requests 1000000; }}\n\
+  server {{\n    listen {addr} backlog=4096;\n    keepalive_requests 1000000;\n    location / {{\n      proxy_pass http://origin;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n      proxy_buffer_size 64k;\n      proxy_buffers 8 64k;\n      proxy_busy_buffers_size 128k;\n    }}\n  }}\n}}\n",
         dir = dir.path().display()
     );
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
-    let mut child = pinned(&binary)
+    let mut child = pinned_under(wrapper, &binary)
         .arg("-p")
         .arg(dir.path())
         .arg("-c")
