@@ -2,7 +2,9 @@
 //! stream it names and what its origin is asked for; and the state the
 //! streaming server's handlers share.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 
 use http::Request;
 use prometheus::IntCounter;
@@ -11,7 +13,7 @@ use super::edge::Edge;
 use super::hls_session::HlsSessions;
 use super::pool::KeepAlive;
 use crate::context::Context;
-use crate::stream_key::StreamKey;
+use crate::stream_key::{StreamKey, StreamKeyError};
 
 /// What a request path asks for, by its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +76,65 @@ pub struct HttpState {
     /// `bytes_relayed_total{protocol="hls",direction="out"}`, resolved
     /// once instead of per request.
     pub hls_bytes_out: IntCounter,
+    /// Request targets already parsed into a stream and an origin target.
+    pub paths: ParsedPaths,
+}
+
+/// Most request targets [`ParsedPaths`] keeps before it starts over.
+const PARSED_PATHS: usize = 1024;
+
+/// The stream a request target names and the target its origin is asked
+/// for ([`StreamKey::from_http`], [`origin_target`](super::forward::origin_target)),
+/// kept for the next request with the same `Host` and target: the players
+/// of a stream ask for the same playlist and segments over and over, and
+/// parsing them again costs more than a lookup. Both are pure functions of
+/// the target and `Host`, so a kept answer is the one parsing would give.
+/// At most [`PARSED_PATHS`] targets are kept; the table starts over when
+/// full (a client sending new paths only ever costs that clearing). Keyed
+/// by what the client sent, so the map keeps the standard hasher.
+#[derive(Default)]
+pub struct ParsedPaths {
+    by_target: Mutex<HashMap<Box<str>, Parsed>>,
+}
+
+struct Parsed {
+    key: StreamKey,
+    target: String,
+}
+
+impl ParsedPaths {
+    /// The stream `uri` (with `host`) names and its origin target; an
+    /// error is not kept (it is parsed again each time).
+    pub fn parse(&self, uri: &http::Uri, host: Option<&str>) -> Result<(StreamKey, String), StreamKeyError> {
+        let (path, query) = (uri.path(), uri.query());
+        // The host and the target as sent (path and query), which decide
+        // both answers. Neither a valid `Host` nor a target holds a line
+        // break or a NUL, so the separators keep keys apart.
+        let path_and_query = uri.path_and_query().map_or(path, |p| p.as_str());
+        let host_part = host.unwrap_or("\0");
+        let mut lookup = String::with_capacity(host_part.len() + 1 + path_and_query.len());
+        lookup.push_str(host_part);
+        lookup.push('\n');
+        lookup.push_str(path_and_query);
+        {
+            let by_target = self.by_target.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(hit) = by_target.get(lookup.as_str()) {
+                return Ok((hit.key.clone(), hit.target.clone()));
+            }
+        }
+        let (key, ext) = StreamKey::from_http(path, query, host)?;
+        let target = super::forward::origin_target(&key, &ext, query);
+        let parsed = Parsed {
+            key: key.clone(),
+            target: target.clone(),
+        };
+        let mut by_target = self.by_target.lock().unwrap_or_else(|p| p.into_inner());
+        if by_target.len() >= PARSED_PATHS {
+            by_target.clear();
+        }
+        by_target.insert(lookup.into_boxed_str(), parsed);
+        Ok((key, target))
+    }
 }
 
 /// A stream request, parsed once for every handler.
@@ -94,6 +155,47 @@ pub struct StreamRequest<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parsed once or taken from the table, a target gives what parsing it
+    /// gives: the same stream and origin target, another `Host` its own
+    /// vhost, an error each time; a full table starts over.
+    #[test]
+    fn kept_targets_give_what_parsing_gives() {
+        let paths = ParsedPaths::default();
+        let cases = [
+            ("/live/cam.m3u8", None),
+            ("/live/cam.m3u8", Some("v.example.com")),
+            ("/live/cam.m3u8", Some("other.example.com:8080")),
+            ("/live/cam-12.ts?spbhid=abc&x=1", Some("v.example.com")),
+            ("/a/b/c%20d.flv?vhost=w.example.com", None),
+            ("/live/x.flv?app=other&stream=y.flv", Some("10.0.0.1")),
+            ("/live/..%2Fescape.flv", None),
+            ("/nostream.flv", None),
+        ];
+        for _ in 0..3 {
+            for (target, host) in cases {
+                let uri: http::Uri = target.parse().unwrap();
+                let direct = StreamKey::from_http(uri.path(), uri.query(), host).map(|(key, ext)| {
+                    let origin = super::super::forward::origin_target(&key, &ext, uri.query());
+                    (key, origin)
+                });
+                assert_eq!(paths.parse(&uri, host), direct, "{target} {host:?}");
+            }
+        }
+        let kept = paths.by_target.lock().unwrap().len();
+        assert_eq!(kept, 5, "errors are not kept; one entry per target and host");
+        for i in 0..PARSED_PATHS {
+            let uri: http::Uri = format!("/live/s{i}.flv").parse().unwrap();
+            paths.parse(&uri, None).unwrap();
+        }
+        assert!(paths.by_target.lock().unwrap().len() <= PARSED_PATHS);
+        let uri: http::Uri = "/live/cam.m3u8".parse().unwrap();
+        let (key, target) = paths.parse(&uri, Some("v.example.com")).unwrap();
+        assert_eq!(
+            (key.vhost.as_str(), target.as_str()),
+            ("v.example.com", "/live/cam.m3u8")
+        );
+    }
 
     #[test]
     fn the_extension_decides_the_kind_in_any_case() {

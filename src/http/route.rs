@@ -23,11 +23,10 @@ use super::edge::Edge;
 use super::hls_session::HlsSessions;
 use super::plain::PlainServer;
 use super::pool::KeepAlive;
-use super::request::{classify, HttpState, StreamKind, StreamRequest};
+use super::request::{classify, HttpState, ParsedPaths, StreamKind, StreamRequest};
 use super::serve::HttpServer;
 use super::{full, hls, live, static_files, versions, Body, HttpError};
 use crate::context::Context;
-use crate::stream_key::StreamKey;
 
 /// The streaming listener's name in metrics.
 pub const LISTENER_NAME: &str = "http";
@@ -42,6 +41,7 @@ pub async fn run(listener: TcpListener, ctx: Context, edge: Edge) {
         rewrites: tokio::sync::Semaphore::new(ctx.config.hls_max_rewrites),
         edge,
         hls_bytes_out: ctx.metrics.bytes_relayed_total.with_label_values(&["hls", "out"]),
+        paths: ParsedPaths::default(),
         ctx: ctx.clone(),
     });
     let for_hyper = state.clone();
@@ -97,11 +97,12 @@ async fn stream(
     peer: SocketAddr,
 ) -> Result<Response<Body>, HttpError> {
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
-    let (key, ext) = StreamKey::from_http(req.uri().path(), req.uri().query(), host)
+    let (key, target) = state
+        .paths
+        .parse(req.uri(), host)
         .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("bad stream path: {e}")))?;
     tracing::Span::current().record("stream", tracing::field::display(&key));
     tracing::debug!(stream = %key, kind = kind.as_str(), "stream request");
-    let target = super::forward::origin_target(&key, &ext, req.uri().query());
     let sr = StreamRequest { req, key, target, peer };
     // A token names the origin directly, for playlists and segments alike
     // (never for FLV: a live stream always holds a lease).
