@@ -189,15 +189,20 @@ async fn fetch_playlist(
         }
     };
     let body = &answer.body;
-    let (token_text, store) = match &token {
-        Token::Existing(token) => (Arc::from(*token), false),
+    let (token_text, store, kept) = match &token {
+        Token::Existing(token) => (
+            Arc::from(*token),
+            false,
+            state.sessions.kept(&sr.key, &origin.id, token),
+        ),
         Token::New { sessions, .. } => {
             let handed = sessions.token_for(&sr.key, &origin.id);
-            (handed.text, handed.store)
+            (handed.text, handed.store, handed.kept)
         }
     };
     let max_uris = ctx.config.hls_max_playlist_uris;
-    let rewritten = match state.sessions.rewrite(&sr.key, &origin.id, &token_text, body, max_uris) {
+    let stream = (&sr.key, origin.id.as_str());
+    let rewritten = match state.sessions.rewrite(stream, &token_text, kept, body, max_uris) {
         Ok(rewritten) => rewritten,
         Err(e) => {
             if let Token::New { outcome, .. } = token {

@@ -39,7 +39,8 @@ struct Handed {
 }
 
 /// A playlist as the origin sent it and as rewritten for a token.
-struct Rewritten {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewritten {
     from: Bytes,
     to: Bytes,
 }
@@ -52,6 +53,8 @@ pub struct Token {
     /// quarter of the TTL): otherwise the record written less than a
     /// quarter of the TTL ago still has most of its life.
     pub store: bool,
+    /// The last playlist rewritten with it, for [`HlsSessions::rewrite`].
+    pub kept: Option<Rewritten>,
 }
 
 /// The tokens this replica handed out.
@@ -103,6 +106,7 @@ impl HlsSessions {
             return Token {
                 text: handed.token.clone(),
                 store,
+                kept: handed.last.clone(),
             };
         }
         let token: Arc<str> = hls::new_token().into();
@@ -119,33 +123,32 @@ impl HlsSessions {
         Token {
             text: token,
             store: true,
+            kept: None,
         }
     }
 
+    /// The last playlist rewritten for `key` on `origin_id` with `token`
+    /// (a token handed out by [`HlsSessions::token_for`] comes with it).
+    pub fn kept(&self, key: &StreamKey, origin_id: &str, token: &str) -> Option<Rewritten> {
+        self.with_handed(key, origin_id, token, |handed| handed.last.clone())
+            .flatten()
+    }
+
     /// `playlist` (from `origin_id`'s answer for `key`) with every URI
-    /// carrying `token`. When the last playlist rewritten for this stream,
-    /// origin and token had the same bytes, its rewrite is handed out
-    /// again (shared, not copied); a new rewrite is kept for the next
+    /// carrying `token`. When `kept`, the last playlist rewritten for this
+    /// stream, origin and token, had the same bytes, its rewrite is handed
+    /// out again (shared, not copied); a new rewrite is kept for the next
     /// request while the token is this replica's.
     pub fn rewrite(
         &self,
-        key: &StreamKey,
-        origin_id: &str,
+        (key, origin_id): (&StreamKey, &str),
         token: &str,
+        kept: Option<Rewritten>,
         playlist: &Bytes,
         max_uris: usize,
     ) -> Result<Bytes, PlaylistError> {
-        if let Some(to) = self
-            .with_handed(key, origin_id, token, |handed| {
-                handed
-                    .last
-                    .as_ref()
-                    .filter(|last| last.from == playlist)
-                    .map(|last| last.to.clone())
-            })
-            .flatten()
-        {
-            return Ok(to);
+        if let Some(kept) = kept.filter(|kept| kept.from == playlist) {
+            return Ok(kept.to);
         }
         let to = Bytes::from(hls::rewrite_playlist(playlist, token, max_uris)?);
         // A copy of the origin's bytes: `playlist` may be a slice of a
@@ -300,40 +303,46 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_same_playlist_is_rewritten_once_per_token() {
         let sessions = HlsSessions::new(Duration::from_secs(10));
+        let a = key("a");
+        // As a request does: what the token's entry kept, then the rewrite.
+        let rewrite = |token: &str, playlist: &Bytes| {
+            let kept = sessions.kept(&a, "o1", token);
+            sessions.rewrite((&a, "o1"), token, kept, playlist, 10)
+        };
         let first = Bytes::from_static(b"#EXTM3U\n#EXTINF:2,\na-1.ts\n");
-        let token = sessions.token_for(&key("a"), "o1").text;
-        let once = sessions.rewrite(&key("a"), "o1", &token, &first, 10).unwrap();
+        let token = sessions.token_for(&a, "o1").text;
+        let once = rewrite(&token, &first).unwrap();
         assert_eq!(once, format!("#EXTM3U\n#EXTINF:2,\na-1.ts?spbhid={token}\n"));
         // The origin's answer arrives in a buffer of its own each time.
-        let again = sessions
-            .rewrite(&key("a"), "o1", &token, &Bytes::copy_from_slice(&first), 10)
-            .unwrap();
+        let again = rewrite(&token, &Bytes::copy_from_slice(&first)).unwrap();
         assert_eq!(again.as_ptr(), once.as_ptr(), "the same bytes: the rewrite is shared");
+        let handed = sessions.token_for(&a, "o1");
+        let kept = handed.kept.clone().expect("the token comes with its last rewrite");
+        let from_token = sessions
+            .rewrite((&a, "o1"), &handed.text, Some(kept), &first, 10)
+            .unwrap();
+        assert_eq!(from_token.as_ptr(), once.as_ptr());
         let next = Bytes::from_static(b"#EXTM3U\n#EXTINF:2,\na-2.ts\n");
-        let changed = sessions.rewrite(&key("a"), "o1", &token, &next, 10).unwrap();
+        let changed = rewrite(&token, &next).unwrap();
         assert_eq!(changed, format!("#EXTM3U\n#EXTINF:2,\na-2.ts?spbhid={token}\n"));
-        let other = sessions.rewrite(&key("a"), "o1", "other", &next, 10).unwrap();
+        let other = rewrite("other", &next).unwrap();
         assert_eq!(other, "#EXTM3U\n#EXTINF:2,\na-2.ts?spbhid=other\n");
         assert_eq!(
-            sessions.rewrite(&key("a"), "o1", &token, &next, 10).unwrap().as_ptr(),
+            rewrite(&token, &next).unwrap().as_ptr(),
             changed.as_ptr(),
             "another token's rewrite does not replace this one's"
         );
         assert!(
-            sessions
-                .rewrite(&key("a"), "o1", &token, &Bytes::from_static(b"<html>"), 10)
-                .is_err(),
+            rewrite(&token, &Bytes::from_static(b"<html>")).is_err(),
             "a bad playlist is refused, not kept"
         );
-        assert_eq!(
-            sessions.rewrite(&key("a"), "o1", &token, &next, 10).unwrap().as_ptr(),
-            changed.as_ptr()
-        );
+        assert_eq!(rewrite(&token, &next).unwrap().as_ptr(), changed.as_ptr());
         tokio::time::advance(Duration::from_secs(11)).await;
-        let replaced = sessions.token_for(&key("a"), "o1").text;
-        assert_ne!(replaced, token);
-        let fresh = sessions.rewrite(&key("a"), "o1", &replaced, &next, 10).unwrap();
-        assert_eq!(fresh, format!("#EXTM3U\n#EXTINF:2,\na-2.ts?spbhid={replaced}\n"));
+        let replaced = sessions.token_for(&a, "o1");
+        assert_ne!(replaced.text, token);
+        assert_eq!(replaced.kept, None, "a new token starts with nothing kept");
+        let fresh = rewrite(&replaced.text, &next).unwrap();
+        assert_eq!(fresh, format!("#EXTM3U\n#EXTINF:2,\na-2.ts?spbhid={}\n", replaced.text));
     }
 
     #[tokio::test(start_paused = true)]

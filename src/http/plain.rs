@@ -171,7 +171,15 @@ pub fn encode_head(
 ) -> (Vec<u8>, Framing, bool) {
     let status = parts.status;
     let headers = &parts.headers;
-    let mut out = Vec::with_capacity(128 + headers.len() * 48);
+    // One allocation: the fields, what is added to them (status line,
+    // framing, connection, date: at most about 170 bytes), and a short
+    // body, which `write_response` sends in the same write.
+    let fields: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let body = match length {
+        Some(n) if !head && n <= WITH_HEAD as u64 => n as usize,
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(fields + 192 + body);
     match (version, status) {
         (Version::HTTP_10, _) => out.extend_from_slice(b"HTTP/1.0 "),
         (_, StatusCode::OK) => out.extend_from_slice(b"HTTP/1.1 200 OK\r\n"),
@@ -569,6 +577,23 @@ mod tests {
         let (parts, ()) = b.body(()).unwrap().into_parts();
         let (bytes, framing, keep) = encode_head(&parts, version, head, length, keep);
         (String::from_utf8(bytes).unwrap(), framing, keep)
+    }
+
+    /// The head is made in one allocation with room for a short body
+    /// (sent in the same write), long CORS values and all.
+    #[test]
+    fn the_head_has_room_for_a_short_body() {
+        let mut resp = Response::new(());
+        super::super::add_cors(resp.headers_mut());
+        resp.headers_mut().insert(header::SERVER, super::super::server_header());
+        let (parts, ()) = resp.into_parts();
+        for version in [Version::HTTP_10, Version::HTTP_11] {
+            let (out, framing, _) = encode_head(&parts, version, false, Some(400), true);
+            assert_eq!(framing, Framing::Length);
+            assert!(out.capacity() >= out.len() + 400, "{} of {}", out.len(), out.capacity());
+        }
+        let (out, _, _) = encode_head(&parts, Version::HTTP_11, false, Some(1 << 20), true);
+        assert!(out.capacity() < 4096, "a long body is not reserved for");
     }
 
     #[test]
