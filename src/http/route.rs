@@ -99,7 +99,7 @@ async fn stream(
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
     let (key, target) = state
         .paths
-        .parse(req.uri(), host)
+        .parse(kind, req.uri(), host)
         .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("bad stream path: {e}")))?;
     tracing::Span::current().record("stream", tracing::field::display(&key));
     tracing::debug!(stream = %key, kind = kind.as_str(), "stream request");
