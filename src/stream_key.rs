@@ -177,10 +177,7 @@ impl StreamKey {
     /// The key of the stream an HLS segment belongs to, by SRS's default
     /// naming `[stream]-[seq].ext`: `livestream-12` → `livestream`.
     pub fn without_segment_number(&self) -> Option<Self> {
-        let (base, seq) = self.stream.rsplit_once('-')?;
-        if base.is_empty() || seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
+        let base = segment_base(&self.stream)?;
         Some(Self {
             vhost: self.vhost.clone(),
             app: self.app.clone(),
@@ -217,6 +214,13 @@ pub fn vhost_from_host(host: &str) -> String {
         return DEFAULT_VHOST.to_string();
     }
     name.to_ascii_lowercase()
+}
+
+/// The stream a segment's name (`base-N`, N decimal digits) belongs to;
+/// `None` when `name` is not named like a segment.
+pub fn segment_base(name: &str) -> Option<&str> {
+    let (base, seq) = name.rsplit_once('-')?;
+    (!base.is_empty() && !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit())).then_some(base)
 }
 
 /// The vhost a request names: `?vhost=` (or SRS's `?domain=`) when set,

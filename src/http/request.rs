@@ -164,8 +164,7 @@ fn reloaded(kind: StreamKind, path: &str) -> bool {
         StreamKind::Ts => {
             let file = path.rsplit('/').next().unwrap_or("");
             let stem = file.rsplit_once('.').map_or(file, |(stem, _)| stem);
-            stem.rsplit_once('-')
-                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            crate::stream_key::segment_base(stem).is_some()
         }
     }
 }
