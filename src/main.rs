@@ -109,10 +109,20 @@ fn main() -> ExitCode {
         }
     }
     logging::init(config.log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.worker_threads > 0 {
-        builder.worker_threads(config.worker_threads);
-    }
+    // One thread to run on (one core, or a pod limited to one CPU): the
+    // single-threaded scheduler, which has no work-stealing queues to
+    // keep or scheduler statistics to take around every batch of tasks.
+    let workers = match config.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -98,6 +98,14 @@ pub enum Stopped {
     Forced,
 }
 
+/// Which scheduler runs the proxy, as the "serving" line names it.
+fn runtime_kind() -> &'static str {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+        _ => "multi_thread",
+    }
+}
+
 /// Runs the proxy until `signal` resolves, then drains and stops it.
 pub async fn run(ctx: Context, listeners: Listeners, signal: impl Future<Output = ()>) -> Stopped {
     register_static_origins(&ctx).await;
@@ -121,6 +129,8 @@ pub async fn run(ctx: Context, listeners: Listeners, signal: impl Future<Output 
         http_api = ?http_api,
         webrtc = ?webrtc,
         store = ctx.store.kind(),
+        runtime = runtime_kind(),
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
         "srs-proxy {} serving",
         crate::VERSION
     );

@@ -181,3 +181,52 @@ fn text_logs_in_a_file_have_no_colour_and_one_line_per_event() {
         assert!(!line.trim_start().starts_with("FAKE"), "a forged line: {line:?}");
     }
 }
+
+/// The names of the process's threads (`/proc/<pid>/task/*/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| {
+            let comm = t.unwrap().path().join("comm");
+            std::fs::read_to_string(comm).unwrap_or_default().trim().to_string()
+        })
+        .collect()
+}
+
+/// `PROXY_WORKER_THREADS` reaches the runtime: that many worker threads,
+/// or with one, the single-threaded scheduler on the main thread and no
+/// worker thread at all; `0` is as many as the process may use.
+#[test]
+fn worker_threads_set_the_runtime() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (setting, workers) in [("3", 3), ("1", 1), ("0", cores)] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.log");
+        let file = std::fs::File::create(&path).unwrap();
+        let mut proxy = Proxy::start(
+            Stdio::from(file),
+            &[("PROXY_LOG_FORMAT", "text"), ("PROXY_WORKER_THREADS", setting)],
+        );
+        // It serves on either scheduler.
+        let reply = get(proxy.http, "/live/nobody.flv");
+        assert!(reply.starts_with("HTTP/1.1 503"), "{setting}: {reply:?}");
+        // Worker threads are named by tokio; blocking threads, which
+        // share the name, start only for blocking work, and none has
+        // been asked for yet.
+        let names = thread_names(proxy.child.id());
+        let worker_threads = names.iter().filter(|n| n.starts_with("tokio-")).count();
+        let kind = if workers == 1 {
+            assert_eq!(worker_threads, 0, "{setting}: {names:?}");
+            "current_thread"
+        } else {
+            assert_eq!(worker_threads, workers, "{setting}: {names:?}");
+            "multi_thread"
+        };
+        proxy.signal("TERM");
+        proxy.wait_exit(Duration::from_secs(30)).expect("exit");
+        let log = std::fs::read_to_string(&path).unwrap();
+        let serving = log.lines().find(|l| l.contains("serving")).expect("a serving line");
+        assert!(serving.contains(&format!("runtime=\"{kind}\"")), "{setting}: {serving}");
+        assert!(serving.contains(&format!("workers={workers}")), "{setting}: {serving}");
+    }
+}

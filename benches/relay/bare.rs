@@ -1,5 +1,6 @@
 //! The floor under the HLS figures: a bare keep-alive relay on the
-//! proxy's runtime (tokio, one worker thread) and nothing else. It reads a
+//! proxy's runtime (tokio's single-threaded scheduler, which the proxy
+//! uses on one core) and nothing else. It reads a
 //! request head, sends it as is on a pooled origin connection, and streams
 //! the origin's `Content-Length` answer back: no routing, no claim, no
 //! session token, no playlist rewrite, no metrics, no HTTP server library.
@@ -39,8 +40,7 @@ pub fn run_if_asked() {
     let Ok(spec) = std::env::var(ENV) else { return };
     let (listen, origin) = spec.split_once(' ').expect("<listen> <origin>");
     let (listen, origin): (SocketAddr, SocketAddr) = (listen.parse().unwrap(), origin.parse().unwrap());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
