@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
@@ -21,10 +22,12 @@ const MAX_PART: usize = 256;
 /// Identity of a stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct StreamKey {
-    pub vhost: String,
+    // Shared, not owned: a key is cloned into maps, sessions and leases on
+    // every request, and a clone then copies nothing.
+    pub vhost: Arc<str>,
     /// May contain `/` for nested apps (`/a/b/stream.flv` → `a/b`).
-    pub app: String,
-    pub stream: String,
+    pub app: Arc<str>,
+    pub stream: Arc<str>,
 }
 
 /// Why a stream identity was rejected.
@@ -98,9 +101,9 @@ impl StreamKey {
         check("app", app, true)?;
         check("stream", stream, false)?;
         Ok(Self {
-            vhost,
-            app: app.to_string(),
-            stream: stream.to_string(),
+            vhost: vhost.into(),
+            app: app.into(),
+            stream: stream.into(),
         })
     }
 
@@ -181,7 +184,7 @@ impl StreamKey {
         Some(Self {
             vhost: self.vhost.clone(),
             app: self.app.clone(),
-            stream: base.to_string(),
+            stream: base.into(),
         })
     }
 }
@@ -291,10 +294,10 @@ mod tests {
         assert_eq!(k.to_string(), "__defaultVhost__/live/livestream");
         assert_eq!(ext, "flv");
         let (k, ext) = http("/live/livestream.m3u8", None, Some("Example.COM:8080")).unwrap();
-        assert_eq!(k.vhost, "example.com");
+        assert_eq!(&*k.vhost, "example.com");
         assert_eq!(ext, "m3u8");
         let (k, _) = http("/a/b/stream.ts", None, None).unwrap();
-        assert_eq!((k.app.as_str(), k.stream.as_str()), ("a/b", "stream"));
+        assert_eq!((&*k.app, &*k.stream), ("a/b", "stream"));
     }
 
     #[test]
@@ -307,11 +310,11 @@ mod tests {
         .unwrap();
         assert_eq!(k.to_string(), "video.example.com/live/cam1");
         let (k, _) = http("/live/s.flv", Some("domain=a.b.c"), None).unwrap();
-        assert_eq!(k.vhost, "a.b.c");
+        assert_eq!(&*k.vhost, "a.b.c");
         let (k, _) = http("/live/s.flv", Some("vhost="), Some("x.y")).unwrap();
-        assert_eq!(k.vhost, "x.y", "empty ?vhost= falls back to Host");
+        assert_eq!(&*k.vhost, "x.y", "empty ?vhost= falls back to Host");
         let (k, _) = http("/api/flv", Some("app=live&stream=s.flv"), None).unwrap();
-        assert_eq!(k.stream, "s");
+        assert_eq!(&*k.stream, "s");
     }
 
     #[test]
@@ -370,9 +373,9 @@ mod tests {
     #[test]
     fn segment_numbers() {
         let (k, _) = http("/live/livestream-12.ts", None, None).unwrap();
-        assert_eq!(k.without_segment_number().unwrap().stream, "livestream");
+        assert_eq!(&*k.without_segment_number().unwrap().stream, "livestream");
         let (k, _) = http("/live/live-stream-3.m4s", None, None).unwrap();
-        assert_eq!(k.without_segment_number().unwrap().stream, "live-stream");
+        assert_eq!(&*k.without_segment_number().unwrap().stream, "live-stream");
         for s in ["/live/livestream.ts", "/live/a-b.ts", "/live/-1.ts"] {
             let (k, _) = http(s, None, None).unwrap();
             assert!(k.without_segment_number().is_none(), "{s}");
@@ -394,14 +397,14 @@ mod tests {
             StreamKey::from_rtc_query(Some("app=live&stream=s&vhost=v.example.com&token=t"), Some("1.2.3.4")).unwrap();
         assert_eq!(k.to_string(), "v.example.com/live/s");
         let k = StreamKey::from_rtc_query(Some("app=live&stream=s&domain=d.example.com"), None).unwrap();
-        assert_eq!(k.vhost, "d.example.com");
+        assert_eq!(&*k.vhost, "d.example.com");
         let k = StreamKey::from_webrtc_url("webrtc://10.0.0.1/live/s?vhost=v.example.com").unwrap();
         assert_eq!(k.to_string(), "v.example.com/live/s");
         // IP hosts are the default vhost, nested apps are kept.
         let k = StreamKey::from_webrtc_url("webrtc://10.0.0.1:1985/a/b/s").unwrap();
         assert_eq!(k.to_string(), "__defaultVhost__/a/b/s");
         let k = StreamKey::from_rtc_query(Some("app=live&stream=s"), None).unwrap();
-        assert_eq!(k.vhost, DEFAULT_VHOST);
+        assert_eq!(&*k.vhost, DEFAULT_VHOST);
     }
 
     #[test]

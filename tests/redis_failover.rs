@@ -426,7 +426,7 @@ async fn claims_follow_the_slot_through_a_migration() {
     let mut cursor: Option<String> = None;
     loop {
         let page = store.list_streams(cursor.as_deref(), 100).await.unwrap();
-        listed.extend(page.streams.into_iter().map(|s| s.key.stream));
+        listed.extend(page.streams.into_iter().map(|s| s.key.stream.to_string()));
         match page.next {
             Some(next) => cursor = Some(next),
             None => break,

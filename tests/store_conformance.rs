@@ -761,7 +761,7 @@ async fn streams_are_listed_a_page_at_a_time(s: Subject) {
     let first = store.list_streams(None, 10).await.unwrap();
     assert!(!first.streams.is_empty() && first.streams.len() <= 25);
     let all = all_streams(store).await;
-    let names: Vec<String> = all.iter().map(|s| s.key.stream.clone()).collect();
+    let names: Vec<String> = all.iter().map(|s| s.key.stream.to_string()).collect();
     let expected: Vec<String> = (0..25).map(|i| format!("s{i:02}")).collect();
     assert_eq!(names, expected);
     assert!(matches!(

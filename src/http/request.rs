@@ -227,10 +227,7 @@ mod tests {
         assert!(paths.by_target.lock().unwrap().len() <= PARSED_PATHS);
         let uri: http::Uri = "/live/cam.m3u8".parse().unwrap();
         let (key, target) = paths.parse(StreamKind::Playlist, &uri, Some("v.example.com")).unwrap();
-        assert_eq!(
-            (key.vhost.as_str(), target.as_str()),
-            ("v.example.com", "/live/cam.m3u8")
-        );
+        assert_eq!((&*key.vhost, target.as_str()), ("v.example.com", "/live/cam.m3u8"));
     }
 
     #[test]

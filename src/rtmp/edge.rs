@@ -129,7 +129,7 @@ pub async fn play<R, W>(
 fn open_request(key: &StreamKey, stream_name: &str, peer: SocketAddr) -> OpenRequest {
     let query = stream_name.split_once('?').map(|(_, q)| q);
     let mut headers = HeaderMap::new();
-    if key.vhost != DEFAULT_VHOST {
+    if &*key.vhost != DEFAULT_VHOST {
         if let Ok(host) = HeaderValue::from_str(&key.vhost) {
             headers.insert(header::HOST, host);
         }

@@ -219,9 +219,9 @@ mod tests {
     #[test]
     fn nested_apps_split_at_the_last_slash() {
         let r = parse("#!::r=a/b/stream,m=publish").unwrap();
-        assert_eq!((r.key.app.as_str(), r.key.stream.as_str()), ("a/b", "stream"));
+        assert_eq!((&*r.key.app, &*r.key.stream), ("a/b", "stream"));
         let r = parse("a/b/c/stream").unwrap();
-        assert_eq!((r.key.app.as_str(), r.key.stream.as_str()), ("a/b/c", "stream"));
+        assert_eq!((&*r.key.app, &*r.key.stream), ("a/b/c", "stream"));
         // The same key as the HTTP path of the same stream.
         let (http, _) = StreamKey::from_http("/a/b/stream.flv", None, None).unwrap();
         assert_eq!(parse("#!::r=a/b/stream").unwrap().key, http);

@@ -67,7 +67,7 @@ pub struct CacheKey {
     /// The origin asked (a stream that moves gets new entries).
     origin: String,
     /// The vhost, which SRS reads from `Host`.
-    vhost: String,
+    vhost: std::sync::Arc<str>,
     /// The origin target, as far as it decides the answer.
     target: String,
 }
