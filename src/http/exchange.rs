@@ -23,9 +23,9 @@ use std::pin::Pin;
 use std::task::{ready, Context as TaskContext, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap};
-use http::{Method, Response, StatusCode, Version};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use prometheus::IntCounter;
@@ -33,7 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::chunked::{ChunkDecoder, Decoded};
-use super::forward::{self, strip_hop_by_hop, Whole};
+use super::forward::{self, Whole};
 use super::framing::{self, Framing, FramingError, Head};
 use super::pool::KeepAlive;
 use super::{Body, BoxError, HttpError};
@@ -147,12 +147,21 @@ pub(crate) fn request_head(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    forward::each_origin_header(client_headers, authority, peer, true, |name, value| {
+    let added = forward::each_origin_header(client_headers, true, |name, value| {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     });
+    // The authority is an address and a port, checked as a value would be.
+    if added.host && HeaderValue::from_str(authority).is_ok() {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    added.forwarded_for(peer.ip(), &mut out);
+    out.extend_from_slice(b"\r\n");
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -176,18 +185,6 @@ async fn exchange(tcp: &mut TcpStream, request: &[u8], buf: &mut BytesMut) -> Re
     }
 }
 
-/// Whether the origin keeps the connection open after this response.
-fn keeps_open(head: &Head) -> bool {
-    head.version == Version::HTTP_11
-        && !head
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("close"))
-}
-
 impl Exchange {
     /// `buf` holds the head and whatever of the body came with it.
     fn new(
@@ -198,7 +195,7 @@ impl Exchange {
         (pool, authority): (&KeepAlive, String),
         read_size: usize,
     ) -> Self {
-        let _ = buf.split_to(head.len);
+        buf.advance(head.len);
         let left = match head.framing {
             _ if method == Method::HEAD => Left::Done,
             Framing::Empty | Framing::Length(0) => Left::Done,
@@ -206,7 +203,7 @@ impl Exchange {
             Framing::Chunked => Left::Chunked(ChunkDecoder::new()),
             Framing::Close => Left::Close,
         };
-        let reusable = keeps_open(&head) && !matches!(left, Left::Close);
+        let reusable = head.keep_alive && !matches!(left, Left::Close);
         let mut body = OriginBody {
             tcp: Some(tcp),
             buf,
@@ -224,12 +221,10 @@ impl Exchange {
         }
     }
 
-    /// The client's response: the origin's status and headers (minus
-    /// hop-by-hop), the body streamed as it is read and counted in
-    /// `bytes_out`.
+    /// The client's response: the origin's status and end-to-end headers,
+    /// the body streamed as it is read and counted in `bytes_out`.
     pub fn relay(self, bytes_out: IntCounter) -> Response<Body> {
-        let mut headers = self.headers;
-        strip_hop_by_hop(&mut headers);
+        let headers = self.headers;
         let body = RelayBody {
             body: self.body,
             bytes_out,
@@ -410,6 +405,7 @@ impl HttpBody for RelayBody {
 mod tests {
     use std::sync::{Arc, Mutex};
 
+    use http::header;
     use tokio::net::TcpListener;
 
     use super::*;
@@ -512,6 +508,51 @@ mod tests {
         match ex.read_whole(1024, Duration::from_secs(1)).await? {
             Whole::Body(_, body) => Ok(body),
             Whole::TooLarge => panic!("too large"),
+        }
+    }
+
+    /// The head written for an origin holds the fields the map form of
+    /// the same request holds, whatever the client sent.
+    #[test]
+    fn the_request_head_holds_what_the_map_holds() {
+        let clients: [&[(&str, &str)]; 5] = [
+            &[],
+            &[("host", "example.com"), ("user-agent", "ffplay")],
+            &[
+                ("Connection", "keep-alive, X-Hop"),
+                ("X-Hop", "1"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("X-Forwarded-For", "10.0.0.2"),
+                ("accept", "a"),
+                ("accept", "b"),
+                ("te", "trailers"),
+            ],
+            &[("content-type", "text/plain"), ("content-length", "0"), ("expect", "x")],
+            &[("x-forwarded-for", "caf\u{e9}"), ("Host", "h:1")],
+        ];
+        for client in clients {
+            let mut headers = HeaderMap::new();
+            for (name, value) in client {
+                let value = HeaderValue::from_bytes(value.as_bytes()).unwrap();
+                headers.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value);
+            }
+            let head = request_head(&Method::GET, "/a.m3u8", &headers, "127.0.0.1:8080", peer(), false);
+            let mut slots = [httparse::EMPTY_HEADER; 16];
+            let mut req = httparse::Request::new(&mut slots);
+            assert!(req.parse(&head).unwrap().is_complete());
+            let mut written: Vec<(String, Vec<u8>)> = req
+                .headers
+                .iter()
+                .map(|h| (h.name.to_string(), h.value.to_vec()))
+                .collect();
+            let mut mapped: Vec<(String, Vec<u8>)> =
+                forward::bodiless_request_headers(&headers, "127.0.0.1:8080", peer())
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                    .collect();
+            written.sort();
+            mapped.sort();
+            assert_eq!(written, mapped, "{client:?}");
         }
     }
 

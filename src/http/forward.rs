@@ -24,6 +24,7 @@ use prometheus::IntCounter;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
+use super::framing::{is_hop_by_hop, HOP_BY_HOP};
 use super::{Body, BoxError, HttpError};
 use crate::claim::StreamLease;
 use crate::config::MIN_RELAY_BUFFER;
@@ -33,26 +34,12 @@ use crate::origin::{Origin, Protocol};
 use crate::shutdown::CancelWatch;
 use crate::stream_key::StreamKey;
 
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
 /// Drops the headers that describe one hop, including those `Connection`
 /// names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most heads have none: one look at each name instead of a removal
     // (a hash) per hop-by-hop name.
-    if !headers
-        .keys()
-        .any(|name| HOP_BY_HOP.contains(name) || name == header::UPGRADE)
-    {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     // Headers named in Connection are hop-by-hop too.
@@ -60,7 +47,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP.iter().chain(&named) {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
 }
 
 /// The header names a `Connection` header lists.
@@ -186,74 +172,108 @@ pub fn bodiless_request_headers(client_headers: &HeaderMap, authority: &str, pee
 
 fn collect(client_headers: &HeaderMap, authority: &str, peer: SocketAddr, bodiless: bool) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(client_headers.len() + 2);
-    each_origin_header(client_headers, authority, peer, bodiless, |name, value| {
+    let added = each_origin_header(client_headers, bodiless, |name, value| {
         headers.append(name.clone(), value.clone());
     });
+    if added.host {
+        if let Ok(host) = HeaderValue::from_str(authority) {
+            headers.append(header::HOST, host);
+        }
+    }
+    let mut forwarded = Vec::with_capacity(48);
+    added.forwarded_for(peer.ip(), &mut forwarded);
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(forwarded)) {
+        headers.append(X_FORWARDED_FOR.clone(), v);
+    }
     headers
 }
 
-/// Calls `f` with every header an origin is sent, in the client's order
-/// then `Host` (when the client sent none) and `X-Forwarded-For`: what
+/// The field the proxy adds the client's address to.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// What an origin is sent besides the client's own fields: `Host` when
+/// the client sent none, and `X-Forwarded-For`.
+pub struct Added<'a> {
+    /// The client sent no `Host`: the origin's authority goes instead.
+    pub host: bool,
+    /// The client's `X-Forwarded-For` (the first), which the client's
+    /// address is added to.
+    forwarded: Option<&'a HeaderValue>,
+}
+
+impl Added<'_> {
+    /// Writes the `X-Forwarded-For` value: the client's list, if it sent
+    /// one as text, then `peer`.
+    pub fn forwarded_for(&self, peer: IpAddr, out: &mut Vec<u8>) {
+        if let Some(prev) = self.forwarded.filter(|v| v.to_str().is_ok()) {
+            out.extend_from_slice(prev.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        push_ip(out, peer);
+    }
+}
+
+/// Calls `f` with each of the client's headers an origin is sent, in the
+/// client's order: all but the hop-by-hop ones (and those `Connection`
+/// names), `Content-Length`, `Expect`, `X-Forwarded-For` and, `bodiless`,
+/// `Content-Type`. The caller adds what [`Added`] says: together, what
 /// [`origin_request_headers`] (or, `bodiless`, [`bodiless_request_headers`])
 /// holds, without building a map.
-pub fn each_origin_header(
-    client_headers: &HeaderMap,
-    authority: &str,
-    peer: SocketAddr,
+pub fn each_origin_header<'a>(
+    client_headers: &'a HeaderMap,
     bodiless: bool,
     mut f: impl FnMut(&HeaderName, &HeaderValue),
-) {
-    // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = connection_named(client_headers).collect();
-    let forwarded_for = HeaderName::from_static("x-forwarded-for");
+) -> Added<'a> {
+    // Headers named in Connection are hop-by-hop too (a player rarely
+    // sends one: the names are looked for only then).
+    let named: Vec<HeaderName> = if client_headers.keys().any(|n| n == header::CONNECTION) {
+        connection_named(client_headers).collect()
+    } else {
+        Vec::new()
+    };
+    let mut added = Added {
+        host: true,
+        forwarded: None,
+    };
     for (name, value) in client_headers {
-        let dropped = HOP_BY_HOP.contains(name)
-            || *name == header::UPGRADE
+        if *name == header::HOST {
+            added.host = false;
+        } else if *name == X_FORWARDED_FOR {
+            added.forwarded.get_or_insert(value);
+            continue;
+        }
+        let dropped = is_hop_by_hop(name)
             || *name == header::CONTENT_LENGTH
             || *name == header::EXPECT
             || (bodiless && *name == header::CONTENT_TYPE)
-            || *name == forwarded_for
             || named.contains(name);
         if !dropped {
             f(name, value);
         }
     }
-    if !client_headers.contains_key(header::HOST) {
-        if let Ok(host) = HeaderValue::from_str(authority) {
-            f(&header::HOST, &host);
-        }
-    }
-    let mut forwarded = String::with_capacity(48);
-    if let Some(prev) = client_headers.get(&forwarded_for).and_then(|v| v.to_str().ok()) {
-        forwarded.push_str(prev);
-        forwarded.push_str(", ");
-    }
-    push_ip(&mut forwarded, peer.ip());
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        f(&forwarded_for, &v);
-    }
+    added
 }
 
 /// Writes `ip` as `Display` does; an IPv4 address without the formatting
 /// machinery (this runs on every request).
-fn push_ip(out: &mut String, ip: IpAddr) {
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    out.push(b'.');
                 }
                 if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
+                    out.push(b'0' + octet / 100);
                 }
                 if octet >= 10 {
-                    out.push(char::from(b'0' + octet / 10 % 10));
+                    out.push(b'0' + octet / 10 % 10);
                 }
-                out.push(char::from(b'0' + octet % 10));
+                out.push(b'0' + octet % 10);
             }
         }
         IpAddr::V6(v6) => {
-            use std::fmt::Write;
+            use std::io::Write;
             let _ = write!(out, "{v6}");
         }
     }
@@ -531,9 +551,9 @@ mod tests {
         #[test]
         fn addresses_are_written_as_display_writes_them(v4: std::net::Ipv4Addr, v6: std::net::Ipv6Addr) {
             for ip in [IpAddr::V4(v4), IpAddr::V6(v6)] {
-                let mut out = String::new();
+                let mut out = Vec::new();
                 push_ip(&mut out, ip);
-                proptest::prop_assert_eq!(out, ip.to_string());
+                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
             }
         }
     }

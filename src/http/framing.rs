@@ -5,8 +5,9 @@
 //!
 //! Pure functions over bytes; nothing here touches a socket.
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{StatusCode, Version};
+use http::StatusCode;
 
 /// Largest response head accepted from an origin.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -34,9 +35,14 @@ pub enum Framing {
 #[derive(Debug)]
 pub struct Head {
     pub status: StatusCode,
-    pub version: Version,
+    /// The end-to-end fields: the hop-by-hop ones (RFC 9110 §7.6.1:
+    /// `Connection`, those it names, `Keep-Alive`, `Transfer-Encoding` …)
+    /// describe the origin's connection and are left out.
     pub headers: HeaderMap,
     pub framing: Framing,
+    /// The origin keeps the connection open after this response: HTTP/1.1
+    /// without `Connection: close`.
+    pub keep_alive: bool,
     /// Bytes of the head, including the blank line.
     pub len: usize,
 }
@@ -62,12 +68,32 @@ pub enum FramingError {
     Trailers,
 }
 
-/// Headers a response head gains in the proxy: see [`super::add_cors`]
-/// and the `Server` header in [`super::finish`].
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), with
+/// `Upgrade`; so are those a `Connection` field names.
+pub static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Whether `name` is one of [`HOP_BY_HOP`].
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
+/// Headers a response head gains in the proxy: see
+/// [`super::add_standard_fields`].
 const ADDED_HEADERS: usize = 5;
 
 /// Parses a response head from the start of `buf`; `Ok(None)` while it is
 /// incomplete.
+///
+/// The kept fields' values share one copy of the head ([`same_place`]).
 pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FramingError> {
     // Left uninitialised: httparse writes the slots it fills, and setting
     // a hundred of them on every response costs more than the parse.
@@ -88,67 +114,133 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FramingError> {
     if status.is_informational() {
         return Err(FramingError::Interim(code));
     }
-    let version = if resp.version == Some(0) {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    // Room for what the proxy adds before the head goes on to a player
-    // (CORS, Server): the map does not grow and rehash on the way.
+    // One look at every field for what frames the body and what the
+    // connection fields say.
+    let mut framing = Fields::default();
+    for h in resp.headers.iter() {
+        framing.see(h.name.as_bytes(), h.value);
+    }
+    let keep_alive = resp.version == Some(1) && !framing.close;
+    let framing_of = framing.framing(status)?;
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    let shared = |part: &[u8]| same_place(&head, buf, part);
     let mut headers = HeaderMap::with_capacity(resp.headers.len() + ADDED_HEADERS);
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| FramingError::Head(format!("header name {:?}", h.name)))?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| FramingError::Head(format!("value of {name}")))?;
-        headers.append(name, value);
+        let value = HeaderValue::from_maybe_shared(shared(h.value))
+            .map_err(|_| FramingError::Head(format!("value of {name}")))?;
+        let named = || {
+            resp.headers.iter().any(|c| {
+                c.name.eq_ignore_ascii_case("connection")
+                    && visible(c.value)
+                        .into_iter()
+                        .flat_map(|v| v.split(|&b| b == b','))
+                        .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_str().as_bytes()))
+            })
+        };
+        let hop = is_hop_by_hop(&name) || (framing.names_fields && named());
+        if !hop {
+            headers.append(name, value);
+        }
     }
-    let framing = framing(status, &headers)?;
     Ok(Some(Head {
         status,
-        version,
         headers,
-        framing,
+        framing: framing_of,
+        keep_alive,
         len,
     }))
 }
 
-/// How the body of a response to a GET ends.
-fn framing(status: StatusCode, headers: &HeaderMap) -> Result<Framing, FramingError> {
-    if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(Framing::Empty);
-    }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        // Chunked must be the last coding; anything else is read to the
-        // close (and Content-Length is ignored, as RFC 9112 says).
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|c| !c.is_empty());
-        return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked,
-            _ => Framing::Close,
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.to_str().map_err(|_| FramingError::ContentLength)?.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(FramingError::ContentLength);
-            }
-            let n: u64 = part.parse().map_err(|_| FramingError::ContentLength)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(FramingError::ContentLength);
-            }
-            length = Some(n);
-        }
-    }
-    Ok(length.map_or(Framing::Close, Framing::Length))
+/// What a head's fields say about its body and connection, gathered
+/// field by field.
+#[derive(Default)]
+struct Fields {
+    /// The last transfer coding named, if a `Transfer-Encoding` was seen
+    /// (`Some(false)`: not chunked).
+    chunked: Option<bool>,
+    length: Option<u64>,
+    /// A `Content-Length` that is not one number (an error unless a
+    /// `Transfer-Encoding` makes it moot).
+    bad_length: bool,
+    /// `Connection: close`.
+    close: bool,
+    /// A `Connection` field names other fields (hop-by-hop too).
+    names_fields: bool,
 }
 
+impl Fields {
+    fn see(&mut self, name: &[u8], value: &[u8]) {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Chunked must be the last coding; anything else is read to
+            // the close (and Content-Length is ignored, as RFC 9112 says).
+            let last =
+                visible(value).and_then(|v| v.split(|&b| b == b',').map(<[u8]>::trim_ascii).rfind(|c| !c.is_empty()));
+            if let Some(last) = last {
+                self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+            } else if self.chunked.is_none() {
+                self.chunked = Some(false);
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let Some(value) = visible(value) else {
+                self.bad_length = true;
+                return;
+            };
+            for part in value.split(|&b| b == b',') {
+                let part = part.trim_ascii();
+                let n = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
+                    .flatten();
+                match n {
+                    Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                    _ => self.bad_length = true,
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in visible(value).into_iter().flat_map(|v| v.split(|&b| b == b',')) {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.names_fields = true;
+                }
+            }
+        }
+    }
+
+    /// How the body of a response to a GET ends (RFC 9112 §6.3).
+    fn framing(&self, status: StatusCode) -> Result<Framing, FramingError> {
+        if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return Ok(Framing::Empty);
+        }
+        Ok(match self.chunked {
+            Some(true) => Framing::Chunked,
+            Some(false) => Framing::Close,
+            None if self.bad_length => return Err(FramingError::ContentLength),
+            None => self.length.map_or(Framing::Close, Framing::Length),
+        })
+    }
+}
+
+/// `part` of `buf`, taken from `copy`, a copy of `buf`'s start: a head's
+/// values share one copy of it (one allocation, not one per value, and
+/// not the read buffer, which they would keep alive).
+pub(crate) fn same_place(copy: &Bytes, buf: &[u8], part: &[u8]) -> Bytes {
+    if part.is_empty() {
+        return Bytes::new();
+    }
+    let at = part.as_ptr() as usize - buf.as_ptr() as usize;
+    copy.slice(at..at + part.len())
+}
+
+/// A value as text, when it is (visible ASCII and tabs).
+fn visible(value: &[u8]) -> Option<&[u8]> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..0x7f).contains(&b))
+        .then_some(value)
+}
 /// What one call to [`ChunkScanner::scan`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scanned {
@@ -379,6 +471,133 @@ mod tests {
         assert_eq!(head.framing, Framing::Chunked);
         assert_eq!(&raw[head.len..], b"body");
         assert!(parse_head(&raw[..20]).unwrap().is_none(), "incomplete");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_left_out_and_say_whether_the_connection_stays() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+                   Transfer-Encoding: chunked\r\nServer: SRS/7\r\nX-End: a\r\nX-End: b\r\nUpgrade: h2c\r\n\
+                   TE: trailers\r\nTrailer: x\r\nProxy-Authenticate: y\r\nContent-Length: 4\r\n\r\n";
+        let head = parse_head(raw.as_bytes()).unwrap().unwrap();
+        let kept: Vec<(String, String)> = head
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        let expected = [
+            ("server", "SRS/7"),
+            ("x-end", "a"),
+            ("x-end", "b"),
+            ("content-length", "4"),
+        ];
+        assert_eq!(kept, expected.map(|(n, v)| (n.to_string(), v.to_string())));
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(head.keep_alive);
+        let keeps = |raw: &str| parse_head(raw.as_bytes()).unwrap().unwrap().keep_alive;
+        assert!(!keeps("HTTP/1.1 200 OK\r\nConnection: X-A, Close\r\n\r\n"));
+        assert!(!keeps("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(keeps("HTTP/1.1 200 OK\r\n\r\n"));
+    }
+
+    /// The framing and fields as they were found before the head was
+    /// read field by field: through a `HeaderMap`, then the hop-by-hop
+    /// fields removed from it.
+    /// A head as the tests compare it: framing, keep-alive, fields.
+    type Read = Result<(Framing, bool, Vec<(String, Vec<u8>)>), FramingError>;
+
+    fn through_a_map(raw: &[u8]) -> Read {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut slots);
+        resp.parse(raw).map_err(|e| FramingError::Head(e.to_string()))?;
+        let status = StatusCode::from_u16(resp.code.unwrap()).unwrap();
+        let mut headers = HeaderMap::new();
+        for h in resp.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| FramingError::Head("name".into()))?;
+            let value = HeaderValue::from_bytes(h.value).map_err(|_| FramingError::Head("value".into()))?;
+            headers.append(name, value);
+        }
+        let text = |name| {
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .collect::<Vec<_>>()
+        };
+        let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Empty
+        } else if headers.contains_key(header::TRANSFER_ENCODING) {
+            match text(header::TRANSFER_ENCODING).into_iter().rfind(|c| !c.is_empty()) {
+                Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked,
+                _ => Framing::Close,
+            }
+        } else {
+            let mut length = None;
+            for value in headers.get_all(header::CONTENT_LENGTH) {
+                for part in value.to_str().map_err(|_| FramingError::ContentLength)?.split(',') {
+                    let part = part.trim();
+                    let n: u64 = part.parse().map_err(|_| FramingError::ContentLength)?;
+                    if part.starts_with('+') || length.is_some_and(|l| l != n) {
+                        return Err(FramingError::ContentLength);
+                    }
+                    length = Some(n);
+                }
+            }
+            length.map_or(Framing::Close, Framing::Length)
+        };
+        let keep_alive =
+            resp.version == Some(1) && !text(header::CONNECTION).iter().any(|t| t.eq_ignore_ascii_case("close"));
+        crate::http::forward::strip_hop_by_hop(&mut headers);
+        let fields = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        Ok((framing, keep_alive, fields))
+    }
+
+    proptest! {
+        /// Field by field, the head reads as it did through a map.
+        #[test]
+        fn fields_read_as_through_a_map(
+            version in 0..2u8,
+            status in prop::sample::select(vec![200u16, 204, 304, 404]),
+            fields in prop::collection::vec(
+                (
+                    prop::sample::select(vec![
+                        "Content-Length", "content-length", "Transfer-Encoding", "Connection",
+                        "X-A", "x-b", "Server", "Keep-Alive", "TE", "Upgrade",
+                    ]),
+                    prop::sample::select(vec![
+                        "5", " 5 ", "5, 5", "5,6", "", "+5", "-1", "99999999999999999999", "chunked",
+                        "gzip, chunked", "chunked, gzip", "gzip,", "close", "Keep-Alive", "x-a",
+                        "X-B, close", "caf\u{e9}", "a\tb",
+                    ]),
+                ),
+                0..7,
+            ),
+        ) {
+            let mut raw = format!("HTTP/1.{version} {status} X\r\n").into_bytes();
+            for (name, value) in &fields {
+                raw.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+            }
+            raw.extend_from_slice(b"\r\n");
+            let now = parse_head(&raw).map(|h| {
+                let h = h.unwrap();
+                let fields: Vec<(String, Vec<u8>)> =
+                    h.headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect();
+                (h.framing, h.keep_alive, fields)
+            });
+            // A map's removals reorder what is left; each name's values
+            // keep their order.
+            let by_name = |r: Read| {
+                r.map(|(f, k, mut fields)| {
+                    fields.sort_by(|a, b| a.0.cmp(&b.0));
+                    (f, k, fields)
+                })
+            };
+            prop_assert_eq!(by_name(now), by_name(through_a_map(&raw)));
+        }
     }
 
     #[test]

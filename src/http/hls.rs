@@ -15,11 +15,11 @@
 
 use std::sync::Arc;
 
-use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{header, HeaderMap, Method, Response, StatusCode};
 
 use super::edge::hls_cache::{Answer, CacheKey, Fetched, Kind, Outcome};
 use super::exchange;
-use super::forward::{self, response_headers, Whole};
+use super::forward::{self, Whole};
 use super::hls_session::{self, HlsSessions};
 use super::request::{HttpState, StreamKind, StreamRequest};
 use super::{full, Body, HttpError};
@@ -223,7 +223,8 @@ async fn fetch_playlist(
     // not copied.
     let status = answer.status;
     let mut headers = Arc::try_unwrap(answer).map_or_else(|shared| shared.headers.clone(), |own| own.headers);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+    // The length is the rewrite's, written from the body's.
+    headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::ETAG);
     state.hls_bytes_out.inc_by(rewritten.len() as u64);
     let mut resp = Response::new(full(rewritten));
@@ -260,11 +261,9 @@ async fn origin_playlist(
     }
     let wait = ctx.config.origin_response_timeout;
     let (parts, body) = forward::bounded(upstream.read_whole(limit, wait), limit, wait).await?;
-    let mut headers = parts.headers;
-    forward::strip_hop_by_hop(&mut headers);
     Ok(Ok(Arc::new(Answer {
         status: parts.status,
-        headers,
+        headers: parts.headers,
         body,
     })))
 }
@@ -312,7 +311,8 @@ fn shared_fetch(
                 match upstream.read_whole(limit, ctx.config.origin_response_timeout).await? {
                     Whole::Body(parts, body) => Fetched::Whole(Answer {
                         status: parts.status,
-                        headers: response_headers(&parts),
+                        // End-to-end fields only, as the exchange reads them.
+                        headers: parts.headers,
                         body,
                     }),
                     Whole::TooLarge => Fetched::TooLarge,

@@ -190,14 +190,28 @@ const CORS: [(header::HeaderName, HeaderValue); 4] = [
     ),
 ];
 
-/// Adds the CORS headers SRS sends, unless the origin already set them.
-pub fn add_cors(headers: &mut http::HeaderMap) {
+/// Adds the CORS headers SRS sends and the `Server` header, unless the
+/// handler (or the origin) already set them. Used where a head is written
+/// from its map (hyper, detached relays); [`plain`] writes the same fields
+/// straight into the head instead ([`standard_fields`]).
+pub fn add_standard_fields(headers: &mut http::HeaderMap) {
     use http::header::Entry;
-    for (name, value) in CORS {
+    for (name, value) in standard_fields() {
         if let Entry::Vacant(slot) = headers.entry(name) {
-            slot.insert(value);
+            slot.insert(value.clone());
         }
     }
+}
+
+/// The fields every answer of a streaming listener carries unless its
+/// handler set them: the CORS headers SRS sends, then `Server`. Built
+/// once; a value's clone shares its bytes.
+pub fn standard_fields() -> &'static [(header::HeaderName, HeaderValue); 5] {
+    static FIELDS: std::sync::OnceLock<[(header::HeaderName, HeaderValue); 5]> = std::sync::OnceLock::new();
+    FIELDS.get_or_init(|| {
+        let [a, b, c, d] = CORS;
+        [a, b, c, d, (header::SERVER, server_header())]
+    })
 }
 
 /// The span of one request; `stream` and `origin` are filled in once known.
@@ -211,23 +225,22 @@ pub fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
     )
 }
 
-/// Last touches of every answer an HTTP listener writes: an error becomes
-/// its response, CORS where the origin set none, the `Server` header, and
-/// the count by route class, status and fault.
+/// Last touches of every answer a streaming listener writes: an error
+/// becomes its response, and the answer is counted by route class, status
+/// and fault. The standard fields (CORS, `Server`) are added where the
+/// head is written: [`add_standard_fields`], or by [`plain`] itself.
 pub fn finish(
     ctx: &crate::context::Context,
     class: &'static str,
     result: Result<Response<Body>, HttpError>,
 ) -> Response<Body> {
-    let (mut resp, fault) = match result {
+    let (resp, fault) = match result {
         Ok(resp) => (resp, crate::error::NO_FAULT),
         Err(e) => {
             let fault = e.fault.as_str();
             (e.into_response(), fault)
         }
     };
-    add_cors(resp.headers_mut());
-    resp.headers_mut().entry(header::SERVER).or_insert_with(server_header);
     ctx.metrics
         .http_requests_total
         .with_label_values(&[class, resp.status().as_str(), fault])

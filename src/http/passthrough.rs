@@ -39,7 +39,7 @@ use rustix::net::RecvFlags;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
-use super::forward::{self, strip_hop_by_hop};
+use super::forward;
 use super::framing::{self, ChunkScanner, Framing, FramingError, Head};
 use super::pipe::{self, Pipe};
 use super::serve::Detach;
@@ -125,8 +125,8 @@ pub async fn request(
             }
             match framing::parse_head(&buf) {
                 Ok(Some(head)) => {
-                    let rest = buf.split_off(head.len);
-                    return Ok((head, rest));
+                    buf.advance(head.len);
+                    return Ok((head, buf));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -169,8 +169,7 @@ impl OriginResponse {
         limit: usize,
         splice: Option<IntCounter>,
     ) -> Response<Body> {
-        let mut headers = self.head.headers;
-        strip_hop_by_hop(&mut headers);
+        let headers = self.head.headers;
         let mut resp = Response::new(full(Bytes::new()));
         *resp.status_mut() = self.head.status;
         *resp.headers_mut() = headers;

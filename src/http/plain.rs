@@ -43,7 +43,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::Poll;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -108,7 +108,10 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
     let Some(path) = head.path.filter(|p| p.starts_with('/')) else {
         return Parsed::Other;
     };
-    let Ok(uri) = Uri::try_from(path) else {
+    // The target and the values share one copy of the head.
+    let copy = Bytes::copy_from_slice(&buf[..len]);
+    let shared = |part: &[u8]| super::framing::same_place(&copy, buf, part);
+    let Ok(uri) = Uri::from_maybe_shared(shared(path.as_bytes())) else {
         return Parsed::Other;
     };
     let mut headers = HeaderMap::with_capacity(head.headers.len());
@@ -116,7 +119,7 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
     for field in head.headers.iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(field.name.as_bytes()),
-            HeaderValue::from_bytes(field.value),
+            HeaderValue::from_maybe_shared(shared(field.value)),
         ) else {
             return Parsed::Other;
         };
@@ -161,20 +164,32 @@ pub enum Framing {
 /// known: the bytes, how the body follows, and whether the connection
 /// stays open after it (`keep_alive`: as far as the request and the drain
 /// go). The fields the framing needs are written after the handler's,
-/// straight into the bytes.
+/// straight into the bytes, and with `standard` the
+/// [standard fields](super::standard_fields) the handler did not set.
 pub fn encode_head(
     parts: &http::response::Parts,
     version: Version,
     head: bool,
     length: Option<u64>,
     mut keep_alive: bool,
+    standard: bool,
 ) -> (Vec<u8>, Framing, bool) {
     let status = parts.status;
     let headers = &parts.headers;
     // One allocation: the fields, what is added to them (status line,
-    // framing, connection, date: at most about 170 bytes), and a short
-    // body, which `write_response` sends in the same write.
-    let fields: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    // framing, connection, date: at most about 170 bytes; the standard
+    // fields), and a short body, which `write_response` sends in the same
+    // write.
+    let standard_fields = super::standard_fields();
+    let mut fields: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    if standard {
+        fields += STANDARD_BYTES.get_or_init(|| {
+            standard_fields
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 4)
+                .sum()
+        });
+    }
     let body = match length {
         Some(n) if !head && n <= WITH_HEAD as u64 => n as usize,
         _ => 0,
@@ -192,7 +207,12 @@ pub fn encode_head(
         out.extend_from_slice(b"\r\n");
     }
     let (mut has_length, mut has_connection, mut has_date) = (false, false, false);
+    // Bit i: the handler set standard field i (or none is to be added).
+    let mut set: u8 = if standard { 0 } else { u8::MAX };
     for (name, value) in headers.iter() {
+        if let Some(i) = standard_fields.iter().position(|(n, _)| n == name) {
+            set |= 1 << i;
+        }
         if name == header::CONTENT_LENGTH {
             has_length = true;
         } else if name == header::CONNECTION {
@@ -202,6 +222,11 @@ pub fn encode_head(
             has_date = true;
         }
         line(&mut out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    for (i, (name, value)) in standard_fields.iter().enumerate() {
+        if set & (1 << i) == 0 {
+            line(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
     }
     let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = if bodiless {
@@ -241,6 +266,9 @@ pub fn encode_head(
     out.extend_from_slice(b"\r\n");
     (out, framing, keep_alive)
 }
+
+/// The length of the standard fields on the wire.
+static STANDARD_BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -283,10 +311,11 @@ async fn write_response(
     version: Version,
     head: bool,
     keep_alive: bool,
+    standard: bool,
 ) -> std::io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
     let length = body.size_hint().exact();
-    let (mut out, framing, keep_alive) = encode_head(&parts, version, head, length, keep_alive);
+    let (mut out, framing, keep_alive) = encode_head(&parts, version, head, length, keep_alive, standard);
     if framing == Framing::None {
         tcp.write_all(&out).await?;
         return Ok(keep_alive);
@@ -462,23 +491,27 @@ where
             served = true;
             buf.advance(len);
             let (version, head) = (req.version(), req.method() == Method::HEAD);
-            let resp = match self.hyper.refusal(&req) {
-                Some(refusal) => refusal,
+            // A refusal goes as hyper's path sends it: without the
+            // standard fields an answer gets.
+            let (resp, standard) = match self.hyper.refusal(&req) {
+                Some(refusal) => (refusal, false),
                 // Boxed: the handler's future is large (the deepest stream
                 // path), and inline it would stay part of this task's
                 // allocation for as long as a live relay runs.
-                None => Box::pin((self.answer)(req, peer)).await,
+                None => (Box::pin((self.answer)(req, peer)).await, true),
             };
             if let Some(detached) = resp.extensions().get::<Detach>().and_then(Detach::take) {
                 // A live relay holds the connection from here on: nothing
                 // of the request's reading stays allocated meanwhile.
                 drop((buf, timer, drain));
-                detached(tcp, resp.into_parts().0).await;
+                let (mut parts, _) = resp.into_parts();
+                super::add_standard_fields(&mut parts.headers);
+                detached(tcp, parts).await;
                 return;
             }
             let keep_alive = keep_alive && !ctx.shutdown.is_draining();
             // Boxed for the same reason as the handler's future.
-            match Box::pin(write_response(&mut tcp, resp, version, head, keep_alive)).await {
+            match Box::pin(write_response(&mut tcp, resp, version, head, keep_alive, standard)).await {
                 Ok(true) => {}
                 Ok(false) => {
                     let _ = tcp.shutdown().await;
@@ -575,24 +608,48 @@ mod tests {
             b = b.header(*k, *v);
         }
         let (parts, ()) = b.body(()).unwrap().into_parts();
-        let (bytes, framing, keep) = encode_head(&parts, version, head, length, keep);
+        let (bytes, framing, keep) = encode_head(&parts, version, head, length, keep, false);
         (String::from_utf8(bytes).unwrap(), framing, keep)
+    }
+
+    /// An answer's head carries the standard fields its handler did not
+    /// set, once each, and as `add_standard_fields` puts them in a map; a
+    /// refusal's carries none.
+    #[test]
+    fn answers_get_the_standard_fields_the_handler_did_not_set() {
+        let mut b = Response::builder()
+            .header("access-control-allow-origin", "https://a.example")
+            .header("content-type", "text/plain");
+        b = b.header("server", "origin/1");
+        let (parts, ()) = b.body(()).unwrap().into_parts();
+        let (out, _, _) = encode_head(&parts, Version::HTTP_11, false, Some(0), true, true);
+        let text = String::from_utf8(out).unwrap();
+        let mut expected = parts.headers.clone();
+        super::super::add_standard_fields(&mut expected);
+        for (name, value) in &expected {
+            let line = format!("\r\n{name}: {}\r\n", value.to_str().unwrap());
+            assert_eq!(text.matches(&line).count(), 1, "{line:?} once in {text}");
+        }
+        assert_eq!(text.matches("access-control-allow-origin").count(), 1, "{text}");
+        assert_eq!(text.matches("server:").count(), 1, "{text}");
+        assert_eq!(expected.len(), 6);
+
+        let (out, _, _) = encode_head(&parts, Version::HTTP_11, false, Some(0), true, false);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("access-control-allow-methods"), "{text}");
     }
 
     /// The head is made in one allocation with room for a short body
     /// (sent in the same write), long CORS values and all.
     #[test]
     fn the_head_has_room_for_a_short_body() {
-        let mut resp = Response::new(());
-        super::super::add_cors(resp.headers_mut());
-        resp.headers_mut().insert(header::SERVER, super::super::server_header());
-        let (parts, ()) = resp.into_parts();
+        let (parts, ()) = Response::new(()).into_parts();
         for version in [Version::HTTP_10, Version::HTTP_11] {
-            let (out, framing, _) = encode_head(&parts, version, false, Some(400), true);
+            let (out, framing, _) = encode_head(&parts, version, false, Some(400), true, true);
             assert_eq!(framing, Framing::Length);
             assert!(out.capacity() >= out.len() + 400, "{} of {}", out.len(), out.capacity());
         }
-        let (out, _, _) = encode_head(&parts, Version::HTTP_11, false, Some(1 << 20), true);
+        let (out, _, _) = encode_head(&parts, Version::HTTP_11, false, Some(1 << 20), true, true);
         assert!(out.capacity() < 4096, "a long body is not reserved for");
     }
 

@@ -48,7 +48,11 @@ pub async fn run(listener: TcpListener, ctx: Context, edge: Edge) {
     let hyper = HttpServer::new(ctx.clone(), LISTENER_NAME, move |req: Request<Incoming>, peer| {
         let state = for_hyper.clone();
         // No stream request has a body: hyper reads past one, if sent.
-        async move { route(&state, req.map(|_| ()), peer).await }
+        async move {
+            let mut resp = route(&state, req.map(|_| ()), peer).await;
+            super::add_standard_fields(resp.headers_mut());
+            resp
+        }
     });
     let server = PlainServer::new(hyper, move |req, peer| {
         let state = state.clone();

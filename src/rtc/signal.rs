@@ -116,7 +116,9 @@ async fn route(state: &RtcState, req: Request<Incoming>, peer: SocketAddr) -> Re
             }
             resp
         });
-        crate::http::finish(&state.ctx, class, result)
+        let mut resp = crate::http::finish(&state.ctx, class, result);
+        crate::http::add_standard_fields(resp.headers_mut());
+        resp
     }
     .instrument(span)
     .await
