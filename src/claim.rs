@@ -88,7 +88,7 @@ impl Context {
             Ok(Claim::NoOrigin) => "no_origin",
             Err(_) => "error",
         };
-        self.metrics.claims_total.with_label_values(&[label]).inc();
+        self.metrics.count_claim(label);
         match result? {
             Claim::Origin(origin, outcome) => {
                 tracing::Span::current().record("origin", tracing::field::display(&origin.id));

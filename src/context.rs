@@ -62,9 +62,7 @@ impl Context {
             Err(e) => e.metric_label(),
         };
         self.metrics
-            .store_operation_seconds
-            .with_label_values(&[op, outcome])
-            .observe(started.elapsed().as_secs_f64());
+            .observe_store_op(op, outcome, started.elapsed().as_secs_f64());
         result
     }
 
@@ -95,13 +93,47 @@ impl Context {
 /// before they start, and a timer costs a clock read and a runtime handle
 /// each time. The wait counts from the first poll that finds `fut`
 /// pending.
-pub async fn timeout_if_pending<F: Future>(wait: Duration, fut: F) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let mut fut = std::pin::pin!(fut);
-    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
-        return Ok(out);
-    }
-    tokio::time::timeout(wait, fut).await
+///
+/// A future of its own, not an `async fn`: one holds `fut` twice, as its
+/// argument and pinned, which doubles the size of every request future
+/// around it.
+pub fn timeout_if_pending<F: Future>(wait: Duration, fut: F) -> TimeoutIfPending<F> {
+    TimeoutIfPending { fut, sleep: None, wait }
 }
+
+pin_project_lite::pin_project! {
+    /// See [`timeout_if_pending`].
+    pub struct TimeoutIfPending<F> {
+        #[pin]
+        fut: F,
+        // Set on the first poll that finds `fut` pending.
+        #[pin]
+        sleep: Option<tokio::time::Sleep>,
+        wait: Duration,
+    }
+}
+
+impl<F: Future> Future for TimeoutIfPending<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep(*this.wait)));
+        }
+        match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(Elapsed)),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// A wait of [`timeout_if_pending`] that ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
 
 #[cfg(test)]
 mod tests {

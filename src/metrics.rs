@@ -108,6 +108,52 @@ pub struct Metrics {
     pub edge_hls_cache_served_bytes_total: IntCounter,
     /// Edge mode: HLS cache entries dropped, by reason (size, expired).
     pub edge_hls_cache_evictions_total: IntCounterVec,
+    /// Children of the vectors every request touches, by label values.
+    kept: std::sync::Arc<KeptChildren>,
+}
+
+/// Children of the per-request vectors, kept by their label values (all
+/// `'static` text but the status) so a request does not hash its labels
+/// again each time: a look along a short list under a lock instead.
+#[derive(Default)]
+struct KeptChildren {
+    requests: Kept<IntCounter, 5>,
+    claims: Kept<IntCounter, 2>,
+    store_ops: Kept<Histogram, 4>,
+}
+
+/// Label sets kept per vector; the rest go through the vector each time.
+const KEPT: usize = 64;
+
+/// A vector's children seen so far, keyed by `N` words of label values: a
+/// `'static` text is its address and length (the same text at another
+/// address is kept again, as the same child).
+struct Kept<M, const N: usize>(std::sync::Mutex<Vec<([usize; N], M)>>);
+
+impl<M, const N: usize> Default for Kept<M, N> {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(Vec::new()))
+    }
+}
+
+impl<M: Clone, const N: usize> Kept<M, N> {
+    /// Calls `f` with the child for `key`, made by `make` the first time.
+    fn with(&self, key: [usize; N], make: impl FnOnce() -> M, f: impl FnOnce(&M)) {
+        let mut seen = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, child)) = seen.iter().find(|(k, _)| *k == key) {
+            return f(child);
+        }
+        let child = make();
+        f(&child);
+        if seen.len() < KEPT {
+            seen.push((key, child));
+        }
+    }
+}
+
+/// `text` as two words of a [`Kept`] key.
+fn text_key(text: &'static str) -> [usize; 2] {
+    [text.as_ptr() as usize, text.len()]
 }
 
 impl Default for Metrics {
@@ -183,8 +229,33 @@ impl Metrics {
             edge_hls_cache_bytes: register_int_gauge_with_registry!("edge_hls_cache_bytes", "Edge mode: bytes held by the HLS cache.", r)?,
             edge_hls_cache_served_bytes_total: register_int_counter_with_registry!("edge_hls_cache_served_bytes_total", "Edge mode: HLS body bytes served from the cache or a shared origin request.", r)?,
             edge_hls_cache_evictions_total: register_int_counter_vec_with_registry!("edge_hls_cache_evictions_total", "Edge mode: HLS cache entries dropped, by reason.", &["reason"], r)?,
+            kept: Default::default(),
             registry: r,
         })
+    }
+
+    /// Counts an HTTP answer in `http_requests_total`.
+    pub fn count_request(&self, route: &'static str, status: http::StatusCode, fault: &'static str) {
+        let ([r0, r1], [f0, f1]) = (text_key(route), text_key(fault));
+        let key = [r0, r1, usize::from(status.as_u16()), f0, f1];
+        let make = || {
+            self.http_requests_total
+                .with_label_values(&[route, status.as_str(), fault])
+        };
+        self.kept.requests.with(key, make, IntCounter::inc);
+    }
+
+    /// Counts a claim in `claims_total`.
+    pub fn count_claim(&self, result: &'static str) {
+        let make = || self.claims_total.with_label_values(&[result]);
+        self.kept.claims.with(text_key(result), make, IntCounter::inc);
+    }
+
+    /// Observes a store operation's latency in `store_operation_seconds`.
+    pub fn observe_store_op(&self, op: &'static str, result: &'static str, seconds: f64) {
+        let ([o0, o1], [r0, r1]) = (text_key(op), text_key(result));
+        let make = || self.store_operation_seconds.with_label_values(&[op, result]);
+        self.kept.store_ops.with([o0, o1, r0, r1], make, |h| h.observe(seconds));
     }
 
     /// Counts a connection as open until the guard drops.
@@ -214,5 +285,53 @@ pub struct ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.gauge.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    /// Kept children count exactly where the vector's own would: per
+    /// label set, for the same text at another address, for a text that is
+    /// the start of another, and past the number kept.
+    #[test]
+    fn kept_children_count_where_the_vector_would() {
+        let m = Metrics::new();
+        let playlists: &'static str = "playlists";
+        let prefix = &playlists[..8];
+        for (route, status, fault) in [
+            ("playlist", StatusCode::OK, "none"),
+            ("playlist", StatusCode::OK, "none"),
+            (prefix, StatusCode::OK, "none"),
+            (&playlists[..4], StatusCode::OK, "none"),
+            ("playlist", StatusCode::NOT_FOUND, "client"),
+        ] {
+            m.count_request(route, status, fault);
+        }
+        let requests = |labels: [&str; 3]| m.http_requests_total.with_label_values(&labels).get();
+        assert_eq!(requests(["playlist", "200", "none"]), 3);
+        assert_eq!(requests(["play", "200", "none"]), 1);
+        assert_eq!(requests(["playlist", "404", "client"]), 1);
+        for i in 0..KEPT + 10 {
+            let route: &'static str = Box::leak(format!("r{i}").into_boxed_str());
+            m.count_request(route, StatusCode::OK, "none");
+            m.count_request(route, StatusCode::OK, "none");
+        }
+        for i in [0, KEPT + 9] {
+            assert_eq!(requests([&format!("r{i}"), "200", "none"]), 2, "r{i}");
+        }
+        m.count_claim("hit");
+        m.count_claim("hit");
+        m.count_claim("new");
+        assert_eq!(m.claims_total.with_label_values(&["hit"]).get(), 2);
+        assert_eq!(m.claims_total.with_label_values(&["new"]).get(), 1);
+        m.observe_store_op("claim", "ok", 0.001);
+        m.observe_store_op("claim", "ok", 0.002);
+        m.observe_store_op("claim", "unavailable", 0.5);
+        let ops = |labels: [&str; 2]| m.store_operation_seconds.with_label_values(&labels).get_sample_count();
+        assert_eq!(ops(["claim", "ok"]), 2);
+        assert_eq!(ops(["claim", "unavailable"]), 1);
     }
 }

@@ -452,17 +452,20 @@ pub async fn read_bounded(
     limit: usize,
     wait: std::time::Duration,
 ) -> Result<(http::response::Parts, Bytes), HttpError> {
-    bounded(read_whole(upstream, limit, wait), limit, wait).await
+    let read = crate::context::timeout_if_pending(wait, read_whole(upstream, limit, wait)).await;
+    bounded(read, limit, wait)
 }
 
-/// A whole body read by `whole` of at most `limit` bytes, all of it
-/// within `wait`.
-pub async fn bounded(
-    whole: impl std::future::Future<Output = Result<Whole, HttpError>>,
+/// A whole body of at most `limit` bytes, read within `wait`
+/// (`timeout_if_pending(wait, …)` of a read of the whole body), or why
+/// there is none. Not an `async fn` taking the read: one would hold the
+/// read's future twice.
+pub fn bounded(
+    read: Result<Result<Whole, HttpError>, crate::context::Elapsed>,
     limit: usize,
     wait: std::time::Duration,
 ) -> Result<(http::response::Parts, Bytes), HttpError> {
-    match crate::context::timeout_if_pending(wait, whole).await {
+    match read {
         Ok(Ok(Whole::Body(parts, body))) => Ok((parts, body)),
         Ok(Ok(Whole::TooLarge)) => Err(playlist_too_large(limit)),
         Ok(Err(e)) => Err(e),

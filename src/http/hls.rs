@@ -123,7 +123,7 @@ async fn from_origin(
     if cacheable(state, sr) {
         let cache_key = CacheKey::segment(&origin.id, &sr.key, &sr.target);
         let fetch = shared_fetch(state, sr, origin, ctx.config.edge.hls_max_segment_bytes);
-        match state.edge.hls_cache.get(Kind::Segment, cache_key, fetch).await {
+        match Box::pin(state.edge.hls_cache.get(Kind::Segment, cache_key, fetch)).await {
             Outcome::Answer(answer) => return Ok(answer_response(state, &answer)),
             Outcome::Failed(e) => return ctx.reported(origin, Err(e)).await,
             Outcome::TooLarge => {}
@@ -246,7 +246,7 @@ async fn origin_playlist(
     if cacheable(state, sr) {
         let cache_key = CacheKey::playlist(&origin.id, &sr.key, &sr.target);
         let fetch = shared_fetch(state, sr, origin, limit);
-        return match state.edge.hls_cache.get(Kind::Playlist, cache_key, fetch).await {
+        return match Box::pin(state.edge.hls_cache.get(Kind::Playlist, cache_key, fetch)).await {
             Outcome::Answer(answer) if answer.status.is_success() => Ok(Ok(answer)),
             Outcome::Answer(answer) => Ok(Err(answer_response(state, &answer))),
             Outcome::TooLarge => Err(forward::playlist_too_large(limit)),
@@ -260,7 +260,8 @@ async fn origin_playlist(
         return Ok(Err(upstream.relay(state.hls_bytes_out.clone())));
     }
     let wait = ctx.config.origin_response_timeout;
-    let (parts, body) = forward::bounded(upstream.read_whole(limit, wait), limit, wait).await?;
+    let read = crate::context::timeout_if_pending(wait, upstream.read_whole(limit, wait)).await;
+    let (parts, body) = forward::bounded(read, limit, wait)?;
     Ok(Ok(Arc::new(Answer {
         status: parts.status,
         headers: parts.headers,
@@ -270,6 +271,8 @@ async fn origin_playlist(
 
 /// Whether a request goes through the HLS cache: edge mode on, a GET, and
 /// not for a byte range (HEAD and ranges behave as with edge mode off).
+/// The cache's wait is boxed where it is awaited: inline, it would make
+/// every request's future (edge mode or not) larger by its size.
 fn cacheable(state: &HttpState, sr: &StreamRequest<'_>) -> bool {
     state.ctx.config.edge.enabled() && sr.req.method() == Method::GET && !sr.req.headers().contains_key(header::RANGE)
 }

@@ -241,10 +241,7 @@ pub fn finish(
             (e.into_response(), fault)
         }
     };
-    ctx.metrics
-        .http_requests_total
-        .with_label_values(&[class, resp.status().as_str(), fault])
-        .inc();
+    ctx.metrics.count_request(class, resp.status(), fault);
     resp
 }
 

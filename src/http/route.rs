@@ -49,25 +49,30 @@ pub async fn run(listener: TcpListener, ctx: Context, edge: Edge) {
         let state = for_hyper.clone();
         // No stream request has a body: hyper reads past one, if sent.
         async move {
-            let mut resp = route(&state, req.map(|_| ()), peer).await;
+            let mut resp = route(state, req.map(|_| ()), peer).await;
             super::add_standard_fields(resp.headers_mut());
             resp
         }
     });
-    let server = PlainServer::new(hyper, move |req, peer| {
-        let state = state.clone();
-        async move { route(&state, req, peer).await }
-    });
+    let server = PlainServer::new(hyper, move |req, peer| route(state.clone(), req, peer));
     crate::listener::serve(listener, ctx, LISTENER_NAME, max, server).await
 }
 
-/// Classifies a request and answers it; counts it by route and status.
-async fn route(state: &HttpState, req: Request<()>, peer: SocketAddr) -> Response<Body> {
+/// Classifies a request and answers it, in its span; counts it by route
+/// and status. Not an `async fn`: one would hold the request twice (as
+/// its argument and in the future it awaits), and the whole request
+/// future lives on for as long as a response is written.
+fn route(
+    state: Arc<HttpState>,
+    req: Request<()>,
+    peer: SocketAddr,
+) -> impl std::future::Future<Output = Response<Body>> + Send {
     let span = super::request_span(&req);
-    route_in_span(state, req, peer).instrument(span).await
+    route_in_span(state, req, peer).instrument(span)
 }
 
-async fn route_in_span(state: &HttpState, req: Request<()>, peer: SocketAddr) -> Response<Body> {
+async fn route_in_span(state: Arc<HttpState>, req: Request<()>, peer: SocketAddr) -> Response<Body> {
+    let state = &*state;
     let path = req.uri().path();
     let (class, result) = if path == versions::PATH {
         ("versions", Ok(versions::versions(&state.ctx).await))
