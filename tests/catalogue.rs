@@ -473,6 +473,31 @@ async fn http_rows() {
         "closing an idle keep-alive connection is not a refusal"
     );
 
+    // Kept alive across requests, a connection gets the whole timeout
+    // after each: the timer set while it waited for an earlier head is
+    // moved on, not obeyed (the third request comes 1.4 s after the first
+    // wait began, with a 1 s timeout).
+    let tcp = TcpStream::connect(http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for round in 0..3 {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        let req = Request::get("/api/v1/versions")
+            .header("host", "x")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender
+            .send_request(req)
+            .await
+            .unwrap_or_else(|e| panic!("request {round} on the kept-alive connection: {e}"));
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.into_body().collect().await.unwrap();
+    }
+
     // A 502 tells the client which origin, not where it is or why.
     let scan = FakeOrigin::start("scan22").await;
     let port = scan.addr.port();

@@ -454,14 +454,17 @@ where
                     if let Poll::Ready(r) = tokio_util::io::poll_read_buf(Pin::new(&mut tcp), cx, &mut buf) {
                         return Poll::Ready(Wait::Read(r));
                     }
-                    // A timer only once the client makes us wait.
+                    // A timer only once the client makes us wait. One set
+                    // for an earlier head is left to fire and moved on to
+                    // this deadline then: once per timeout, not (a timer
+                    // wheel's removal and insertion) once per request.
                     let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-                    if sleep.deadline() != until {
-                        sleep.as_mut().reset(until);
-                    }
-                    match sleep.as_mut().poll(cx) {
-                        Poll::Ready(()) => Poll::Ready(Wait::TimedOut),
-                        Poll::Pending => Poll::Pending,
+                    loop {
+                        match sleep.as_mut().poll(cx) {
+                            Poll::Ready(()) if sleep.deadline() < until => sleep.as_mut().reset(until),
+                            Poll::Ready(()) => return Poll::Ready(Wait::TimedOut),
+                            Poll::Pending => return Poll::Pending,
+                        }
                     }
                 })
                 .await;

@@ -292,13 +292,45 @@ impl Inner {
     /// when that is earlier than where it is filed (see [`StreamEntry`]).
     fn touch(&mut self, key: &StreamKey, expires: Instant) {
         if let Some(entry) = self.streams.get_mut(key) {
-            entry.expires = expires;
-            if expires < entry.filed {
-                let old = std::mem::replace(&mut entry.filed, expires);
-                self.stream_expiry.remove(&(old, key.clone()));
-                self.stream_expiry.insert((expires, key.clone()));
-            }
+            Self::extend(&mut self.stream_expiry, key, entry, expires);
         }
+    }
+
+    /// `key`'s entry now expires at `expires`, refiled if that is earlier
+    /// than where it is filed.
+    fn extend(
+        stream_expiry: &mut BTreeSet<(Instant, StreamKey)>,
+        key: &StreamKey,
+        entry: &mut StreamEntry,
+        expires: Instant,
+    ) {
+        entry.expires = expires;
+        if expires < entry.filed {
+            let old = std::mem::replace(&mut entry.filed, expires);
+            stream_expiry.remove(&(old, key.clone()));
+            stream_expiry.insert((expires, key.clone()));
+        }
+    }
+
+    /// A claim of a mapped stream, in one look at the stream: its origin
+    /// if usable (the mapping then extended to `expires`), `Some(None)`
+    /// when the origin is not usable, `None` when the stream is not mapped.
+    fn claim_mapped(&mut self, key: &StreamKey, expires: Instant) -> Option<Option<Origin>> {
+        let Self {
+            streams,
+            origins,
+            stream_expiry,
+            ..
+        } = self;
+        let entry = streams.get_mut(key)?;
+        let origin = origins
+            .get(&entry.origin_id)
+            .filter(|e| e.health.healthy)
+            .map(|e| e.origin.clone());
+        if origin.is_some() {
+            Self::extend(stream_expiry, key, entry, expires);
+        }
+        Some(origin)
     }
 
     /// The policy's choice among the origins with room for `protocol`.
@@ -478,14 +510,9 @@ impl MemoryStore {
         let mut inner = self.lock();
         let now = inner.now;
         let mut outcome = ClaimOutcome::New;
-        // The mapped origin, if any, and whether it is still usable (read
-        // before anything changes, so its id need not be copied).
-        let mapped = inner.streams.get(key).map(|s| inner.usable(&s.origin_id).cloned());
-        match mapped {
-            Some(Some(origin)) => {
-                inner.touch(key, now + ttl);
-                return Ok(Claim::Origin(origin, ClaimOutcome::Hit));
-            }
+        // The mapped origin, if any, and whether it is still usable.
+        match inner.claim_mapped(key, now + ttl) {
+            Some(Some(origin)) => return Ok(Claim::Origin(origin, ClaimOutcome::Hit)),
             Some(None) => {
                 outcome = ClaimOutcome::Failover;
                 inner.unmap(key);
