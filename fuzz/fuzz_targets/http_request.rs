@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
                 req.method() == http::Method::HEAD,
                 None,
                 keep_alive,
+                true,
             );
             assert!(head.ends_with(b"\r\n\r\n"));
         }
