@@ -86,10 +86,6 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 
-/// Headers a response head gains in the proxy: see
-/// [`super::add_standard_fields`].
-const ADDED_HEADERS: usize = 5;
-
 /// Parses a response head from the start of `buf`; `Ok(None)` while it is
 /// incomplete.
 ///
@@ -116,15 +112,17 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FramingError> {
     }
     // One look at every field for what frames the body and what the
     // connection fields say.
-    let mut framing = Fields::default();
+    let mut fields = Fields::default();
     for h in resp.headers.iter() {
-        framing.see(h.name.as_bytes(), h.value);
+        fields.see(h.name.as_bytes(), h.value);
     }
-    let keep_alive = resp.version == Some(1) && !framing.close;
-    let framing_of = framing.framing(status)?;
+    let keep_alive = resp.version == Some(1) && !fields.close;
+    let framing = fields.framing(status)?;
     let head = Bytes::copy_from_slice(&buf[..len]);
     let shared = |part: &[u8]| same_place(&head, buf, part);
-    let mut headers = HeaderMap::with_capacity(resp.headers.len() + ADDED_HEADERS);
+    // Sized for the origin's fields: the proxy's own (CORS, `Server`) are
+    // written into the player's head, not added here.
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| FramingError::Head(format!("header name {:?}", h.name)))?;
@@ -139,7 +137,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FramingError> {
                         .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_str().as_bytes()))
             })
         };
-        let hop = is_hop_by_hop(&name) || (framing.names_fields && named());
+        let hop = is_hop_by_hop(&name) || (fields.names_fields && named());
         if !hop {
             headers.append(name, value);
         }
@@ -147,7 +145,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FramingError> {
     Ok(Some(Head {
         status,
         headers,
-        framing: framing_of,
+        framing,
         keep_alive,
         len,
     }))
