@@ -51,8 +51,22 @@ pub struct RedisServer {
     _dir: tempfile::TempDir,
 }
 
+/// A free port below the kernel's ephemeral range. A port from that range
+/// (what binding port 0 gives) can, once its server is stopped, become the
+/// source port of any outgoing connection on the machine (another test's
+/// proxy talking to its own Redis), and a restart on it then fails.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768)
+        .max(12000);
+    loop {
+        let port = 10000 + rand::random::<u16>() % (low - 10000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A free port whose cluster bus port (+10000) is free too.
