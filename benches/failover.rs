@@ -104,7 +104,7 @@ async fn round(redis: Option<&RedisServer>, round: usize, probes: bool) -> f64 {
     if probes {
         loop {
             let listed = proxy.ctx.store.list_origins().await.unwrap();
-            if listed.iter().any(|o| o.origin.id == serving && !o.healthy) {
+            if listed.iter().any(|o| *o.origin.id == *serving && !o.healthy) {
                 break;
             }
             assert!(killed.elapsed() < Duration::from_secs(60), "never unhealthy");
@@ -134,7 +134,7 @@ async fn black_hole_round(round: usize) -> f64 {
         .claim_origin(&key, srs_proxy::origin::Protocol::Http)
         .await
         .unwrap();
-    assert_eq!(placed.id, "hole");
+    assert_eq!(&*placed.id, "hole");
     let good_beat = heartbeat(good.register_body(), proxy.api);
     until_listed(&proxy, 2).await;
     let started = Instant::now();

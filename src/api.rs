@@ -230,7 +230,7 @@ async fn origins(ctx: &Context, query: Option<&str>) -> Response<Body> {
         Ok(mut list) => {
             list.sort_by(|a, b| a.origin.id.cmp(&b.origin.id));
             let after = page.cursor.clone();
-            let (items, next) = page.take(list, |o| o.origin.id.clone(), after, |o| o.origin.id.clone());
+            let (items, next) = page.take(list, |o| o.origin.id.to_string(), after, |o| o.origin.id.to_string());
             listing("origins", items, next)
         }
         Err(e) => store_failed(&e),

@@ -83,7 +83,7 @@ impl Candidate<'_> {
 /// and the store conformance suite hold all of them to this function.
 pub fn pick<'a>(policy: Policy, key: &StreamKey, candidates: &[Candidate<'a>], salt: u64) -> Option<&'a Origin> {
     let eligible: Vec<&Candidate<'a>> = candidates.iter().filter(|c| c.has_room()).collect();
-    let weighted = || eligible.iter().map(|c| (c.origin.id.as_str(), c.origin.weight));
+    let weighted = || eligible.iter().map(|c| (&*c.origin.id, c.origin.weight));
     let chosen = match policy {
         Policy::Random => rendezvous(&salt_text(salt), weighted())?,
         Policy::ConsistentHash => rendezvous(&key.to_string(), weighted())?,
@@ -95,13 +95,13 @@ pub fn pick<'a>(policy: Policy, key: &StreamKey, candidates: &[Candidate<'a>], s
             let mut ties: Vec<&str> = eligible
                 .iter()
                 .filter(|c| load(c.streams, c.origin.weight) == least)
-                .map(|c| c.origin.id.as_str())
+                .map(|c| &*c.origin.id)
                 .collect();
             ties.sort_unstable();
             ties[tie_index(salt, ties.len())]
         }
     };
-    eligible.iter().find(|c| c.origin.id == chosen).map(|c| c.origin)
+    eligible.iter().find(|c| *c.origin.id == *chosen).map(|c| c.origin)
 }
 
 /// The text a salt is hashed as (also what the Redis store sends its script).
@@ -233,7 +233,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for i in 0..100 {
             let o = pick(Policy::LeastStreams, &key(i), &c, rng.random()).unwrap();
-            assert_ne!(o.id, "a");
+            assert_ne!(&*o.id, "a");
             seen.insert(o.id.clone());
         }
         assert_eq!(seen.len(), 2, "ties between b and c must both be chosen");
@@ -255,7 +255,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         for policy in [Policy::LeastStreams, Policy::Random, Policy::ConsistentHash] {
             for i in 0..50 {
-                assert_eq!(pick(policy, &key(i), &c, rng.random()).unwrap().id, "b", "{policy}");
+                assert_eq!(&*pick(policy, &key(i), &c, rng.random()).unwrap().id, "b", "{policy}");
             }
         }
         let full = [Candidate {
@@ -272,7 +272,7 @@ mod tests {
         let c: Vec<Candidate> = origins.iter().map(|origin| Candidate { origin, streams: 0 }).collect();
         let mut rng = StdRng::seed_from_u64(11);
         let b = (0..5000)
-            .filter(|i| pick(Policy::Random, &key(*i), &c, rng.random()).unwrap().id == "b")
+            .filter(|i| &*pick(Policy::Random, &key(*i), &c, rng.random()).unwrap().id == "b")
             .count();
         assert!((3700..4300).contains(&b), "b got {b} of 5000, expected ~4000");
     }
@@ -288,7 +288,7 @@ mod tests {
                     pick(Policy::ConsistentHash, &key(i), &c, rng.random())
                         .unwrap()
                         .id
-                        .clone()
+                        .to_string()
                 })
                 .collect()
         };
@@ -333,7 +333,7 @@ mod tests {
         let origins = [origin("a", 1, 0), origin("b", 3, 0)];
         let c: Vec<Candidate> = origins.iter().map(|origin| Candidate { origin, streams: 0 }).collect();
         let b = (0..4000)
-            .filter(|i| pick(Policy::ConsistentHash, &key(*i), &c, 0).unwrap().id == "b")
+            .filter(|i| &*pick(Policy::ConsistentHash, &key(*i), &c, 0).unwrap().id == "b")
             .count();
         assert!((2850..3150).contains(&b), "b got {b} of 4000, expected ~3000");
     }

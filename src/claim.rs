@@ -131,7 +131,7 @@ impl Context {
                 (Err(ClaimError::NoOrigin), Some((_, first))) => return Err(first),
                 // Placed there again (the report did not reach the store):
                 // there is nothing else to try.
-                (Ok((origin, _)), Some((id, first))) if origin.id == id => return Err(first),
+                (Ok((origin, _)), Some((id, first))) if *origin.id == *id => return Err(first),
                 (Ok(claimed), Some(first)) => {
                     dead = Some(first);
                     claimed
@@ -152,7 +152,7 @@ impl Context {
                 return Err(e);
             }
             tracing::info!(stream = %key, origin = %origin.id, error = %e, "origin unreachable; claiming the stream elsewhere");
-            dead = Some((origin.id.clone(), e));
+            dead = Some((origin.id.to_string(), e));
         }
     }
 
@@ -215,7 +215,7 @@ pub struct StreamLease {
 impl StreamLease {
     fn start(ctx: Context, key: StreamKey, origin: Origin, outcome: ClaimOutcome) -> Self {
         let lost = CancellationToken::new();
-        let refresher = tokio::spawn(refresh(ctx, key.clone(), origin.id.clone(), lost.clone()));
+        let refresher = tokio::spawn(refresh(ctx, key.clone(), origin.id.to_string(), lost.clone()));
         Self {
             key,
             origin,

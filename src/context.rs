@@ -135,6 +135,71 @@ impl<F: Future> Future for TimeoutIfPending<F> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed;
 
+/// A timer kept across the waits of one connection (a player's next
+/// request head, an origin's next response), so that a wait costs no
+/// timer of its own. Set at the first wait, it fires at the deadline it
+/// was set for and is then moved on to the current wait's deadline: one
+/// timer-wheel insertion per timeout span however many waits it covers,
+/// not an insertion and a removal per wait. A fire that finds no wait
+/// (the connection idle) wakes the last waiter for nothing, once.
+#[derive(Default)]
+pub struct KeptTimer(Option<std::pin::Pin<Box<tokio::time::Sleep>>>);
+
+impl KeptTimer {
+    /// Ready once `until` has passed; registers `cx` to be woken then.
+    pub fn poll_until(&mut self, cx: &mut std::task::Context<'_>, until: tokio::time::Instant) -> Poll<()> {
+        let sleep = self.0.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        // A timer set for a later wait (a longer timeout before) must not
+        // make this one late.
+        if sleep.deadline() > until {
+            sleep.as_mut().reset(until);
+        }
+        loop {
+            match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) if sleep.deadline() < until => sleep.as_mut().reset(until),
+                other => return other,
+            }
+        }
+    }
+
+    /// [`timeout_if_pending`] on this timer: `fut` within `wait` of the
+    /// first poll that finds it pending.
+    pub fn within<F: Future>(&mut self, wait: Duration, fut: F) -> Within<'_, F> {
+        Within {
+            fut,
+            timer: self,
+            wait,
+            until: None,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// See [`KeptTimer::within`].
+    pub struct Within<'a, F> {
+        #[pin]
+        fut: F,
+        timer: &'a mut KeptTimer,
+        wait: Duration,
+        until: Option<tokio::time::Instant>,
+    }
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        let until = *this
+            .until
+            .get_or_insert_with(|| tokio::time::Instant::now() + *this.wait);
+        this.timer.poll_until(cx, until).map(|()| Err(Elapsed))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +223,39 @@ mod tests {
             "late"
         };
         assert_eq!(timeout_if_pending(wait, late).await.unwrap(), "late");
+    }
+
+    /// One kept timer serves many waits: each times out `wait` after it
+    /// began (not at the deadline of the wait that set the timer), a
+    /// shorter wait after a longer one is not late, and a wait that ends
+    /// in time is not disturbed by the timer of an earlier one.
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_timer_times_each_wait_from_its_own_start() {
+        let mut timer = KeptTimer::default();
+        let wait = Duration::from_secs(5);
+        assert_eq!(timer.within(wait, async { 1 }).await.unwrap(), 1);
+        // Answered after 3 s: the timer set for 5 s stays set.
+        let soon = async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            "soon"
+        };
+        assert_eq!(timer.within(wait, soon).await.unwrap(), "soon");
+        // The next wait starts at 3 s: the timer fires at 5 s, is moved on
+        // to 8 s, and the wait ends there, not at 5 s.
+        let start = tokio::time::Instant::now();
+        assert!(timer.within(wait, std::future::pending::<()>()).await.is_err());
+        assert_eq!(start.elapsed(), wait);
+        // A wait that ends 4.5 s in, past where an earlier wait's timer
+        // would have fired: still in time.
+        let late = async {
+            tokio::time::sleep(Duration::from_millis(4500)).await;
+            "late"
+        };
+        assert_eq!(timer.within(wait, late).await.unwrap(), "late");
+        // A shorter wait after longer ones ends at its own deadline.
+        let start = tokio::time::Instant::now();
+        let short = Duration::from_millis(250);
+        assert!(timer.within(short, std::future::pending::<()>()).await.is_err());
+        assert_eq!(start.elapsed(), short);
     }
 }

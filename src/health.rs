@@ -116,14 +116,14 @@ async fn probe_once(ctx: &Context, prober: &str, rules: HealthRules, hold: Durat
     if candidates.is_empty() {
         return Ok(());
     }
-    let ids: Vec<String> = candidates.iter().map(|o| o.id.clone()).collect();
+    let ids: Vec<String> = candidates.iter().map(|o| o.id.to_string()).collect();
     let mine = ctx
         .store_op("probe_turns", ctx.store.probe_turns(&ids, prober, hold))
         .await
         .map_err(|e| e.to_string())?;
     let timeout = ctx.config.origin_connect_timeout;
     let mut probes = JoinSet::new();
-    for origin in candidates.into_iter().filter(|o| mine.contains(&o.id)) {
+    for origin in candidates.into_iter().filter(|o| mine.iter().any(|id| **id == *o.id)) {
         probes.spawn(async move {
             let result = check(&origin, timeout).await;
             (origin, result)

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -76,10 +77,10 @@ pub struct Ports {
 pub struct Origin {
     /// Stable identity: SRS's server id, a pod name, or `ip:port` for static
     /// entries. A new registration with the same id replaces the old one.
-    pub id: String,
+    pub id: Arc<str>,
     /// Address the proxy connects to (an IP, or a DNS name for static
     /// origins). Never taken from a client request.
-    pub ip: String,
+    pub ip: Arc<str>,
     pub ports: Ports,
     pub source: OriginSource,
     /// Relative share of new streams for weighted policies (≥ 1).
@@ -118,8 +119,29 @@ impl Origin {
 
     /// `host:port` to connect to for `protocol`, IPv6 bracketed.
     pub fn authority(&self, protocol: Protocol) -> Option<String> {
-        let port = self.port(protocol)?;
-        // Built by hand: this runs on every HLS request.
+        self.addr(protocol).map(|addr| addr.authority())
+    }
+
+    /// The address of the origin's `protocol` port, not yet written out.
+    pub fn addr(&self, protocol: Protocol) -> Option<Addr> {
+        Some(Addr {
+            ip: self.ip.clone(),
+            port: self.port(protocol)?,
+        })
+    }
+}
+
+/// An origin's address and one of its ports: a key that costs no
+/// formatting (the keep-alive pool's, looked up on every HLS request).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Addr {
+    pub ip: Arc<str>,
+    pub port: u16,
+}
+
+impl Addr {
+    /// `host:port`, IPv6 bracketed.
+    pub fn authority(&self) -> String {
         let v6 = self.ip.contains(':');
         let mut out = String::with_capacity(self.ip.len() + 8);
         if v6 {
@@ -130,8 +152,8 @@ impl Origin {
             out.push(']');
         }
         out.push(':');
-        out.push_str(itoa::Buffer::new().format(port));
-        Some(out)
+        out.push_str(itoa::Buffer::new().format(self.port));
+        out
     }
 }
 

@@ -286,7 +286,7 @@ async fn registration_rows() {
         .await;
     row("takeover of another peer's id", &r, 409, "another peer");
     let victim = proxy.ctx.store.registration("victim").await.unwrap().unwrap();
-    assert_eq!(victim.ip, "10.0.0.5", "the takeover changed nothing");
+    assert_eq!(&*victim.ip, "10.0.0.5", "the takeover changed nothing");
     // Its own peer may refresh and move it.
     let r = api
         .send(Method::POST, REGISTER, &auth, heartbeat("victim", "10.0.0.6", 8080))
@@ -299,7 +299,7 @@ async fn registration_rows() {
         .await;
     row("takeover of another peer's unhealthy id", &r, 409, "another peer");
     let victim = proxy.ctx.store.registration("victim").await.unwrap().unwrap();
-    assert_eq!(victim.ip, "10.0.0.6", "the takeover changed nothing");
+    assert_eq!(&*victim.ip, "10.0.0.6", "the takeover changed nothing");
 
     // A body that starts and never finishes is given the header timeout.
     let trickle = format!(

@@ -36,7 +36,7 @@ fn redis_config(prefix: &str) -> Config {
 
 async fn status_of(proxy: &TestProxy, id: &str) -> OriginStatus {
     let origins = proxy.ctx.store.list_origins().await.unwrap();
-    origins.into_iter().find(|o| o.origin.id == id).expect("registered")
+    origins.into_iter().find(|o| *o.origin.id == *id).expect("registered")
 }
 
 fn transitions(proxy: &TestProxy, to: &str) -> u64 {
@@ -269,7 +269,7 @@ async fn claim_now(proxy: &TestProxy, stream: &str) -> String {
         .claim_origin(&key, srs_proxy::origin::Protocol::Http)
         .await
         .expect("claimed");
-    origin.id
+    origin.id.to_string()
 }
 
 fn static_origin(addr: SocketAddr) -> StaticOrigin {

@@ -453,7 +453,7 @@ async fn a_ready_pod_gets_the_stream_and_readiness_moves_it() {
         );
     }
     let listed = proxy.ctx.store.list_origins().await.unwrap();
-    assert_eq!(listed[0].origin.ip, origins[0].addr.ip().to_string());
+    assert_eq!(&*listed[0].origin.ip, origins[0].addr.ip().to_string());
     assert_eq!(listed[0].origin.ports.http, Some(origins[0].addr.port()));
     assert_eq!(readiness(&proxy).await.0, StatusCode::OK);
 

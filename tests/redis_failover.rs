@@ -285,7 +285,7 @@ async fn place(store: &Store, stream: &str) -> Result<String, String> {
         .claim(&key(stream), Policy::LeastStreams, Duration::from_secs(60))
         .await
     {
-        Ok(Claim::Origin(o, _)) => Ok(o.id),
+        Ok(Claim::Origin(o, _)) => Ok(o.id.to_string()),
         other => Err(format!("{other:?}")),
     }
 }

@@ -16,7 +16,7 @@ const POLICIES: [Policy; 3] = [Policy::LeastStreams, Policy::Random, Policy::Con
 
 fn origin(id: String, weight: u32, max_streams: u32) -> Origin {
     Origin {
-        id,
+        id: id.into(),
         ip: "10.0.0.1".into(),
         ports: Ports {
             http: Some(8080),
@@ -31,7 +31,7 @@ fn origin(id: String, weight: u32, max_streams: u32) -> Origin {
 }
 
 async fn agree(store: &RedisStore, policy: Policy, key: &StreamKey, candidates: &[Candidate<'_>], salt: u64) {
-    let expected = pick(policy, key, candidates, salt).map(|o| o.id.clone());
+    let expected = pick(policy, key, candidates, salt).map(|o| o.id.to_string());
     let got = store.pick_in_script(policy, key, candidates, salt).await.unwrap();
     assert_eq!(got, expected, "{policy} {key} salt {salt:x} {candidates:?}");
 }

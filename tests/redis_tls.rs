@@ -32,7 +32,7 @@ async fn claim_through(config: &RedisConfig) -> Result<String, String> {
     store.upsert_origin(origin(), None).await.map_err(|e| e.to_string())?;
     let key = StreamKey::new("__defaultVhost__", "live", "secure").unwrap();
     match store.claim(&key, Policy::LeastStreams, Duration::from_secs(60)).await {
-        Ok(Claim::Origin(o, _)) => Ok(o.id),
+        Ok(Claim::Origin(o, _)) => Ok(o.id.to_string()),
         other => Err(format!("{other:?}")),
     }
 }

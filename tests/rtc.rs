@@ -396,7 +396,7 @@ async fn an_offer_for_a_stream_on_a_dead_origin_is_answered_by_another() {
     ctx.store.upsert_origin(dead, None).await.unwrap();
     let key = srs_proxy::stream_key::StreamKey::new("__defaultVhost__", "live", "cam").unwrap();
     let (placed, _) = ctx.claim_origin(&key, srs_proxy::origin::Protocol::Rtc).await.unwrap();
-    assert_eq!(placed.id, "dead", "the stream is mapped to the dead origin first");
+    assert_eq!(&*placed.id, "dead", "the stream is mapped to the dead origin first");
     let live = RtcOrigin::canned("live").await;
     ctx.store.upsert_origin(live.origin(), None).await.unwrap();
 
@@ -407,7 +407,7 @@ async fn an_offer_for_a_stream_on_a_dead_origin_is_answered_by_another() {
     assert_points_at(&reply.text(), &proxy);
     assert_eq!(live.requests().len(), 1, "the live origin got the offer");
     let listed = ctx.store.list_origins().await.unwrap();
-    assert!(!listed.iter().find(|o| o.origin.id == "dead").unwrap().healthy);
+    assert!(!listed.iter().find(|o| *o.origin.id == *"dead").unwrap().healthy);
     assert_eq!(
         ctx.store.lookup(&key).await.unwrap().map(|o| o.id).as_deref(),
         Some("live")

@@ -929,7 +929,7 @@ async fn a_publish_mapped_to_a_silent_origin_is_accepted_by_another_after_the_ha
         .claim_origin(&key, srs_proxy::origin::Protocol::Rtmp)
         .await
         .unwrap();
-    assert_eq!(placed.id, "silent", "the stream is mapped to the silent origin first");
+    assert_eq!(&*placed.id, "silent", "the stream is mapped to the silent origin first");
     let origin = RtmpOrigin::start("live-origin").await;
     origin.register(proxy.api).await;
 
@@ -937,5 +937,5 @@ async fn a_publish_mapped_to_a_silent_origin_is_accepted_by_another_after_the_ha
     publisher.publish("cam").await.expect("the publish is accepted");
     assert!(origin.is_publishing("live/cam"));
     let listed = proxy.ctx.store.list_origins().await.unwrap();
-    assert!(!listed.iter().find(|o| o.origin.id == "silent").unwrap().healthy);
+    assert!(!listed.iter().find(|o| *o.origin.id == *"silent").unwrap().healthy);
 }

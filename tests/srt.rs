@@ -313,13 +313,13 @@ async fn a_publisher_of_a_stream_on_a_dead_origin_reaches_another() {
         .claim_origin(&key("live", "livestream"), srs_proxy::origin::Protocol::Srt)
         .await
         .unwrap();
-    assert_eq!(placed.id, "deaf", "the stream is mapped to the dead origin first");
+    assert_eq!(&*placed.id, "deaf", "the stream is mapped to the dead origin first");
     let mut origin = SrtOrigin::publish_sink(None).await;
     register(proxy.api, register_body("srt-origin", Some(1), None, Some(origin.port))).await;
 
     let _client = publishing(&proxy, &mut origin, PUBLISH, None).await;
     let listed = ctx.store.list_origins().await.unwrap();
-    assert!(!listed.iter().find(|o| o.origin.id == "deaf").unwrap().healthy);
+    assert!(!listed.iter().find(|o| *o.origin.id == *"deaf").unwrap().healthy);
     let mapped = ctx.store.lookup(&key("live", "livestream")).await.unwrap();
     assert_eq!(mapped.map(|o| o.id).as_deref(), Some("srt-origin"));
 }
@@ -404,7 +404,7 @@ async fn srt_publish_through_one_proxy_http_play_through_another() {
         .unwrap()
         .expect("the publish claimed the stream")
         .id;
-    let (http, srt) = origins.iter_mut().find(|(h, _)| h.name == holder).unwrap();
+    let (http, srt) = origins.iter_mut().find(|(h, _)| *h.name == *holder).unwrap();
     assert!(srt.accepted().await, "the claimed origin's SRT port saw no publisher");
     relays(&publisher, srt, 20).await;
     let played = client::get(proxies[1].http, "/live/livestream.flv").await;
@@ -436,7 +436,7 @@ async fn a_slow_origin_delays_only_its_own_client() {
         )
         .await
         .unwrap();
-    assert!(matches!(claim, Claim::Origin(ref o, _) if o.id == "silent"));
+    assert!(matches!(claim, Claim::Origin(ref o, _) if *o.id == *"silent"));
     let mut healthy = SrtOrigin::publish_sink(None).await;
     register(proxy.api, register_body("healthy", Some(1), None, Some(healthy.port))).await;
 

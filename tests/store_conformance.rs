@@ -115,7 +115,7 @@ fn key(stream: &str) -> StreamKey {
 
 async fn claim(store: &Store, stream: &str, policy: Policy) -> (String, ClaimOutcome) {
     match store.claim(&key(stream), policy, LONG).await.unwrap() {
-        Claim::Origin(o, outcome) => (o.id, outcome),
+        Claim::Origin(o, outcome) => (o.id.to_string(), outcome),
         Claim::NoOrigin => panic!("no origin for {stream}"),
     }
 }
@@ -144,7 +144,7 @@ async fn live_ids(store: &Store) -> Vec<String> {
         .await
         .unwrap()
         .into_iter()
-        .map(|o| o.origin.id)
+        .map(|o| o.origin.id.to_string())
         .collect()
 }
 
@@ -154,7 +154,7 @@ async fn counts(store: &Store) -> BTreeMap<String, u32> {
         .await
         .unwrap()
         .into_iter()
-        .map(|o| (o.origin.id, o.streams))
+        .map(|o| (o.origin.id.to_string(), o.streams))
         .collect()
 }
 
@@ -229,7 +229,7 @@ async fn a_claim_sticks_and_is_refreshed(s: Subject) {
     let streams = all_streams(store).await;
     assert_eq!(streams.len(), 1);
     assert_eq!(streams[0].key, k);
-    assert_eq!(streams[0].origin_id, first.id);
+    assert_eq!(*streams[0].origin_id, *first.id);
     assert!(streams[0].age_secs >= 0.0);
     assert!(
         streams[0].expires_in_secs > TTL.as_secs_f64(),
@@ -339,7 +339,7 @@ async fn consistent_hash_is_rendezvous_of_the_stream_key(s: Subject) {
         let stream = format!("s{i}");
         let expected = pick(Policy::ConsistentHash, &key(&stream), &candidates, 0).unwrap();
         let (got, _) = claim(store, &stream, Policy::ConsistentHash).await;
-        assert_eq!(got, expected.id, "{stream}");
+        assert_eq!(*got, *expected.id, "{stream}");
         used.insert(got);
     }
     assert_eq!(used.len(), 3);
@@ -402,7 +402,7 @@ async fn refresh_and_release(s: Subject) {
     );
     tokio::time::sleep(PAST_TTL).await;
     assert_eq!(
-        store.lookup(&k).await.unwrap().map(|o| o.id),
+        store.lookup(&k).await.unwrap().map(|o| o.id.to_string()),
         Some(owner.clone()),
         "refresh extended it"
     );
@@ -417,7 +417,10 @@ async fn refresh_and_release(s: Subject) {
     assert_eq!(counts(store).await.values().sum::<u32>(), 0);
     // A relay still running takes its stream back on its next refresh.
     assert!(store.refresh_stream(&k, &owner, LONG).await.unwrap());
-    assert_eq!(store.lookup(&k).await.unwrap().map(|o| o.id), Some(owner.clone()));
+    assert_eq!(
+        store.lookup(&k).await.unwrap().map(|o| o.id.to_string()),
+        Some(owner.clone())
+    );
     assert_eq!(counts(store).await[&owner], 1);
 }
 
@@ -600,7 +603,7 @@ async fn new_streams_go_to_origins_that_serve_the_protocol(s: Subject) {
             for (protocol, want) in [(Protocol::Rtmp, "rtmp-only"), (Protocol::Http, "http-only")] {
                 let k = key(&format!("{policy}-{protocol}-{i}"));
                 match store.claim_for(&k, policy, LONG, Some(protocol)).await.unwrap() {
-                    Claim::Origin(o, ClaimOutcome::New) => assert_eq!(o.id, want, "{policy} {protocol}"),
+                    Claim::Origin(o, ClaimOutcome::New) => assert_eq!(&*o.id, want, "{policy} {protocol}"),
                     other => panic!("{other:?}"),
                 }
             }
@@ -613,7 +616,7 @@ async fn new_streams_go_to_origins_that_serve_the_protocol(s: Subject) {
         .await
         .unwrap()
     {
-        Claim::Origin(o, ClaimOutcome::Hit) => assert_eq!(o.id, "http-only"),
+        Claim::Origin(o, ClaimOutcome::Hit) => assert_eq!(&*o.id, "http-only"),
         other => panic!("{other:?}"),
     }
     // WebRTC needs signalling (api) and media (rtc) on the same origin.
@@ -636,7 +639,7 @@ async fn new_streams_go_to_origins_that_serve_the_protocol(s: Subject) {
             .await
             .unwrap()
         {
-            Claim::Origin(o, ClaimOutcome::New) => assert_eq!(o.id, "rtc-and-api"),
+            Claim::Origin(o, ClaimOutcome::New) => assert_eq!(&*o.id, "rtc-and-api"),
             other => panic!("{other:?}"),
         }
     }
@@ -721,7 +724,7 @@ async fn claims_place_as_balance_pick_does(s: Subject) {
                 assert_eq!(got, expected, "step {step}: {policy} {protocol:?} salt {salt:x}");
                 if let Some(id) = got {
                     placed += 1;
-                    mapped.push((k, id));
+                    mapped.push((k, id.to_string()));
                 }
             }
         }
@@ -787,16 +790,16 @@ async fn a_failed_origin_is_unhealthy_at_once_everywhere(s: Subject) {
     );
     assert_eq!(next_gone(&mut there).await, "a", "relays to it are told to end");
     let listed = store.list_origins().await.unwrap();
-    let a = listed.iter().find(|o| o.origin.id == "a").expect("still registered");
+    let a = listed.iter().find(|o| *o.origin.id == *"a").expect("still registered");
     assert!(!a.healthy);
     assert_eq!(a.last_error.as_deref(), Some("connection refused"));
     assert!(a.since.is_some());
-    assert!(listed.iter().find(|o| o.origin.id == "b").unwrap().healthy);
+    assert!(listed.iter().find(|o| *o.origin.id == *"b").unwrap().healthy);
 
     assert_eq!(store.origin("a").await.unwrap(), None);
     // Its registration, and so who owns the id, is unchanged.
     assert_eq!(
-        store.registration("a").await.unwrap().map(|o| o.id),
+        store.registration("a").await.unwrap().map(|o| o.id.to_string()),
         Some("a".to_string())
     );
     assert_eq!(store.lookup(&key("on-a")).await.unwrap(), None);
@@ -866,7 +869,7 @@ async fn probes_make_origins_unhealthy_and_healthy_again(s: Subject) {
     let back = probes(store, "a", rules, &[true, true, false, true, true, true]).await;
     assert_eq!(back, [Unchanged, Unchanged, Unchanged, Unchanged, Unchanged, Healthy]);
     let a = store.list_origins().await.unwrap().remove(0);
-    assert!(a.healthy && a.origin.id == "a");
+    assert!(a.healthy && *a.origin.id == *"a");
     // Back, and the emptier one: least-streams fills it up.
     for i in 0..4 {
         assert_eq!(claim(store, &format!("up{i}"), Policy::LeastStreams).await.0, "a");

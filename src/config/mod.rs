@@ -577,7 +577,7 @@ impl Config {
         if b.enabled {
             out.push(Origin {
                 id: "default-backend".into(),
-                ip: b.ip.clone(),
+                ip: b.ip.as_str().into(),
                 ports: Ports {
                     rtmp: b.rtmp,
                     http: b.http,
@@ -715,7 +715,7 @@ mod tests {
         assert_eq!(c.force_quit_timeout, Duration::from_secs(10));
         assert_eq!(c.origins[0].rtmp, Some(1935));
         let o = c.static_origins();
-        assert_eq!(o[0].id, "10.0.0.1:1935");
+        assert_eq!(&*o[0].id, "10.0.0.1:1935");
     }
 
     #[test]

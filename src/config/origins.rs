@@ -82,8 +82,8 @@ impl StaticOrigin {
             .clone()
             .unwrap_or_else(|| format!("{}:{}", self.ip, self.rtmp.or(self.http).unwrap_or(0)));
         Origin {
-            id,
-            ip: self.ip.clone(),
+            id: id.into(),
+            ip: self.ip.as_str().into(),
             ports,
             source: OriginSource::Static,
             weight: self.weight.max(1),

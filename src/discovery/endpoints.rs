@@ -125,8 +125,8 @@ pub fn pool_view<'a>(
                 view.origins.insert(
                     id.clone(),
                     Origin {
-                        id,
-                        ip: ip.clone(),
+                        id: id.into(),
+                        ip: ip.as_str().into(),
                         ports,
                         source: OriginSource::Kubernetes,
                         weight: u32::try_from(spec.weight).unwrap_or(1).max(1),
@@ -252,7 +252,7 @@ mod tests {
         let v = pool_view("pool", &spec, [&s]);
         assert_eq!(v.origins.keys().collect::<Vec<_>>(), ["10.0.0.5", "srs-0", "srs-1"]);
         let o = &v.origins["srs-0"];
-        assert_eq!(o.ip, "10.0.0.1");
+        assert_eq!(&*o.ip, "10.0.0.1");
         assert_eq!(
             o.ports,
             Ports {

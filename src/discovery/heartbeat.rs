@@ -159,8 +159,8 @@ pub fn parse_register(body: &[u8]) -> Result<Origin, RegisterError> {
         return Err(RegisterError::NoPort);
     }
     Ok(Origin {
-        id: server,
-        ip,
+        id: server.into(),
+        ip: ip.into(),
         ports,
         source: OriginSource::Heartbeat,
         weight: 1,
@@ -315,7 +315,7 @@ pub async fn register(ctx: &Context, body: &[u8], peer: SocketAddr) -> Result<Re
     for ip in &addresses {
         check_address(*ip, &origin.ports, peer_ip, policy, &own, &is_local_address).map_err(Refusal::Address)?;
     }
-    origin.ip = addresses[0].to_canonical().to_string();
+    origin.ip = addresses[0].to_canonical().to_string().into();
     origin.registered_by = Some(peer_ip);
 
     let known = ctx
@@ -325,7 +325,7 @@ pub async fn register(ctx: &Context, body: &[u8], peer: SocketAddr) -> Result<Re
     match &known {
         Some(k) if k.source != OriginSource::Heartbeat => {
             return Err(Refusal::Owned {
-                id: origin.id,
+                id: origin.id.to_string(),
                 owner: match k.source {
                     OriginSource::Kubernetes => "Kubernetes discovery",
                     _ => "static config",
@@ -334,7 +334,7 @@ pub async fn register(ctx: &Context, body: &[u8], peer: SocketAddr) -> Result<Re
         }
         Some(k) if k.registered_by.is_some_and(|by| by != peer_ip) => {
             return Err(Refusal::Owned {
-                id: origin.id,
+                id: origin.id.to_string(),
                 owner: "another peer",
             })
         }
@@ -392,8 +392,8 @@ mod tests {
     #[test]
     fn srs_heartbeat_body() {
         let o = parse_register(SRS_BODY.as_bytes()).unwrap();
-        assert_eq!(o.id, "vid-46p14mm");
-        assert_eq!(o.ip, "10.78.122.184");
+        assert_eq!(&*o.id, "vid-46p14mm");
+        assert_eq!(&*o.ip, "10.78.122.184");
         assert_eq!(
             o.ports,
             Ports {

@@ -531,7 +531,7 @@ impl PoolTask {
                     changed = true;
                     tracing::info!(pool = %self.name, origin = %id, ip = %origin.ip, ports = ?origin.ports, reason, "{what}");
                     self.ctx.metrics.discovery_events_total.with_label_values(&[kind]).inc();
-                    self.registered.insert(id, origin);
+                    self.registered.insert(id.to_string(), origin);
                 }
                 // The next event or refresh tick tries again.
                 Err(e) => tracing::warn!(pool = %self.name, origin = %id, error = %e, "cannot register origin"),
@@ -767,13 +767,13 @@ mod tests {
                 ("d".to_string(), "endpoint removed".to_string())
             ]
         );
-        let register: Vec<(&str, Change)> = p.register.iter().map(|(o, c)| (o.id.as_str(), *c)).collect();
+        let register: Vec<(&str, Change)> = p.register.iter().map(|(o, c)| (&*o.id, *c)).collect();
         assert_eq!(
             register,
             vec![("b", Change::Updated), ("e", Change::Added)],
             "a is unchanged"
         );
-        assert_eq!(p.register[0].0.ip, "10.0.0.22");
+        assert_eq!(&*p.register[0].0.ip, "10.0.0.22");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::task::{ready, Context as TaskContext, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -38,8 +38,8 @@ use super::framing::{self, Framing, FramingError, Head};
 use super::pool::KeepAlive;
 use super::{Body, BoxError, HttpError};
 use crate::config::MIN_RELAY_BUFFER;
-use crate::context::Context;
-use crate::origin::Origin;
+use crate::context::{Context, KeptTimer};
+use crate::origin::{Addr, Origin};
 
 /// What the first read of a response may take: a playlist answer whole,
 /// or a segment's head and its first bytes.
@@ -56,13 +56,15 @@ pub struct Exchange {
 struct OriginBody {
     /// `None` once given back to the pool or closed by the origin.
     tcp: Option<TcpStream>,
+    /// The connection's response timer, back to the pool with it.
+    timer: KeptTimer,
     /// Bytes read and not yet handed out.
     buf: BytesMut,
     /// What is left of the body, by its framing.
     left: Left,
-    /// The pool and origin authority the connection goes back to once the
+    /// The pool and origin address the connection goes back to once the
     /// body ended; `None` when it cannot be reused.
-    back: Option<(KeepAlive, String)>,
+    back: Option<(KeepAlive, Addr)>,
     /// Most bytes one read takes (`relay_buffer_bytes`).
     read_size: usize,
 }
@@ -103,20 +105,33 @@ pub async fn send(
     pool: &KeepAlive,
 ) -> Result<Exchange, HttpError> {
     forward::check_target(target)?;
-    let authority = forward::http_authority(origin)?;
-    let request = request_head(method, target, client_headers, &authority, peer, false);
+    // The address, not its text: the text is written only for a new
+    // connection, a missing `Host` or an error.
+    let addr = forward::http_addr(origin)?;
+    // The request is written from the front of the buffer the response
+    // is read into: one allocation for both.
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
+    request_head(&mut buf, method, target, client_headers, &addr, peer, false);
+    let request_len = buf.len();
     let wait = ctx.config.origin_response_timeout;
     let mut from_pool = true;
     loop {
-        let (mut tcp, reused) = match from_pool.then(|| pool.take(&authority)).flatten() {
-            Some(tcp) => (tcp, true),
-            None => (forward::connect(ctx, origin, &authority).await?, false),
+        let (mut tcp, mut timer, reused) = match from_pool.then(|| pool.take(&addr)).flatten() {
+            Some((tcp, timer)) => (tcp, timer, true),
+            None => (
+                forward::connect(ctx, origin, &addr.authority()).await?,
+                KeptTimer::default(),
+                false,
+            ),
         };
-        let mut buf = BytesMut::with_capacity(FIRST_READ);
-        match tokio::time::timeout(wait, exchange(&mut tcp, &request, &mut buf)).await {
+        buf.truncate(request_len);
+        // The connection's kept timer: no timer of its own per request.
+        match timer.within(wait, exchange(&mut tcp, &mut buf, request_len)).await {
             Ok(Ok(head)) => {
+                buf.advance(request_len);
                 let read_size = ctx.config.relay_buffer_bytes.max(MIN_RELAY_BUFFER);
-                return Ok(Exchange::new(tcp, head, buf, method, (pool, authority), read_size));
+                let conn = (tcp, timer);
+                return Ok(Exchange::new(conn, head, buf, method, (pool, addr), read_size));
             }
             // An idle connection the origin closed meanwhile: the request
             // (GET or HEAD) is sent again once, on a new connection.
@@ -124,54 +139,55 @@ pub async fn send(
                 tracing::debug!(error = %e, "kept-alive origin connection failed; retrying on a new one");
                 from_pool = false;
             }
-            Ok(Err(e)) => return Err(forward::failed_before_answering(origin, &authority, e)),
-            Err(_) => return Err(forward::no_response_headers(origin, &authority, wait)),
+            Ok(Err(e)) => return Err(forward::failed_before_answering(origin, &addr.authority(), e)),
+            Err(_) => return Err(forward::no_response_headers(origin, &addr.authority(), wait)),
         }
     }
 }
 
-/// The request as it goes on the wire: request line, the headers of
-/// [`forward::bodiless_request_headers`], blank line. `close` adds
-/// `Connection: close` (a connection never reused); without it HTTP/1.1
-/// keeps the connection open.
+/// The request as it goes on the wire, added to `out`: request line, the
+/// headers of [`forward::bodiless_request_headers`], blank line. `close`
+/// adds `Connection: close` (a connection never reused); without it
+/// HTTP/1.1 keeps the connection open.
 pub(crate) fn request_head(
+    out: &mut impl BufMut,
     method: &Method,
     target: &str,
     client_headers: &HeaderMap,
-    authority: &str,
+    addr: &Addr,
     peer: SocketAddr,
     close: bool,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+) {
+    out.put_slice(method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(target.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
     let added = forward::each_origin_header(client_headers, true, |name, value| {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
     });
     // The authority is an address and a port, checked as a value would be.
-    if added.host && HeaderValue::from_str(authority).is_ok() {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(authority.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    let authority = added.host.then(|| addr.authority());
+    if let Some(authority) = authority.filter(|a| HeaderValue::from_str(a).is_ok()) {
+        out.put_slice(b"host: ");
+        out.put_slice(authority.as_bytes());
+        out.put_slice(b"\r\n");
     }
-    out.extend_from_slice(b"x-forwarded-for: ");
-    added.forwarded_for(peer.ip(), &mut out);
-    out.extend_from_slice(b"\r\n");
+    out.put_slice(b"x-forwarded-for: ");
+    added.forwarded_for(peer.ip(), out);
+    out.put_slice(b"\r\n");
     if close {
-        out.extend_from_slice(b"connection: close\r\n");
+        out.put_slice(b"connection: close\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-    out
+    out.put_slice(b"\r\n");
 }
 
-/// Writes `request` and reads until a whole response head is in `buf`.
-async fn exchange(tcp: &mut TcpStream, request: &[u8], buf: &mut BytesMut) -> Result<Head, ExchangeError> {
-    tcp.write_all(request).await?;
+/// Writes the request (the first `request_len` bytes of `buf`) and reads
+/// until a whole response head follows it in `buf`.
+async fn exchange(tcp: &mut TcpStream, buf: &mut BytesMut, request_len: usize) -> Result<Head, ExchangeError> {
+    tcp.write_all(&buf[..request_len]).await?;
     loop {
         if buf.capacity() - buf.len() < FIRST_READ / 4 {
             buf.reserve(FIRST_READ);
@@ -179,7 +195,7 @@ async fn exchange(tcp: &mut TcpStream, request: &[u8], buf: &mut BytesMut) -> Re
         if tcp.read_buf(buf).await? == 0 {
             return Err(ExchangeError::ClosedBeforeHead);
         }
-        if let Some(head) = framing::parse_head(buf)? {
+        if let Some(head) = framing::parse_head(&buf[request_len..])? {
             return Ok(head);
         }
     }
@@ -188,11 +204,11 @@ async fn exchange(tcp: &mut TcpStream, request: &[u8], buf: &mut BytesMut) -> Re
 impl Exchange {
     /// `buf` holds the head and whatever of the body came with it.
     fn new(
-        tcp: TcpStream,
+        (tcp, timer): (TcpStream, KeptTimer),
         head: Head,
         mut buf: BytesMut,
         method: &Method,
-        (pool, authority): (&KeepAlive, String),
+        (pool, addr): (&KeepAlive, Addr),
         read_size: usize,
     ) -> Self {
         buf.advance(head.len);
@@ -206,9 +222,10 @@ impl Exchange {
         let reusable = head.keep_alive && !matches!(left, Left::Close);
         let mut body = OriginBody {
             tcp: Some(tcp),
+            timer,
             buf,
             left,
-            back: reusable.then(|| (pool.clone(), authority)),
+            back: reusable.then(|| (pool.clone(), addr)),
             read_size,
         };
         if matches!(body.left, Left::Done) {
@@ -360,8 +377,8 @@ impl OriginBody {
         if !self.buf.is_empty() {
             self.back = None;
         }
-        if let (Some((pool, authority)), Some(tcp)) = (self.back.take(), self.tcp.take()) {
-            pool.put(&authority, tcp);
+        if let (Some((pool, addr)), Some(tcp)) = (self.back.take(), self.tcp.take()) {
+            pool.put(addr, tcp, std::mem::take(&mut self.timer));
         }
     }
 }
@@ -536,7 +553,12 @@ mod tests {
                 let value = HeaderValue::from_bytes(value.as_bytes()).unwrap();
                 headers.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value);
             }
-            let head = request_head(&Method::GET, "/a.m3u8", &headers, "127.0.0.1:8080", peer(), false);
+            let mut head = Vec::new();
+            let addr = Addr {
+                ip: "127.0.0.1".into(),
+                port: 8080,
+            };
+            request_head(&mut head, &Method::GET, "/a.m3u8", &headers, &addr, peer(), false);
             let mut slots = [httparse::EMPTY_HEADER; 16];
             let mut req = httparse::Request::new(&mut slots);
             assert!(req.parse(&head).unwrap().is_complete());

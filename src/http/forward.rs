@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -30,7 +30,7 @@ use crate::claim::StreamLease;
 use crate::config::MIN_RELAY_BUFFER;
 use crate::context::Context;
 use crate::metrics::ConnectionGuard;
-use crate::origin::{Origin, Protocol};
+use crate::origin::{Addr, Origin, Protocol};
 use crate::shutdown::CancelWatch;
 use crate::stream_key::StreamKey;
 
@@ -123,7 +123,13 @@ pub fn check_target(target: &str) -> Result<(), HttpError> {
 
 /// `ip:port` of `origin`'s HTTP port, or a 502 when it has none.
 pub fn http_authority(origin: &Origin) -> Result<String, HttpError> {
-    origin.authority(Protocol::Http).ok_or_else(|| {
+    http_addr(origin).map(|addr| addr.authority())
+}
+
+/// The origin's HTTP address, or the error a request gets when it has no
+/// HTTP port.
+pub fn http_addr(origin: &Origin) -> Result<Addr, HttpError> {
+    origin.addr(Protocol::Http).ok_or_else(|| {
         HttpError::origin(
             StatusCode::BAD_GATEWAY,
             format!("origin {} has no HTTP port", origin.id),
@@ -204,10 +210,10 @@ pub struct Added<'a> {
 impl Added<'_> {
     /// Writes the `X-Forwarded-For` value: the client's list, if it sent
     /// one as text, then `peer`.
-    pub fn forwarded_for(&self, peer: IpAddr, out: &mut Vec<u8>) {
+    pub fn forwarded_for(&self, peer: IpAddr, out: &mut impl BufMut) {
         if let Some(prev) = self.forwarded.filter(|v| v.to_str().is_ok()) {
-            out.extend_from_slice(prev.as_bytes());
-            out.extend_from_slice(b", ");
+            out.put_slice(prev.as_bytes());
+            out.put_slice(b", ");
         }
         push_ip(out, peer);
     }
@@ -256,25 +262,32 @@ pub fn each_origin_header<'a>(
 
 /// Writes `ip` as `Display` does; an IPv4 address without the formatting
 /// machinery (this runs on every request).
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+fn push_ip(out: &mut impl BufMut, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
+            // Written on the stack, then added in one piece.
+            let (mut text, mut n) = ([0u8; 15], 0);
+            let mut push = |b: u8| {
+                text[n] = b;
+                n += 1;
+            };
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    push(b'.');
                 }
                 if octet >= 100 {
-                    out.push(b'0' + octet / 100);
+                    push(b'0' + octet / 100);
                 }
                 if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
+                    push(b'0' + octet / 10 % 10);
                 }
-                out.push(b'0' + octet % 10);
+                push(b'0' + octet % 10);
             }
+            out.put_slice(&text[..n]);
         }
         IpAddr::V6(v6) => {
             use std::io::Write;
-            let _ = write!(out, "{v6}");
+            let _ = write!(out.writer(), "{v6}");
         }
     }
 }

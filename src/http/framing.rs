@@ -81,9 +81,21 @@ pub static HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// Whether `name` is one of [`HOP_BY_HOP`].
+/// Whether `name` is one of [`HOP_BY_HOP`]: a match on the text, which
+/// costs a length test for most names, where comparing with each name of
+/// the list costs one comparison each.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
 /// Parses a response head from the start of `buf`; `Ok(None)` while it is
@@ -469,6 +481,25 @@ mod tests {
         assert_eq!(head.framing, Framing::Chunked);
         assert_eq!(&raw[head.len..], b"body");
         assert!(parse_head(&raw[..20]).unwrap().is_none(), "incomplete");
+    }
+
+    /// The match and the list name the same fields.
+    #[test]
+    fn the_hop_by_hop_match_is_the_list() {
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        for other in [
+            "content-length",
+            "host",
+            "server",
+            "connections",
+            "t",
+            "x-upgrade",
+            "proxy-connection",
+        ] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(other)), "{other}");
+        }
     }
 
     #[test]

@@ -188,7 +188,7 @@ async fn fetch_playlist(
             return Ok(not_ok);
         }
     };
-    let body = &answer.body;
+    let body = &answer.get().body;
     let (token_text, store, kept) = match &token {
         Token::Existing(token) => (
             Arc::from(*token),
@@ -201,7 +201,7 @@ async fn fetch_playlist(
         }
     };
     let max_uris = ctx.config.hls_max_playlist_uris;
-    let stream = (&sr.key, origin.id.as_str());
+    let stream = (&sr.key, &*origin.id);
     let rewritten = match state.sessions.rewrite(stream, &token_text, kept, body, max_uris) {
         Ok(rewritten) => rewritten,
         Err(e) => {
@@ -221,8 +221,8 @@ async fn fetch_playlist(
     }
     // A fetch of this request's own is not shared: its headers are taken,
     // not copied.
-    let status = answer.status;
-    let mut headers = Arc::try_unwrap(answer).map_or_else(|shared| shared.headers.clone(), |own| own.headers);
+    let status = answer.get().status;
+    let mut headers = answer.into_headers();
     // The length is the rewrite's, written from the body's.
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::ETAG);
@@ -240,14 +240,14 @@ async fn origin_playlist(
     state: &HttpState,
     sr: &StreamRequest<'_>,
     origin: &Origin,
-) -> Result<Result<Arc<Answer>, Response<Body>>, HttpError> {
+) -> Result<Result<Playlist, Response<Body>>, HttpError> {
     let ctx = &state.ctx;
     let limit = ctx.config.max_playlist_bytes;
     if cacheable(state, sr) {
         let cache_key = CacheKey::playlist(&origin.id, &sr.key, &sr.target);
         let fetch = shared_fetch(state, sr, origin, limit);
         return match Box::pin(state.edge.hls_cache.get(Kind::Playlist, cache_key, fetch)).await {
-            Outcome::Answer(answer) if answer.status.is_success() => Ok(Ok(answer)),
+            Outcome::Answer(answer) if answer.status.is_success() => Ok(Ok(Playlist::Shared(answer))),
             Outcome::Answer(answer) => Ok(Err(answer_response(state, &answer))),
             Outcome::TooLarge => Err(forward::playlist_too_large(limit)),
             Outcome::Failed(e) => Err(e),
@@ -262,11 +262,36 @@ async fn origin_playlist(
     let wait = ctx.config.origin_response_timeout;
     let read = crate::context::timeout_if_pending(wait, upstream.read_whole(limit, wait)).await;
     let (parts, body) = forward::bounded(read, limit, wait)?;
-    Ok(Ok(Arc::new(Answer {
+    Ok(Ok(Playlist::Own(Answer {
         status: parts.status,
         headers: parts.headers,
         body,
     })))
+}
+
+/// A playlist the origin answered 2xx: this request's own fetch, or one
+/// shared through the edge cache.
+enum Playlist {
+    Own(Answer),
+    Shared(Arc<Answer>),
+}
+
+impl Playlist {
+    fn get(&self) -> &Answer {
+        match self {
+            Playlist::Own(answer) => answer,
+            Playlist::Shared(answer) => answer,
+        }
+    }
+
+    /// The origin's fields: taken from an own fetch, copied from a shared
+    /// one.
+    fn into_headers(self) -> HeaderMap {
+        match self {
+            Playlist::Own(answer) => answer.headers,
+            Playlist::Shared(answer) => answer.headers.clone(),
+        }
+    }
 }
 
 /// Whether a request goes through the HLS cache: edge mode on, a GET, and

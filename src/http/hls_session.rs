@@ -29,10 +29,13 @@ struct Handed {
     /// Shared with every playlist that carries it: handing it out again
     /// copies nothing.
     token: Arc<str>,
-    /// When it was last handed out.
-    used: Instant,
-    /// When the store last took its record.
-    stored: Option<Instant>,
+    /// A TTL after it was last handed out: until then it is handed out
+    /// again. (Deadlines, not times: a comparison per request, not a
+    /// subtraction.)
+    live_until: Instant,
+    /// A quarter TTL after the store last took its record: its record is
+    /// renewed from then on.
+    store_due: Option<Instant>,
     /// The last playlist rewritten to carry this token: every player of
     /// the stream reloading the same playlist shares one rewrite.
     last: Option<Rewritten>,
@@ -91,7 +94,7 @@ impl HlsSessions {
         // deployment does not scan every token on every playlist request.
         if tokens.len() >= self.prune_at.load(Ordering::Relaxed) {
             tokens.retain(|_, origins| {
-                origins.retain(|_, handed| now.duration_since(handed.used) < self.ttl);
+                origins.retain(|_, handed| now < handed.live_until);
                 !origins.is_empty()
             });
             self.prune_at.store((tokens.len() * 2).max(1024), Ordering::Relaxed);
@@ -99,10 +102,10 @@ impl HlsSessions {
         if let Some(handed) = tokens
             .get_mut(key)
             .and_then(|origins| origins.get_mut(origin_id))
-            .filter(|handed| now.duration_since(handed.used) < self.ttl)
+            .filter(|handed| now < handed.live_until)
         {
-            handed.used = now;
-            let store = handed.stored.is_none_or(|at| now.duration_since(at) >= self.ttl / 4);
+            handed.live_until = now + self.ttl;
+            let store = handed.store_due.is_none_or(|due| now >= due);
             return Token {
                 text: handed.token.clone(),
                 store,
@@ -112,8 +115,8 @@ impl HlsSessions {
         let token: Arc<str> = hls::new_token().into();
         let handed = Handed {
             token: token.clone(),
-            used: now,
-            stored: None,
+            live_until: now + self.ttl,
+            store_due: None,
             last: None,
         };
         tokens
@@ -183,16 +186,16 @@ impl HlsSessions {
     pub async fn record(&self, ctx: &Context, token: &str, key: &StreamKey, origin: &Origin) -> Result<(), HttpError> {
         let session = Session {
             key: key.clone(),
-            origin_id: origin.id.clone(),
+            origin_id: origin.id.to_string(),
             ice_pwd: None,
         };
-        let at = Instant::now();
+        let due = Instant::now() + self.ttl / 4;
         ctx.store_op(
             "put_session",
             ctx.store.put_session(SessionKind::Hls, token, session, self.ttl),
         )
         .await?;
-        self.with_handed(key, &origin.id, token, |handed| handed.stored = Some(at));
+        self.with_handed(key, &origin.id, token, |handed| handed.store_due = Some(due));
         Ok(())
     }
 }

@@ -89,10 +89,12 @@ pub async fn request(
     peer: SocketAddr,
 ) -> Result<OriginResponse, HttpError> {
     forward::check_target(target)?;
-    let authority = forward::http_authority(origin)?;
+    let addr = forward::http_addr(origin)?;
+    let authority = addr.authority();
     let mut tcp = forward::connect(ctx, origin, &authority).await?;
     // The relay ends with the body; the connection is never reused.
-    let out = super::exchange::request_head(&Method::GET, target, client_headers, &authority, peer, true);
+    let mut out = Vec::with_capacity(512);
+    super::exchange::request_head(&mut out, &Method::GET, target, client_headers, &addr, peer, true);
 
     // An origin that fails while the request is written may go elsewhere
     // (it did not even take it); one that closes after reading it may have

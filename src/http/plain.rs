@@ -427,7 +427,7 @@ where
         let mut drain = ctx.shutdown.drain_watch();
         let mut buf = BytesMut::new();
         let mut served = false;
-        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut timer = crate::context::KeptTimer::default();
         loop {
             // The next request head, within the header timeout.
             let mut deadline = None;
@@ -446,7 +446,6 @@ where
                 if buf.capacity() - buf.len() < READ_SIZE / 4 {
                     buf.reserve(READ_SIZE.max(buf.len()));
                 }
-                let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
                 let wait = poll_fn(|cx| {
                     if drain.poll_cancelled(cx) {
                         return Poll::Ready(Wait::Drained);
@@ -454,18 +453,11 @@ where
                     if let Poll::Ready(r) = tokio_util::io::poll_read_buf(Pin::new(&mut tcp), cx, &mut buf) {
                         return Poll::Ready(Wait::Read(r));
                     }
-                    // A timer only once the client makes us wait. One set
-                    // for an earlier head is left to fire and moved on to
-                    // this deadline then: once per timeout, not (a timer
-                    // wheel's removal and insertion) once per request.
-                    let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-                    loop {
-                        match sleep.as_mut().poll(cx) {
-                            Poll::Ready(()) if sleep.deadline() < until => sleep.as_mut().reset(until),
-                            Poll::Ready(()) => return Poll::Ready(Wait::TimedOut),
-                            Poll::Pending => return Poll::Pending,
-                        }
-                    }
+                    // The deadline (a clock read) only once the client
+                    // makes us wait; the connection's kept timer serves
+                    // every head.
+                    let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
+                    timer.poll_until(cx, until).map(|()| Wait::TimedOut)
                 })
                 .await;
                 match wait {

@@ -16,6 +16,9 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::context::KeptTimer;
+use crate::origin::Addr;
+
 /// Idle connections kept per origin.
 pub const MAX_IDLE_PER_ORIGIN: usize = 32;
 /// How long an idle connection is kept; shorter than the keep-alive
@@ -26,7 +29,11 @@ struct Idle {
     /// An HTTP/1.1 connection between two exchanges
     /// ([`super::exchange`]).
     tcp: TcpStream,
-    since: Instant,
+    /// Its response timer, kept with it ([`KeptTimer`]).
+    timer: KeptTimer,
+    /// [`IDLE_TIMEOUT`] after it went idle (a deadline: a comparison per
+    /// take, not a subtraction).
+    until: Instant,
 }
 
 /// Whether an idle connection is still open: nothing to read, not even
@@ -37,7 +44,7 @@ fn is_open(tcp: &TcpStream) -> bool {
     matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
-/// The idle connections of this replica, by origin authority (`ip:port`).
+/// The idle connections of this replica, by origin address and port.
 #[derive(Clone, Default)]
 pub struct KeepAlive {
     idle: Arc<Mutex<Pool>>,
@@ -47,40 +54,43 @@ pub struct KeepAlive {
 struct Pool {
     /// Keyed by the proxy's own origin addresses, never a client's input:
     /// a fast hasher does.
-    by_origin: HashMap<String, Vec<Idle>, foldhash::fast::RandomState>,
-    /// When every origin's list was last pruned.
-    swept: Option<Instant>,
+    by_origin: HashMap<Addr, Vec<Idle>, foldhash::fast::RandomState>,
+    /// When every origin's list is pruned next.
+    sweep_at: Option<Instant>,
 }
 
 impl KeepAlive {
-    /// An idle connection to `authority` that is still open, newest first.
-    pub fn take(&self, authority: &str) -> Option<TcpStream> {
+    /// An idle connection to `addr` that is still open, newest
+    /// first, with its response timer.
+    pub fn take(&self, addr: &Addr) -> Option<(TcpStream, KeptTimer)> {
         let now = Instant::now();
         let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         pool.sweep(now);
-        let list = pool.by_origin.get_mut(authority)?;
+        let list = pool.by_origin.get_mut(addr)?;
         while let Some(idle) = list.pop() {
-            if now.duration_since(idle.since) < IDLE_TIMEOUT && is_open(&idle.tcp) {
-                return Some(idle.tcp);
+            if now < idle.until && is_open(&idle.tcp) {
+                return Some((idle.tcp, idle.timer));
             }
         }
         None
     }
 
-    /// Gives back a connection whose response was read to its end.
-    pub fn put(&self, authority: &str, tcp: TcpStream) {
+    /// Gives back a connection whose response was read to its end, with
+    /// its response timer.
+    pub fn put(&self, addr: Addr, tcp: TcpStream, timer: KeptTimer) {
         let now = Instant::now();
         let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         pool.sweep(now);
-        let list = match pool.by_origin.get_mut(authority) {
-            Some(list) => list,
-            None => pool.by_origin.entry(authority.to_string()).or_default(),
-        };
+        let list = pool.by_origin.entry(addr).or_default();
         if list.len() >= MAX_IDLE_PER_ORIGIN {
             // The oldest goes: it is the likeliest to be closed by the origin.
             list.remove(0);
         }
-        list.push(Idle { tcp, since: now });
+        list.push(Idle {
+            tcp,
+            timer,
+            until: now + IDLE_TIMEOUT,
+        });
     }
 
     /// Idle connections held, for tests and debugging.
@@ -94,12 +104,12 @@ impl Pool {
     /// Drops expired and closed connections of every origin, at most once
     /// per timeout, so origins nobody asks for again do not keep sockets.
     fn sweep(&mut self, now: Instant) {
-        if self.swept.is_some_and(|at| now.duration_since(at) < IDLE_TIMEOUT) {
+        if self.sweep_at.is_some_and(|at| now < at) {
             return;
         }
-        self.swept = Some(now);
+        self.sweep_at = Some(now + IDLE_TIMEOUT);
         self.by_origin.retain(|_, list| {
-            list.retain(|idle| now.duration_since(idle.since) < IDLE_TIMEOUT && is_open(&idle.tcp));
+            list.retain(|idle| now < idle.until && is_open(&idle.tcp));
             !list.is_empty()
         });
     }

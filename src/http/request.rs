@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use http::Request;
 use prometheus::IntCounter;
@@ -43,9 +43,12 @@ pub fn classify(path: &str) -> Option<StreamKind> {
     const SEGMENTS: [&str; 13] = [
         "m4s", "mp4", "m4a", "m4v", "aac", "mp3", "ac3", "ec3", "vtt", "webvtt", "key", "cmfv", "cmfa",
     ];
-    let file = path.rsplit('/').next().unwrap_or("");
-    let (_, ext) = file.rsplit_once('.')?;
-    let is = |name: &str| ext.eq_ignore_ascii_case(name);
+    // Bytes, not `rsplit`: this runs on every request, and a char
+    // searcher costs several times a plain backwards scan.
+    let path = path.as_bytes();
+    let file = &path[path.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1)..];
+    let ext = &file[file.iter().rposition(|&b| b == b'.')? + 1..];
+    let is = |name: &str| ext.eq_ignore_ascii_case(name.as_bytes());
     Some(if is("flv") {
         StreamKind::Flv
     } else if is("ts") {
@@ -99,7 +102,7 @@ pub struct ParsedPaths {
 
 struct Parsed {
     key: StreamKey,
-    target: String,
+    target: Arc<str>,
 }
 
 impl ParsedPaths {
@@ -114,27 +117,35 @@ impl ParsedPaths {
         kind: StreamKind,
         uri: &http::Uri,
         host: Option<&str>,
-    ) -> Result<(StreamKey, String), StreamKeyError> {
+    ) -> Result<(StreamKey, Arc<str>), StreamKeyError> {
         let (path, query) = (uri.path(), uri.query());
         if !reloaded(kind, path) {
-            return fresh(path, query, host);
+            return fresh(path, query, host).map(|(key, target)| (key, target.into()));
         }
         // The host and the target as sent (path and query), which decide
         // both answers. Neither a valid `Host` nor a target holds a line
         // break or a NUL, so the separators keep keys apart.
         let path_and_query = uri.path_and_query().map_or(path, |p| p.as_str());
         let host_part = host.unwrap_or("\0");
-        let mut lookup = String::with_capacity(host_part.len() + 1 + path_and_query.len());
-        lookup.push_str(host_part);
-        lookup.push('\n');
-        lookup.push_str(path_and_query);
+        // Joined on the stack when short (a player's always is): a lookup
+        // that hits allocates nothing.
+        let mut stack = [0u8; JOIN_ROOM];
+        let joined;
+        let lookup = match join_in(&mut stack, host_part, path_and_query) {
+            Some(lookup) => lookup,
+            None => {
+                joined = format!("{host_part}\n{path_and_query}");
+                joined.as_str()
+            }
+        };
         {
             let by_target = self.by_target.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(hit) = by_target.get(lookup.as_str()) {
+            if let Some(hit) = by_target.get(lookup) {
                 return Ok((hit.key.clone(), hit.target.clone()));
             }
         }
         let (key, target) = fresh(path, query, host)?;
+        let target: Arc<str> = target.into();
         let parsed = Parsed {
             key: key.clone(),
             target: target.clone(),
@@ -143,9 +154,23 @@ impl ParsedPaths {
         if by_target.len() >= PARSED_PATHS {
             by_target.clear();
         }
-        by_target.insert(lookup.into_boxed_str(), parsed);
+        by_target.insert(lookup.into(), parsed);
         Ok((key, target))
     }
+}
+
+/// Room on the stack for a host and target joined for a lookup.
+const JOIN_ROOM: usize = 256;
+
+/// `host`, a line break and `target` in `stack`, if they fit.
+fn join_in<'a>(stack: &'a mut [u8], host: &str, target: &str) -> Option<&'a str> {
+    let len = host.len() + 1 + target.len();
+    let joined = stack.get_mut(..len)?;
+    joined[..host.len()].copy_from_slice(host.as_bytes());
+    joined[host.len()] = b'\n';
+    joined[host.len() + 1..].copy_from_slice(target.as_bytes());
+    // Two texts and an ASCII byte: always text.
+    std::str::from_utf8(joined).ok()
 }
 
 /// The stream a request names and what its origin is asked for, parsed.
@@ -178,8 +203,9 @@ pub struct StreamRequest<'a> {
     pub key: StreamKey,
     /// What the origin is asked for: the key's path, never the raw one, so
     /// `?app=&stream=` cannot make one stream be served from another's
-    /// origin and no dot segment reaches an origin.
-    pub target: String,
+    /// origin and no dot segment reaches an origin. Shared with the table
+    /// of [`ParsedPaths`]: a reload copies nothing.
+    pub target: Arc<str>,
     /// The client, for `X-Forwarded-For`.
     pub peer: SocketAddr,
 }
@@ -193,6 +219,12 @@ mod tests {
     /// vhost, an error each time; a full table starts over.
     #[test]
     fn kept_targets_give_what_parsing_gives() {
+        // Host and target too long to be joined on the stack.
+        let (long_host, long_target) = (
+            "h".repeat(100),
+            format!("/live/{}.m3u8?q={}", "s".repeat(100), "x".repeat(100)),
+        );
+        assert!(long_host.len() + long_target.len() > JOIN_ROOM);
         let paths = ParsedPaths::default();
         let cases = [
             ("/live/cam.m3u8", None),
@@ -203,6 +235,7 @@ mod tests {
             ("/live/x.flv?app=other&stream=y.flv", Some("10.0.0.1")),
             ("/live/..%2Fescape.flv", None),
             ("/nostream.flv", None),
+            (long_target.as_str(), Some(long_host.as_str())),
         ];
         for _ in 0..3 {
             for (target, host) in cases {
@@ -210,14 +243,14 @@ mod tests {
                 let kind = classify(uri.path()).unwrap_or(StreamKind::Playlist);
                 let direct = StreamKey::from_http(uri.path(), uri.query(), host).map(|(key, ext)| {
                     let origin = super::super::forward::origin_target(&key, &ext, uri.query());
-                    (key, origin)
+                    (key, Arc::from(origin))
                 });
                 assert_eq!(paths.parse(kind, &uri, host), direct, "{target} {host:?}");
             }
         }
         let kept = paths.by_target.lock().unwrap().len();
         assert_eq!(
-            kept, 4,
+            kept, 5,
             "errors and live streams are not kept; one entry per target and host"
         );
         for i in 0..PARSED_PATHS {
@@ -227,7 +260,7 @@ mod tests {
         assert!(paths.by_target.lock().unwrap().len() <= PARSED_PATHS);
         let uri: http::Uri = "/live/cam.m3u8".parse().unwrap();
         let (key, target) = paths.parse(StreamKind::Playlist, &uri, Some("v.example.com")).unwrap();
-        assert_eq!((&*key.vhost, target.as_str()), ("v.example.com", "/live/cam.m3u8"));
+        assert_eq!((&*key.vhost, &*target), ("v.example.com", "/live/cam.m3u8"));
     }
 
     #[test]
@@ -261,5 +294,24 @@ mod tests {
         assert_eq!(classify("/live.flv/a"), None, "only the last segment counts");
         assert_eq!(classify("/index.html"), None);
         assert_eq!(classify("/live/noext"), None);
+    }
+
+    proptest::proptest! {
+        /// The byte scan finds the extension `rsplit` finds, in any path
+        /// (non-ASCII, dots in directories, no slash, trailing dot).
+        #[test]
+        fn the_extension_is_what_rsplit_finds(path in "(/|[.]|[a-zA-Z0-9]|é|flv|ts|m3u8|m4s|WebVTT){0,12}") {
+            let file = path.rsplit('/').next().unwrap_or("");
+            let by_str = file.rsplit_once('.').map(|(_, ext)| ext.to_ascii_lowercase());
+            let expected = by_str.and_then(|ext| match ext.as_str() {
+                "flv" => Some(StreamKind::Flv),
+                "ts" => Some(StreamKind::Ts),
+                "m3u8" => Some(StreamKind::Playlist),
+                "m4s" | "mp4" | "m4a" | "m4v" | "aac" | "mp3" | "ac3" | "ec3" | "vtt" | "webvtt" | "key" | "cmfv"
+                | "cmfa" => Some(StreamKind::Segment),
+                _ => None,
+            });
+            proptest::prop_assert_eq!(classify(&path), expected, "{}", path);
+        }
     }
 }

@@ -101,7 +101,7 @@ pub async fn exchange(
     limit: usize,
 ) -> Result<Answer, OfferError> {
     let failed = |reason: String| OfferError::Failed {
-        origin: origin.id.clone(),
+        origin: origin.id.to_string(),
         reason,
     };
     let authority = origin
@@ -112,7 +112,7 @@ pub async fn exchange(
         .map_err(|_| failed("request target cannot be forwarded".into()))?;
     let connect_wait = ctx.config.origin_connect_timeout;
     let unreachable = |reason: String| OfferError::Unreachable {
-        origin: origin.id.clone(),
+        origin: origin.id.to_string(),
         addr: authority.clone(),
         reason,
     };
@@ -136,7 +136,7 @@ pub async fn exchange(
 
     let wait = ctx.config.origin_response_timeout;
     let timeout = || OfferError::Timeout {
-        origin: origin.id.clone(),
+        origin: origin.id.to_string(),
         wait,
     };
     let exchange = async {

@@ -406,7 +406,7 @@ async fn accept_answer(
     let record = Record {
         username: format!("{}:{offer_ufrag}", credentials.ufrag),
         key: key.clone(),
-        origin_id: origin.id.clone(),
+        origin_id: origin.id.to_string(),
         ice_pwd: credentials.pwd,
     };
     let ctx = &state.ctx;

@@ -354,7 +354,7 @@ async fn serve(mut tcp: TcpStream, peer: SocketAddr, ctx: Context, settings: Set
         Ok(connected) => connected,
         Err(e) => return refuse(&mut writer, &mut reader, Some(&request), e).await,
     };
-    span.record("origin", lease.origin().id.as_str());
+    span.record("origin", &*lease.origin().id);
     if request.role == Role::Publisher {
         // The publisher is the stream: when it leaves, the mapping goes.
         lease.release_on_drop(&ctx);

@@ -39,7 +39,7 @@ pub struct Upstream {
 pub async fn connect(origin: &Origin, request: &Request, settings: &Settings) -> Result<Upstream, RtmpError> {
     let addr = origin
         .authority(Protocol::Rtmp)
-        .ok_or_else(|| RtmpError::NoRtmpPort(origin.id.clone()))?;
+        .ok_or_else(|| RtmpError::NoRtmpPort(origin.id.to_string()))?;
     let mut tcp = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(&addr)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return Err(RtmpError::OriginConnect(addr, e.to_string())),

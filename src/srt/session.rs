@@ -151,7 +151,7 @@ async fn connect(
 ) -> Result<Arc<Link>, SrtError> {
     let authority = origin
         .authority(Protocol::Srt)
-        .ok_or_else(|| SrtError::NoSrtPort(origin.id.clone()))?;
+        .ok_or_else(|| SrtError::NoSrtPort(origin.id.to_string()))?;
     let addr = resolve(&authority).await?;
     let up = upstream::connect(
         addr,

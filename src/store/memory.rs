@@ -441,7 +441,7 @@ impl MemoryStore {
     pub fn upsert_origin(&self, origin: Origin, ttl: Option<Duration>) -> Result<(), StoreError> {
         let mut inner = self.lock();
         let expires = ttl.map(|t| inner.now + t);
-        let id = origin.id.clone();
+        let id = origin.id.to_string();
         let health = inner.origins.get(&id).map(|e| e.health.clone()).unwrap_or_default();
         let entry = OriginEntry {
             origin,
@@ -475,7 +475,7 @@ impl MemoryStore {
             .origins
             .values()
             .map(|e| OriginStatus {
-                streams: inner.loads.get(&e.origin.id).copied().unwrap_or(0),
+                streams: inner.loads.get(&*e.origin.id).copied().unwrap_or(0),
                 expires_in_secs: e.expires.map(|t| (t - now).as_secs_f64()),
                 origin: e.origin.clone(),
                 healthy: e.health.healthy,

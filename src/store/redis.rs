@@ -324,7 +324,7 @@ impl RedisStore {
         let json = serde_json::to_string(&origin).map_err(|e| corrupt("origin", e))?;
         let ttl = ttl.map(millis).unwrap_or_default();
         let policy = policy_entry(&origin);
-        self.run::<i64>("upsert_origin", None, vec![origin.id, json, ttl, policy])
+        self.run::<i64>("upsert_origin", None, vec![origin.id.to_string(), json, ttl, policy])
             .await?;
         Ok(())
     }
@@ -552,7 +552,7 @@ impl RedisStore {
         let mut args = vec![policy.as_str().to_string(), key.to_string(), salt_text(salt)];
         for c in candidates {
             args.extend([
-                c.origin.id.clone(),
+                c.origin.id.to_string(),
                 c.origin.weight.to_string(),
                 c.origin.max_streams.to_string(),
                 c.streams.to_string(),

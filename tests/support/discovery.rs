@@ -26,7 +26,7 @@ pub async fn k8s_origins(proxy: &TestProxy) -> Vec<String> {
         .unwrap()
         .into_iter()
         .filter(|o| o.origin.source == OriginSource::Kubernetes)
-        .map(|o| o.origin.id)
+        .map(|o| o.origin.id.to_string())
         .collect();
     ids.sort();
     ids

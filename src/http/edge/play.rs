@@ -40,7 +40,7 @@ pub async fn serve(
     format: Format,
 ) -> Result<Response<Body>, HttpError> {
     let open = OpenRequest {
-        target: sr.target.clone(),
+        target: sr.target.to_string(),
         headers: sr.req.headers().clone(),
         peer: sr.peer,
     };

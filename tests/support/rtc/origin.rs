@@ -193,7 +193,7 @@ impl RtcOrigin {
     /// The registration the proxy routes by: `api` and `rtc` ports.
     pub fn origin(&self) -> Origin {
         Origin {
-            id: self.name.clone(),
+            id: self.name.as_str().into(),
             ip: "127.0.0.1".into(),
             ports: Ports {
                 api: Some(self.api.port()),
